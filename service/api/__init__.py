@@ -1,0 +1,1 @@
+"""Transport: gRPC servicer, OpenAI HTTP gateway, auth, domain errors -> status codes."""

@@ -1,0 +1,1 @@
+"""Backends: the op vocabulary (base), the NumPy reference and the CUDA (PyCUDA) implementation."""

@@ -1,0 +1,1 @@
+"""Engine: requests, sampling, scheduler (continuous batching), StreamingKVCache, detokenizer, async API."""

@@ -1,0 +1,1 @@
+"""Model core: GGUF reading, dequantization, quantization, tokenizer, chat template, the llama forward pass."""
