@@ -1,0 +1,282 @@
+"""CUDA runtime: context, kernel modules (kernels/*.cu via PyCUDA), one accounted allocator, CUDA graphs.
+
+Everything the CUDA backend and the matmul kernels need from the driver lives here:
+
+    rt = CudaRuntime(device=0, kernel_cache_dir=...)     # retains the device's primary context, one stream
+    f = rt.function("norm", "rms_norm_f32")             # builds kernels/norm.cu once (cached on disk)
+    buf = rt.alloc(nbytes, "weights", "blk.0.attn_q.weight", layer=0, ggml_type="Q4_K")   # accounted
+    g = CudaGraph(rt); g.capture(lambda: ...launches on rt.stream...); g.replay()
+
+Accounting: every device byte the server allocates goes through `alloc` and is listed by `memory_records()`
+under one category ("weights" | "kv" | "activations"); page-locked host buffers through `pinned`
+("pinned_host", device=False). `baseline_used_bytes` is the device memory in use *before* this process
+created its context (read through NVML when libnvidia-ml is there, else None), so the process's own usage
+is `(total - free) - baseline_used_bytes` and the CUDA context's share is that minus the accounted bytes.
+
+PyCUDA is imported lazily (inside the constructor), so CPU-only installs can import this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from service.backends.base import MemoryRecord
+from service.errors import LLMError
+
+KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kernels")
+
+CATEGORIES = ("weights", "kv", "activations", "pinned_host")
+NVCC_OPTIONS = ("-O3", "-lineinfo")  # no --use_fast_math: kernels pick fast intrinsics explicitly where safe
+
+
+class CudaUnavailableError(LLMError):
+    """pycuda is not installed, no driver, or no usable device."""
+
+
+@dataclass
+class DeviceBuffer:
+    """One accounted device allocation."""
+
+    ptr: int  # device address
+    nbytes: int
+    alloc: Any  # pycuda.driver.DeviceAllocation (keeps the memory alive)
+    record: MemoryRecord = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def __int__(self) -> int:
+        return self.ptr
+
+
+def _nvml_used_bytes(device: int) -> int | None:
+    """Device memory in use right now as NVML sees it (no CUDA context needed), or None without NVML."""
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+
+    class _Mem(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+    handle = ctypes.c_void_p()
+    mem = _Mem()
+    try:
+        if nvml.nvmlInit_v2() != 0:
+            return None
+        try:
+            if nvml.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(device), ctypes.byref(handle)) != 0:
+                return None
+            if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(mem)) != 0:
+                return None
+            return int(mem.total - mem.free)
+        finally:
+            nvml.nvmlShutdown()
+    except AttributeError:
+        return None
+
+
+class CudaRuntime:
+    """The process's CUDA state: primary context, the one stream, kernel modules, accounted memory."""
+
+    def __init__(self, device: int = 0, kernel_cache_dir: str | None = None):
+        try:
+            import pycuda.driver as cuda  # lazy: optional extra
+        except ImportError as exc:
+            raise CudaUnavailableError(f"pycuda is not usable here: {exc}") from None
+        self._cuda = cuda
+        try:
+            cuda.init()
+            if cuda.Device.count() <= device:
+                raise CudaUnavailableError(f"no CUDA device {device} (found {cuda.Device.count()})")
+            self.device = cuda.Device(device)
+        except cuda.Error as exc:
+            raise CudaUnavailableError(f"CUDA driver error: {exc}") from None
+        self.device_index = device
+        self.baseline_used_bytes = _nvml_used_bytes(device)  # before our context exists
+        self.context = self.device.retain_primary_context()
+        self.context.push()
+        major, minor = self.device.compute_capability()
+        self.arch = f"sm_{major}{minor}"  # "sm_90" on Hopper
+        self.name = self.device.name()
+        self.sm_count = int(self.device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT))
+        self.l2_bytes = int(self.device.get_attribute(cuda.device_attribute.L2_CACHE_SIZE))
+        self.stream = cuda.Stream()
+        self.kernel_cache_dir = kernel_cache_dir
+        if kernel_cache_dir:
+            os.makedirs(kernel_cache_dir, exist_ok=True)
+        self._modules: dict[str, Any] = {}
+        self._functions: dict[tuple[str, str], Any] = {}
+        self._records: list[MemoryRecord] = []
+        self._live: dict[int, DeviceBuffer] = {}  # id(record) -> buffer, for free()
+        self._lock = threading.Lock()
+
+    # -- kernels -----------------------------------------------------------------------------------
+    def module(self, module: str) -> Any:
+        """kernels/<module>.cu compiled for this device (once per process; on disk across processes)."""
+        mod = self._modules.get(module)
+        if mod is None:
+            from pycuda.compiler import SourceModule
+
+            path = os.path.join(KERNEL_DIR, f"{module}.cu")
+            with open(path, encoding="utf-8") as f:
+                src = f.read()
+            mod = SourceModule(src, arch=self.arch, no_extern_c=True, include_dirs=[KERNEL_DIR],
+                               cache_dir=self.kernel_cache_dir, options=list(NVCC_OPTIONS))
+            self._modules[module] = mod
+        return mod
+
+    def function(self, module: str, name: str) -> Any:
+        """The extern "C" kernel `name` of kernels/<module>.cu."""
+        key = (module, name)
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = self.module(module).get_function(name)
+            self._functions[key] = fn
+        return fn
+
+    # -- memory ------------------------------------------------------------------------------------
+    def alloc(self, nbytes: int, category: str, name: str, layer: int | None = None,
+              ggml_type: str | None = None) -> DeviceBuffer:
+        """Device memory, accounted under `category` (weights | kv | activations)."""
+        assert category in CATEGORIES and category != "pinned_host", category
+        nbytes = int(nbytes)
+        alloc = self._cuda.mem_alloc(max(nbytes, 1))
+        rec = MemoryRecord(category, name, nbytes, layer, ggml_type, device=True)
+        buf = DeviceBuffer(int(alloc), nbytes, alloc, rec)
+        with self._lock:
+            self._records.append(rec)
+            self._live[id(rec)] = buf
+        return buf
+
+    def free(self, buf: DeviceBuffer) -> None:
+        """Release an accounted buffer (load-time only; nothing is freed on the hot path)."""
+        with self._lock:
+            self._live.pop(id(buf.record), None)
+            self._records = [r for r in self._records if r is not buf.record]
+        buf.alloc.free()
+
+    def pinned(self, shape: Any, dtype: Any, name: str) -> np.ndarray:
+        """Page-locked host array (fast async copies), accounted as pinned_host."""
+        arr = self._cuda.pagelocked_empty(shape, dtype)  # shape as asked
+        with self._lock:
+            self._records.append(MemoryRecord("pinned_host", name, int(arr.nbytes), None, None, device=False))
+        return arr
+
+    def memory_records(self) -> list[MemoryRecord]:
+        with self._lock:
+            return list(self._records)
+
+    def accounted_device_bytes(self) -> int:
+        with self._lock:
+            return sum(r.nbytes for r in self._records if r.device)
+
+    def mem_get_info(self) -> tuple[int, int]:
+        """(free, total) device bytes from the driver (cuMemGetInfo)."""
+        free, total = self._cuda.mem_get_info()
+        return int(free), int(total)
+
+    def process_used_bytes(self) -> int:
+        """This process's device memory: driver's (total - free) minus what was in use before our context."""
+        free, total = self.mem_get_info()
+        return total - free - (self.baseline_used_bytes or 0)
+
+    # -- copies and sync ---------------------------------------------------------------------------
+    def htod(self, buf: DeviceBuffer | int, host: np.ndarray, offset: int = 0) -> None:
+        """Async host->device copy on the stream (host should be pinned for a true async copy)."""
+        self._cuda.memcpy_htod_async(int(buf) + offset, host, self.stream)
+
+    def dtoh(self, host: np.ndarray, buf: DeviceBuffer | int, offset: int = 0) -> None:
+        """Async device->host copy on the stream; synchronize() before reading `host`."""
+        self._cuda.memcpy_dtoh_async(host, int(buf) + offset, self.stream)
+
+    def memset_u8(self, buf: DeviceBuffer | int, value: int, nbytes: int) -> None:
+        self._cuda.memset_d8_async(int(buf), value, nbytes, self.stream)
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+    def close(self) -> None:
+        """Pop the primary context (buffers should be released first)."""
+        try:
+            self.context.pop()
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+
+
+# -- CUDA graphs through the driver API (PyCUDA has no graph capture) --------------------------------
+CU_STREAM_CAPTURE_MODE_RELAXED = 2  # other threads' unsafe calls are not an error during capture
+
+
+class _Driver:
+    """ctypes bindings of the few libcuda graph entry points."""
+
+    _lib: Any = None
+
+    @classmethod
+    def lib(cls) -> Any:
+        if cls._lib is None:
+            lib = ctypes.CDLL("libcuda.so.1")
+            vp, pvp = ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)
+            lib.cuStreamBeginCapture_v2.argtypes = [vp, ctypes.c_int]
+            lib.cuStreamEndCapture.argtypes = [vp, pvp]
+            lib.cuGraphInstantiateWithFlags.argtypes = [pvp, vp, ctypes.c_ulonglong]
+            lib.cuGraphLaunch.argtypes = [vp, vp]
+            lib.cuGraphExecDestroy.argtypes = [vp]
+            lib.cuGraphDestroy.argtypes = [vp]
+            lib.cuGraphGetNodes.argtypes = [vp, pvp, ctypes.POINTER(ctypes.c_size_t)]
+            cls._lib = lib
+        return cls._lib
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"{what} failed with CUresult {rc}")
+
+
+class CudaGraph:
+    """Capture a sequence of launches on rt.stream once, then replay it with one cuGraphLaunch."""
+
+    def __init__(self, rt: CudaRuntime):
+        self.rt = rt
+        self._graph = ctypes.c_void_p()
+        self._exec = ctypes.c_void_p()
+        self.n_nodes = 0
+
+    def capture(self, fn: Callable[[], None]) -> None:
+        """Run `fn` (which only enqueues work on rt.stream) under stream capture and instantiate the graph."""
+        lib = _Driver.lib()
+        self.destroy()
+        stream = ctypes.c_void_p(self.rt.stream.handle)
+        _check(lib.cuStreamBeginCapture_v2(stream, CU_STREAM_CAPTURE_MODE_RELAXED), "cuStreamBeginCapture")
+        try:
+            fn()
+        finally:
+            rc = lib.cuStreamEndCapture(stream, ctypes.byref(self._graph))
+        _check(rc, "cuStreamEndCapture")
+        n = ctypes.c_size_t(0)
+        _check(lib.cuGraphGetNodes(self._graph, None, ctypes.byref(n)), "cuGraphGetNodes")
+        self.n_nodes = int(n.value)
+        _check(lib.cuGraphInstantiateWithFlags(ctypes.byref(self._exec), self._graph, 0), "cuGraphInstantiate")
+
+    def replay(self) -> None:
+        assert self._exec.value, "capture first"
+        _check(_Driver.lib().cuGraphLaunch(self._exec, ctypes.c_void_p(self.rt.stream.handle)), "cuGraphLaunch")
+
+    def destroy(self) -> None:
+        lib = _Driver.lib() if (self._exec.value or self._graph.value) else None
+        if self._exec.value:
+            lib.cuGraphExecDestroy(self._exec)
+            self._exec = ctypes.c_void_p()
+        if self._graph.value:
+            lib.cuGraphDestroy(self._graph)
+            self._graph = ctypes.c_void_p()
+
+    def __del__(self) -> None:
+        try:
+            self.destroy()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
