@@ -31,7 +31,7 @@ class NumpyStep:
 
 def quantize_q8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Block-scaled int8 (the q8 KV format): x (..., D) -> (int8 (..., D), f16 scales (..., D // 32))."""
-    blocks = x.reshape(*x.shape[:-1], -1, Q8_BLOCK).astype(np.float32)  # (..., D/32, 32)
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // Q8_BLOCK, Q8_BLOCK).astype(np.float32)  # (..., D/32, 32)
     amax = np.abs(blocks).max(axis=-1)  # (..., D/32)
     scale = (amax / 127.0).astype(np.float16)
     inv = np.divide(1.0, scale.astype(np.float32), out=np.zeros_like(amax), where=scale > 0)
@@ -40,7 +40,7 @@ def quantize_q8_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantize_q8_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    blocks = q.reshape(*q.shape[:-1], -1, Q8_BLOCK).astype(np.float32)
+    blocks = q.reshape(*q.shape[:-1], q.shape[-1] // Q8_BLOCK, Q8_BLOCK).astype(np.float32)  # (..., D/32, 32)
     return (blocks * scale.astype(np.float32)[..., None]).reshape(q.shape)
 
 
