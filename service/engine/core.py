@@ -1,0 +1,293 @@
+"""LLMEngine: the synchronous engine core. One `step()` = schedule -> execute -> update.
+
+    schedule  Scheduler.schedule(): which chunks run (pure policy, a plain SchedulerOutput)
+    execute   model.forward(StepBatch) -> logits (S', vocab) for the chunks that end their known tokens
+    update    sample, detokenize, stop rules, finish + free slots; returns the step's outputs
+
+Thread-safety: `add_request` and `abort` may be called from any thread. A lock guards the bookkeeping (never
+held while the model computes); a request aborted while its rows are in the forward pass is freed at the
+end of that same step. Deadlines (absolute `time.monotonic()`) are checked at every step boundary.
+
+The model is anything with `forward(StepBatch) -> np.ndarray (S', vocab)`, `hp` (LlamaHParams),
+`kv_layout(slots, max_positions, sink_tokens, dtype)` and `alloc_kv(layout)`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Sequence as Seq
+
+import numpy as np
+
+from service.backends.base import SeqChunk, StepBatch
+from service.config import CacheConfig, Config, EngineConfig
+from service.engine.detokenizer import IncrementalDetokenizer
+from service.engine.kv_cache import StreamingKVCache
+from service.engine.request import Delta, FinishReason, Request, SamplingParams, SeqStatus
+from service.engine.sampling import sample
+from service.engine.scheduler import Scheduler, SchedulerOutput
+from service.engine.sequence import Sequence, choice_generator
+from service.engine.stop import StopMatcher
+from service.errors import (CancelledError, ContextOverflowError, DeadlineExceededError, InvalidRequestError,
+                            LLMError, UnavailableError)
+
+
+@dataclass
+class EngineOutput:
+    """One thing the engine hands to whoever listens for a request: a delta, or the error that ended it."""
+
+    request_id: str
+    delta: Delta | None = None
+    error: LLMError | None = None
+
+
+class CompletionResult(NamedTuple):
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+def kv_layout_for(model: Any, cache: CacheConfig) -> Any:
+    """The arena layout from the cache config: slots x max_positions, or as many slots as the byte budget holds."""
+    if cache.memory_budget_mb is not None:
+        probe = model.kv_layout(1, cache.max_positions, cache.sink_tokens, cache.kv_dtype)
+        slots = max(1, int(cache.memory_budget_mb * 2 ** 20) // probe.total_bytes)
+        return model.kv_layout(slots, cache.max_positions, cache.sink_tokens, cache.kv_dtype)
+    return model.kv_layout(cache.slots, cache.max_positions, cache.sink_tokens, cache.kv_dtype)
+
+
+class LLMEngine:
+    def __init__(self, model: Any, tokenizer: Any, config: Config | None = None, *,
+                 prefill_chunk: int | None = None, clock: Callable[[], float] = time.monotonic):
+        config = config or Config()
+        self.config = config
+        self.model = model
+        self.tokenizer = tokenizer
+        self.clock = clock
+        self.engine_config: EngineConfig = config.engine
+        layout = kv_layout_for(model, config.cache)
+        self.cache = StreamingKVCache(layout, model.alloc_kv(layout))  # the arena: allocated once, here
+        self.scheduler = Scheduler(self.cache, config.engine.max_running, config.engine.max_waiting,
+                                   config.engine.step_token_budget, prefill_chunk, config.engine.retry_after_s)
+        self.vocab_size = int(model.hp.vocab_size)
+        self.eos_ids: frozenset[int] = frozenset(getattr(tokenizer, "eos_ids", ()) or ())
+        # usable prompt + generation length without streaming past the cache
+        self.context_length = min(layout.max_positions, int(model.hp.context_length))
+        self._lock = threading.RLock()
+        self._requests: dict[str, Request] = {}
+        self._in_flight: set[int] = set()  # seq_ids in the forward pass now
+        self._deferred: list[EngineOutput] = []  # outputs produced between steps (deadlines, aborts)
+        self._accepting = True
+        self.steps = 0
+
+    @classmethod
+    def from_config(cls, config: Config) -> "LLMEngine":
+        from service.model.loader import load_model
+        loaded = load_model(config)
+        engine = cls(loaded.model, loaded.tokenizer, config)
+        engine.loaded = loaded  # type: ignore[attr-defined]
+        return engine
+
+    # -- submission --------------------------------------------------------------------------------
+    def encode_prompt(self, prompt: str | Seq[int]) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise InvalidRequestError.field("prompt", "this model has no tokenizer; send token ids")
+            ids = list(self.tokenizer.encode(prompt))
+        else:
+            ids = [int(t) for t in prompt]
+            if any(not 0 <= t < self.vocab_size for t in ids):
+                raise InvalidRequestError.field("prompt", f"token ids must be in [0, {self.vocab_size})")
+        if not ids:
+            raise InvalidRequestError.field("prompt", "must not be empty")
+        return ids
+
+    def add_request(self, prompt: str | Seq[int], params: SamplingParams, request_id: str | None = None,
+                    deadline: float | None = None) -> Request:
+        """Validate, tokenize and queue. Raises InvalidRequestError, ContextOverflowError, OverloadedError
+        (queue full; carries retry_after_s) or UnavailableError (shutting down) at once."""
+        params.validate(self.vocab_size)
+        ids = self.encode_prompt(prompt)
+        if len(ids) > self.context_length:
+            raise ContextOverflowError(len(ids), self.context_length)
+        max_tokens = params.max_tokens if params.max_tokens is not None else self.engine_config.max_tokens_default
+        request = Request(request_id or uuid.uuid4().hex, ids, params, max_tokens, deadline, self.clock())
+        request.seqs = [Sequence(request, i, IncrementalDetokenizer(self.tokenizer), StopMatcher(params.stop),
+                                 choice_generator(params.seed, i)) for i in range(params.n)]
+        with self._lock:
+            if not self._accepting:
+                raise UnavailableError("the engine is shutting down")
+            if request.request_id in self._requests:
+                raise InvalidRequestError.field("request_id", f"{request.request_id!r} is already running")
+            self.scheduler.add(request)
+            self._requests[request.request_id] = request
+        return request
+
+    def abort(self, request_id: str, reason: FinishReason = FinishReason.ABORT) -> list[EngineOutput]:
+        """End a request now: slots of sequences not in the running forward pass are freed immediately, the
+        others at the end of the current step. Returns the error output for its listener (if any)."""
+        with self._lock:
+            request = self._requests.get(request_id)
+            if request is None:
+                return []
+            return self._end_request(request, reason)
+
+    def _end_request(self, request: Request, reason: FinishReason) -> list[EngineOutput]:
+        err: LLMError = DeadlineExceededError(f"request {request.request_id} reached its deadline") \
+            if reason is FinishReason.DEADLINE else CancelledError(f"request {request.request_id} was cancelled")
+        request.error = err
+        for seq in request.seqs:
+            if seq.status is not SeqStatus.FINISHED:
+                seq.finish_reason = reason
+                if seq.seq_id not in self._in_flight:
+                    self.scheduler.finish(seq)
+        self._forget_if_done(request)
+        return [EngineOutput(request.request_id, error=err)]
+
+    def _forget_if_done(self, request: Request) -> None:
+        if request.finished:
+            self._requests.pop(request.request_id, None)
+
+    # -- state -------------------------------------------------------------------------------------
+    def has_work(self) -> bool:
+        with self._lock:
+            return bool(self.scheduler.running or self.scheduler.waiting or self._deferred)
+
+    def next_deadline(self) -> float | None:
+        with self._lock:
+            return min((r.deadline for r in self._requests.values() if r.deadline is not None), default=None)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"waiting": len(self.scheduler.waiting), "waiting_requests": self.scheduler.waiting_requests(),
+                    "running": len(self.scheduler.running), "requests": len(self._requests),
+                    "slots_in_use": self.cache.slots_in_use, "slots_total": self.cache.layout.slots}
+
+    def stop_accepting(self) -> None:
+        with self._lock:
+            self._accepting = False
+
+    # -- the step ----------------------------------------------------------------------------------
+    def _expire_deadlines(self) -> list[EngineOutput]:
+        now = self.clock()
+        out: list[EngineOutput] = []
+        for request in list(self._requests.values()):
+            if request.deadline is not None and now >= request.deadline:
+                out += self._end_request(request, FinishReason.DEADLINE)
+        return out
+
+    def step(self) -> list[EngineOutput]:
+        """Run one engine step; returns what it produced (deltas and errors)."""
+        with self._lock:
+            outputs = self._deferred + self._expire_deadlines()
+            self._deferred = []
+            plan = self.scheduler.schedule()
+            self._in_flight = {c.seq.seq_id for c in plan.chunks}
+        if plan.empty:
+            return outputs
+        logits = self._execute(plan)  # (S', vocab), lock not held
+        with self._lock:
+            outputs += self._update(plan, logits)
+            self._in_flight = set()
+            outputs += self._expire_deadlines()
+        self.steps += 1
+        return outputs
+
+    def _execute(self, plan: SchedulerOutput) -> np.ndarray:
+        token_ids = np.array([t for c in plan.chunks for t in c.seq.token_at(c.start, c.n_new)], dtype=np.int32)  # (T,)
+        batch = StepBatch(token_ids=token_ids,
+                          seqs=tuple(SeqChunk(c.seq.slot, c.start, c.n_new, c.want_logits) for c in plan.chunks),
+                          max_positions=self.cache.layout.max_positions)
+        logits = self.model.forward(batch)  # (S', vocab)
+        for c in plan.chunks:
+            self.cache.advance(c.seq.slot, c.n_new)
+            c.seq.n_cached += c.n_new
+        return logits
+
+    def _update(self, plan: SchedulerOutput, logits: np.ndarray) -> list[EngineOutput]:
+        outputs: list[EngineOutput] = []
+        rows = [c for c in plan.chunks if c.want_logits]
+        assert logits.shape[0] == len(rows), (logits.shape, len(rows))
+        for c, row in zip(rows, logits):
+            seq = c.seq
+            if seq.status is SeqStatus.FINISHED or seq.finish_reason is not None:
+                continue  # aborted while computing; freed below
+            outputs += self._advance_sequence(seq, row)
+        for c in plan.chunks:  # free sequences that ended (or were aborted mid-step) in this same step
+            if c.seq.finish_reason is not None and c.seq.status is not SeqStatus.FINISHED:
+                self.scheduler.finish(c.seq)
+                self._forget_if_done(c.seq.request)
+        return outputs
+
+    def _advance_sequence(self, seq: Sequence, row: np.ndarray) -> list[EngineOutput]:
+        """Sample one token for seq and turn it into text; decide whether the choice ends."""
+        params, request = seq.request.params, seq.request
+        res = sample(row, params, seq.rng, request.prompt_ids, seq.counts)
+        seq.append(res.token)
+        finish: FinishReason | None = None
+        text, stopped = "", False
+        if res.token in self.eos_ids and not params.ignore_eos:
+            finish = FinishReason.STOP
+        else:
+            seq.pending_ids.append(res.token)
+            if res.logprob is not None:
+                seq.pending_logprobs.append(self._logprob_entry(res))
+            text, stopped = seq.stop.feed(seq.detok.add(res.token))
+            if stopped:
+                finish = FinishReason.STOP
+        if finish is None:
+            if len(seq.output_ids) >= request.max_tokens:
+                finish = FinishReason.LENGTH
+            elif not self.engine_config.allow_streaming_past_context and seq.total_len >= self.context_length:
+                finish = FinishReason.LENGTH
+        if finish is not None and not stopped:  # release what was held back
+            tail, stopped = seq.stop.feed(seq.detok.flush())  # the decoder's last bytes may complete a stop string
+            text += tail if stopped else tail + seq.stop.flush()
+            if stopped:
+                finish = FinishReason.STOP
+        if finish is None and not text:
+            return []  # text held back (mid-character or a possible stop string): nothing to say yet
+        seq.finish_reason = finish
+        seq.text += text
+        delta = Delta(index=seq.index, text=text, token_ids=seq.pending_ids,
+                      logprobs=seq.pending_logprobs if params.logprobs else None,
+                      finish_reason=finish.api_name if finish else None)
+        seq.pending_ids, seq.pending_logprobs = [], []
+        if finish is not None and all(s.finish_reason is not None for s in request.seqs):
+            delta.usage = request.usage()
+        return [EngineOutput(request.request_id, delta=delta)]
+
+    def _logprob_entry(self, res: Any) -> dict:
+        def entry(token: int, logprob: float) -> dict:
+            raw = self.tokenizer.token_bytes(token) if self.tokenizer is not None else b""
+            return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw),
+                    "token_id": token}
+        e = entry(res.token, res.logprob)
+        e["top_logprobs"] = [entry(t, lp) for t, lp in res.top]
+        return e
+
+    # -- convenience -------------------------------------------------------------------------------
+    def run_until_done(self, on_output: Callable[[EngineOutput], None] | None = None) -> None:
+        while self.has_work():
+            for out in self.step():
+                if on_output is not None:
+                    on_output(out)
+
+    def generate_sync(self, prompts: Seq[str | Seq[int]], params: SamplingParams,
+                      deadline: float | None = None) -> list[CompletionResult]:
+        """Run prompts together to completion. One result per (prompt, choice), prompt-major:
+        result[i * n + j] is choice j of prompt i. Raises the first error a request ended with."""
+        requests = [self.add_request(p, params, deadline=deadline) for p in prompts]
+        self.run_until_done()
+        out: list[CompletionResult] = []
+        for r in requests:
+            if r.error is not None:
+                raise r.error
+            for s in r.seqs:
+                out.append(CompletionResult(s.text, [t for t in s.output_ids if t not in self.eos_ids or
+                                                     s.request.params.ignore_eos],
+                                            s.finish_reason.api_name if s.finish_reason else None))
+        return out
