@@ -3,7 +3,7 @@
 Everything the CUDA backend and the matmul kernels need from the driver lives here:
 
     rt = CudaRuntime(device=0, kernel_cache_dir=...)     # retains the device's primary context, one stream
-    f = rt.function("norm", "rms_norm_f32")             # builds kernels/norm.cu once (cached on disk)
+    f = rt.function("norm", "rms_norm_f32")             # builds kernels/norm.cu once (nvcc -cubin, cached on disk)
     buf = rt.alloc(nbytes, "weights", "blk.0.attn_q.weight", layer=0, ggml_type="Q4_K")   # accounted
     g = CudaGraph(rt); g.capture(lambda: ...launches on rt.stream...); g.replay()
 
@@ -13,13 +13,19 @@ under one category ("weights" | "kv" | "activations"); page-locked host buffers 
 created its context (read through NVML when libnvidia-ml is there, else None), so the process's own usage
 is `(total - free) - baseline_used_bytes` and the CUDA context's share is that minus the accounted bytes.
 
+Kernels are compiled with nvcc to cubins (`build_cubin`; PyCUDA's SourceModule does the same plus an
+`extern "C"` wrapper we don't want) and cached under build/kernels/ keyed by a hash of the sources, so
+`python -m service.backends.cuda_runtime --arch sm_90` prebuilds them on a machine without a GPU.
+
 PyCUDA is imported lazily (inside the constructor), so CPU-only installs can import this module.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -33,6 +39,47 @@ KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pat
 
 CATEGORIES = ("weights", "kv", "activations", "pinned_host")
 NVCC_OPTIONS = ("-O3", "-lineinfo")  # no --use_fast_math: kernels pick fast intrinsics explicitly where safe
+DEFAULT_CACHE_DIR = os.path.join(os.path.dirname(KERNEL_DIR), "build", "kernels")  # git-ignored
+
+
+def cubin_path(module: str, arch: str, cache_dir: str | None = None) -> str:
+    """Where kernels/<module>.cu's cubin for `arch` is cached: the name hashes the source, every header in
+    kernels/, the arch and the nvcc options, so an edit anywhere rebuilds."""
+    h = hashlib.sha256()
+    h.update(f"{arch}|{' '.join(NVCC_OPTIONS)}|".encode())
+    with open(os.path.join(KERNEL_DIR, f"{module}.cu"), "rb") as f:
+        h.update(f.read())
+    for name in sorted(os.listdir(KERNEL_DIR)):
+        if name.endswith((".cuh", ".h")):
+            with open(os.path.join(KERNEL_DIR, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return os.path.join(cache_dir or DEFAULT_CACHE_DIR, f"{module}-{arch}-{h.hexdigest()[:16]}.cubin")
+
+
+def build_cubin(module: str, arch: str, cache_dir: str | None = None) -> str:
+    """Compile kernels/<module>.cu with nvcc to a cached cubin (no-op when cached); returns its path.
+    Needs no GPU, so cubins can be built ahead on a CPU machine and carried."""
+    out = cubin_path(module, arch, cache_dir)
+    if os.path.exists(out):
+        return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = f"{out}.{os.getpid()}.tmp"
+    cmd = ["nvcc", "-cubin", f"-arch={arch}", *NVCC_OPTIONS, f"-I{KERNEL_DIR}", "-o", tmp,
+           os.path.join(KERNEL_DIR, f"{module}.cu")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed for kernels/{module}.cu:\n{proc.stderr[-4000:]}")
+    os.replace(tmp, out)
+    return out
+
+
+def prebuild(arch: str = "sm_90", cache_dir: str | None = None, jobs: int = 2) -> list[str]:
+    """Build every kernels/*.cu for `arch` (in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    modules = sorted(n[:-3] for n in os.listdir(KERNEL_DIR) if n.endswith(".cu"))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(lambda m: build_cubin(m, arch, cache_dir), modules))
 
 
 class CudaUnavailableError(LLMError):
@@ -105,9 +152,7 @@ class CudaRuntime:
         self.sm_count = int(self.device.get_attribute(cuda.device_attribute.MULTIPROCESSOR_COUNT))
         self.l2_bytes = int(self.device.get_attribute(cuda.device_attribute.L2_CACHE_SIZE))
         self.stream = cuda.Stream()
-        self.kernel_cache_dir = kernel_cache_dir
-        if kernel_cache_dir:
-            os.makedirs(kernel_cache_dir, exist_ok=True)
+        self.kernel_cache_dir = kernel_cache_dir or DEFAULT_CACHE_DIR
         self._modules: dict[str, Any] = {}
         self._functions: dict[tuple[str, str], Any] = {}
         self._records: list[MemoryRecord] = []
@@ -116,16 +161,11 @@ class CudaRuntime:
 
     # -- kernels -----------------------------------------------------------------------------------
     def module(self, module: str) -> Any:
-        """kernels/<module>.cu compiled for this device (once per process; on disk across processes)."""
+        """kernels/<module>.cu compiled for this device (once per process; cubin cached on disk)."""
         mod = self._modules.get(module)
         if mod is None:
-            from pycuda.compiler import SourceModule
-
-            path = os.path.join(KERNEL_DIR, f"{module}.cu")
-            with open(path, encoding="utf-8") as f:
-                src = f.read()
-            mod = SourceModule(src, arch=self.arch, no_extern_c=True, include_dirs=[KERNEL_DIR],
-                               cache_dir=self.kernel_cache_dir, options=list(NVCC_OPTIONS))
+            path = build_cubin(module, self.arch, self.kernel_cache_dir)
+            mod = self._cuda.module_from_file(path)
             self._modules[module] = mod
         return mod
 
@@ -280,3 +320,15 @@ class CudaGraph:
             self.destroy()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+if __name__ == "__main__":  # prebuild cubins: python -m service.backends.cuda_runtime --arch sm_90
+    import argparse
+
+    ap = argparse.ArgumentParser(description="prebuild kernels/*.cu cubins")
+    ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--jobs", type=int, default=2)
+    a = ap.parse_args()
+    for p in prebuild(a.arch, a.cache_dir, a.jobs):
+        print(p)

@@ -1,0 +1,206 @@
+// Attention over the StreamingKVCache ring plus the step's new K/V (decode and prefill chunks), GQA,
+// f16 or block-scaled int8 KV. Split over key positions (flash-decoding), then a combine pass.
+//
+// For row t of sequence s (position p = ncached[s] + i, i = t - row0[s]) and query head h (kv head h / G):
+//   keys  = the ring's valid entries (min(c, max_positions) of them, cache order; c = ncached[s])
+//         + the step's new keys of rows row0[s] .. t (from staging, already in storage format)
+//   key at position pos is a sink if pos < sinks (scored with q_sink), a window key if p - window < pos
+//   (scored with q); others are invisible. score = (q . k) / sqrt(head_dim); out = softmax(score) . V
+// Partials: for each (t, h, split): running max m, sum l and acc[HD] (unnormalized). attention_combine
+// merges the splits into out (T, n_heads * HD).
+//
+// Layouts: q, q_sink, out: (T, n_heads * HD) float32. Ring K/V per layer: (slots, max_positions, kv_dim)
+// half or int8 (+ (slots, max_positions, kv_dim / 32) half scales). Staging: (T, kv_dim) in the same format.
+// Launch attention_partial_*: grid (n_splits, n_kv_heads, T), block 128. Each group of LPK = HD / 8 lanes
+// handles one key at a time, each lane 8 consecutive values (one 16-byte f16 load or one 8-byte int8 load);
+// groups stride over the split's keys; every lane of a warp runs the same number of iterations so the
+// group shuffles stay convergent. attention_combine: grid (T, n_heads), block HD.
+#include "kv_common.cuh"
+
+#define ATT_THREADS 128
+
+template <int KVT>  // 0: f16, 1: q8
+__device__ __forceinline__ void load8(const void* base, const __half* scales, size_t row, int kv_dim, int col,
+                                      float out[8]) {
+    if (KVT == 0) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(base) + row * kv_dim + col);
+        const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float2 f = __half22float2(h2[e]);
+            out[2 * e] = f.x;
+            out[2 * e + 1] = f.y;
+        }
+    } else {
+        const uint2 raw = *reinterpret_cast<const uint2*>(reinterpret_cast<const signed char*>(base) + row * kv_dim + col);
+        const signed char* b = reinterpret_cast<const signed char*>(&raw);
+        const float sc = __half2float(scales[row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK]);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] = (float)b[e] * sc;
+    }
+}
+
+template <int HD, int G, int KVT>
+__device__ void attention_partial(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
+                                  const void* __restrict__ ring_k, const void* __restrict__ ring_v,
+                                  const __half* __restrict__ ring_ks, const __half* __restrict__ ring_vs,
+                                  const void* __restrict__ st_k, const void* __restrict__ st_v,
+                                  const __half* __restrict__ st_ks, const __half* __restrict__ st_vs,
+                                  float* __restrict__ part_ml, float* __restrict__ part_acc,
+                                  int n_kv_heads, int sinks, int window, int max_positions, float scale) {
+    constexpr int LPK = HD / 8;                 // lanes per key
+    constexpr int GROUPS = ATT_THREADS / LPK;   // keys in flight per block
+    constexpr int KPW = 32 / LPK;               // keys per warp per iteration
+    const int sp = blockIdx.x, n_splits = gridDim.x;
+    const int kh = blockIdx.y, t = blockIdx.z;
+    const int n_heads = n_kv_heads * G;
+    const int kv_dim = n_kv_heads * HD;
+    const int s = meta.row_seq[t];
+    const int c = meta.seq_ncached[s];
+    const int r0 = meta.seq_row0[s];
+    const int p = c + (t - r0);
+    const int slot = meta.seq_slot[s];
+    const int valid = c < max_positions ? c : max_positions;
+    const int nk = valid + (t - r0) + 1;
+    const int chunk = (nk + n_splits - 1) / n_splits;
+    const int k0 = sp * chunk;
+    const int k1 = min(nk, k0 + chunk);
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int grp = threadIdx.x / LPK, gl = threadIdx.x % LPK;
+    const int col = kh * HD + gl * 8;  // this lane's first value within a K/V row
+
+    float qw[G][8], qs[G][8];
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+        const size_t qoff = (size_t)t * n_heads * HD + (size_t)(kh * G + h) * HD + gl * 8;
+        const float4 a = *reinterpret_cast<const float4*>(q + qoff);
+        const float4 b = *reinterpret_cast<const float4*>(q + qoff + 4);
+        qw[h][0] = a.x; qw[h][1] = a.y; qw[h][2] = a.z; qw[h][3] = a.w;
+        qw[h][4] = b.x; qw[h][5] = b.y; qw[h][6] = b.z; qw[h][7] = b.w;
+        const float4 c4 = *reinterpret_cast<const float4*>(q_sink + qoff);
+        const float4 d4 = *reinterpret_cast<const float4*>(q_sink + qoff + 4);
+        qs[h][0] = c4.x; qs[h][1] = c4.y; qs[h][2] = c4.z; qs[h][3] = c4.w;
+        qs[h][4] = d4.x; qs[h][5] = d4.y; qs[h][6] = d4.z; qs[h][7] = d4.w;
+    }
+    float m[G], l[G], acc[G][8];
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+        m[h] = -INFINITY;
+        l[h] = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[h][e] = 0.f;
+    }
+
+    // Warp-uniform loop: iteration `it` gives warp w the keys k0 + it*GROUPS + w*KPW + (lane / LPK).
+    const int n_iter = (k1 - k0 + GROUPS - 1) / GROUPS;
+    for (int it = 0; it < (k1 > k0 ? n_iter : 0); ++it) {
+        const int kk = k0 + it * GROUPS + warp * KPW + lane / LPK;
+        const bool in_range = kk < k1;
+        int pos = 0;
+        float kf[8], vf[8];
+        if (in_range) {
+            if (kk < valid) {
+                pos = ring_position(kk, c, sinks, window, max_positions);
+                const size_t row = (size_t)slot * max_positions + kk;
+                load8<KVT>(ring_k, ring_ks, row, kv_dim, col, kf);
+                load8<KVT>(ring_v, ring_vs, row, kv_dim, col, vf);
+            } else {
+                const int u = kk - valid;
+                pos = c + u;
+                const size_t row = (size_t)(r0 + u);
+                load8<KVT>(st_k, st_ks, row, kv_dim, col, kf);
+                load8<KVT>(st_v, st_vs, row, kv_dim, col, vf);
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) { kf[e] = 0.f; vf[e] = 0.f; }
+        }
+        const bool is_sink = pos < sinks;
+        const bool visible = in_range && (is_sink || pos > p - window);
+#pragma unroll
+        for (int h = 0; h < G; ++h) {
+            float d = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) d += (is_sink ? qs[h][e] : qw[h][e]) * kf[e];
+#pragma unroll
+            for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+            if (visible) {
+                const float sc = d * scale;
+                const float m_new = fmaxf(m[h], sc);
+                const float corr = __expf(m[h] - m_new);  // exp(-inf) = 0 on the first key
+                const float pw = __expf(sc - m_new);
+                l[h] = l[h] * corr + pw;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[h][e] = acc[h][e] * corr + pw * vf[e];
+                m[h] = m_new;
+            }
+        }
+    }
+
+    // Merge the GROUPS partial states of this block through shared memory.
+    __shared__ float sm_m[GROUPS][G];
+    __shared__ float sm_l[GROUPS][G];
+    __shared__ float sm_acc[GROUPS][G][HD];
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+        if (gl == 0) { sm_m[grp][h] = m[h]; sm_l[grp][h] = l[h]; }
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sm_acc[grp][h][gl * 8 + e] = acc[h][e];
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {
+        const int h = j / HD, e = j - h * HD;
+        float M = -INFINITY;
+        for (int g = 0; g < GROUPS; ++g) M = fmaxf(M, sm_m[g][h]);
+        float L = 0.f, A = 0.f;
+        if (M != -INFINITY) {
+            for (int g = 0; g < GROUPS; ++g) {
+                const float mg = sm_m[g][h];
+                if (mg == -INFINITY) continue;
+                const float w = __expf(mg - M);
+                L += sm_l[g][h] * w;
+                A += sm_acc[g][h][e] * w;
+            }
+        }
+        const size_t idx = ((size_t)t * n_heads + kh * G + h) * n_splits + sp;
+        part_acc[idx * HD + e] = A;
+        if (e == 0) { part_ml[2 * idx] = M; part_ml[2 * idx + 1] = L; }
+    }
+}
+
+#define ATT_ENTRY(HD, G, KVT, SUFFIX)                                                                          \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_partial_##HD##_##G##_##SUFFIX(           \
+        const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,                          \
+        const void* __restrict__ ring_k, const void* __restrict__ ring_v, const __half* __restrict__ ring_ks,  \
+        const __half* __restrict__ ring_vs, const void* __restrict__ st_k, const void* __restrict__ st_v,      \
+        const __half* __restrict__ st_ks, const __half* __restrict__ st_vs, float* __restrict__ part_ml,       \
+        float* __restrict__ part_acc, int n_kv_heads, int sinks, int window, int max_positions, float scale) { \
+        attention_partial<HD, G, KVT>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs, st_k, st_v, st_ks,     \
+                                      st_vs, part_ml, part_acc, n_kv_heads, sinks, window, max_positions,      \
+                                      scale);                                                                  \
+    }
+
+#define ATT_ENTRIES(HD, G) ATT_ENTRY(HD, G, 0, f16) ATT_ENTRY(HD, G, 1, q8)
+ATT_ENTRIES(64, 1) ATT_ENTRIES(64, 2) ATT_ENTRIES(64, 3) ATT_ENTRIES(64, 4) ATT_ENTRIES(64, 8)
+ATT_ENTRIES(128, 1) ATT_ENTRIES(128, 2) ATT_ENTRIES(128, 3) ATT_ENTRIES(128, 4) ATT_ENTRIES(128, 8)
+
+// out[t, h*HD + e] = sum_s acc_s[e] * exp(m_s - M) / sum_s l_s * exp(m_s - M)
+extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                                             float* __restrict__ out, int n_heads, int head_dim, int n_splits) {
+    const int t = blockIdx.x, h = blockIdx.y;
+    const size_t base = ((size_t)t * n_heads + h) * n_splits;
+    float M = -INFINITY;
+    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part_ml[2 * (base + s)]);
+    for (int e = threadIdx.x; e < head_dim; e += blockDim.x) {
+        float L = 0.f, A = 0.f;
+        for (int s = 0; s < n_splits; ++s) {
+            const float ms = part_ml[2 * (base + s)];
+            if (ms == -INFINITY) continue;
+            const float w = __expf(ms - M);
+            L += part_ml[2 * (base + s) + 1] * w;
+            A += part_acc[(base + s) * head_dim + e] * w;
+        }
+        out[((size_t)t * n_heads + h) * head_dim + e] = A / L;
+    }
+}
