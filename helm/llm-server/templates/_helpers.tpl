@@ -131,3 +131,20 @@ periodSeconds: {{ $p.periodSeconds }}
 failureThreshold: {{ $p.failureThreshold }}
 timeoutSeconds: {{ $p.timeoutSeconds }}
 {{- end }}
+
+{{/* Environment entries from Secrets: LLM_API_KEYS (secretKeyRef) and the TLS file paths. */}}
+{{- define "llm-server.secretEnv" -}}
+{{- with include "llm-server.apiKeySecret" . }}
+- name: LLM_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.apiKeys.secretKey }}
+{{- end }}
+{{- if .Values.tls.enabled }}
+- name: LLM_TLS_CERT
+  value: {{ printf "%s/tls.crt" .Values.tls.mountPath | quote }}
+- name: LLM_TLS_KEY
+  value: {{ printf "%s/tls.key" .Values.tls.mountPath | quote }}
+{{- end }}
+{{- end }}
