@@ -1,0 +1,482 @@
+"""CUDA backend: every Backend op on device buffers with our kernels (kernels/*.cu), weights quantized on the GPU.
+
+Same semantics as `numpy_backend.py`, op for op (the parity tests in tests/gpu/ hold them together):
+  - activations are float32 row-major (rows, cols) device buffers from a recycling pool (`ActivationPool`):
+    an op's output is a pooled buffer that goes back to the pool when its Python handle dies, so a step
+    allocates nothing once the pool has seen the step's shape (the first step of a shape grows it);
+  - every per-step value (token ids, positions, row -> sequence, slots, n_cached, row starts, logits rows)
+    lives in one int32 device block written by a single async copy from pinned staging in `begin_step`;
+    launch shapes depend only on (T, S') and static sizes, so a decode step can be captured as a CUDA graph
+    and replayed (`forward`, keyed by the batch shape);
+  - KV: one device arena per layer holding K and V of every slot, f16 or int8 + f16 scale per 32 values
+    (`kv_layout.py`); attention reads the ring plus the step's new K/V (staged in the storage format), and
+    the survivors are appended after attention, exactly like the NumPy twin.
+Matrix products and embedding rows go through `CudaMatmul` (service/backends/cuda_matmul.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from service.backends.base import MemoryRecord, StepBatch
+from service.backends.cuda_runtime import CudaGraph, CudaRuntime, DeviceBuffer
+from service.backends.kv_layout import Q8_BLOCK, KVLayout
+from service.model.dequant import dequantize
+
+ATT_THREADS = 128
+ATT_HEAD_DIMS = (64, 128)  # compiled attention variants (kernels/attention.cu)
+ATT_GROUPS = (1, 2, 3, 4, 8)
+
+
+class CudaTensor:
+    """A (rows, cols) float32 activation in a pooled device buffer; the buffer returns to the pool on death."""
+
+    __slots__ = ("buf", "rows", "cols", "pool", "key", "__weakref__")
+
+    def __init__(self, buf: DeviceBuffer, rows: int, cols: int, pool: "ActivationPool | None", key: Any):
+        self.buf, self.rows, self.cols, self.pool, self.key = buf, rows, cols, pool, key
+
+    @property
+    def ptr(self) -> int:
+        return self.buf.ptr
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    def __del__(self) -> None:
+        if self.pool is not None:
+            self.pool.release(self.key, self.buf)
+
+
+class ActivationPool:
+    """float32 device buffers keyed by (cols, capacity rows), recycled LIFO. Capacity is `small_rows` for
+    steps up to that many rows (decode, logits) and `max_rows` otherwise (prefill)."""
+
+    def __init__(self, rt: CudaRuntime, max_rows: int, small_rows: int):
+        self.rt, self.max_rows, self.small_rows = rt, max_rows, small_rows
+        self._free: dict[tuple[int, int], list[DeviceBuffer]] = {}
+        self.all: list[DeviceBuffer] = []
+        self.grown = 0  # buffers allocated so far (constant once every step shape has been seen)
+
+    def get(self, rows: int, cols: int) -> CudaTensor:
+        if rows > self.max_rows:
+            raise ValueError(f"step has {rows} rows; this backend was sized for {self.max_rows}")
+        cap = self.small_rows if rows <= self.small_rows else self.max_rows
+        key = (cols, cap)
+        free = self._free.setdefault(key, [])
+        if free:
+            buf = free.pop()
+        else:
+            buf = self.rt.alloc(4 * cap * cols, "activations", f"act.{cap}x{cols}.{self.grown}")
+            self.all.append(buf)
+            self.grown += 1
+        return CudaTensor(buf, rows, cols, self, key)
+
+    def release(self, key: tuple[int, int], buf: DeviceBuffer) -> None:
+        self._free[key].append(buf)
+
+    def poison(self) -> None:
+        """Fill every free buffer with 0xFF bytes (a NaN float32) so unwritten outputs show up in tests."""
+        for bufs in self._free.values():
+            for b in bufs:
+                self.rt.memset_u8(b, 0xFF, b.nbytes)
+
+
+@dataclass
+class VecWeight:
+    buf: DeviceBuffer  # (n,) float32
+    n: int
+
+
+@dataclass
+class MatWeight:
+    dw: Any  # CudaMatmul's DeviceWeight
+    rows: int  # N (output features)
+    cols: int  # K (input features)
+    ggml_type: str
+
+
+@dataclass
+class CudaKVArena:
+    """Device KV ring for every layer plus the step's staging rows (storage format)."""
+
+    layout: KVLayout
+    layers: list[DeviceBuffer]  # per layer: K values, V values, [K scales, V scales]
+    k: list[int]  # per layer device pointers
+    v: list[int]
+    ks: list[int]  # 0 for f16
+    vs: list[int]
+    st_k: DeviceBuffer  # (max_rows, kv_dim) f16 or int8
+    st_v: DeviceBuffer
+    st_ks: DeviceBuffer | None  # (max_rows, kv_dim / 32) f16 for q8
+    st_vs: DeviceBuffer | None
+
+    @property
+    def kv_dim(self) -> int:
+        return self.layout.n_kv_heads * self.layout.head_dim
+
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one tensor's values (K or V) in one layer."""
+        lay = self.layout
+        return lay.slots * lay.max_positions * self.kv_dim * (2 if lay.dtype == "f16" else 1)
+
+    @property
+    def scale_bytes(self) -> int:
+        lay = self.layout
+        return 0 if lay.dtype == "f16" else lay.slots * lay.max_positions * (self.kv_dim // Q8_BLOCK) * 2
+
+
+@dataclass
+class CudaStep:
+    batch: StepBatch
+    n_tokens: int  # T
+    n_seqs: int  # S
+    n_logits: int  # S'
+    max_positions: int
+
+
+class CudaBackend:
+    """The Backend protocol on one CUDA device."""
+
+    name = "cuda"
+
+    def __init__(self, rt: CudaRuntime | None = None, max_rows: int = 512, max_seqs: int = 64,
+                 kernel_cache_dir: str | None = None, use_graphs: bool = True):
+        self.rt = rt or CudaRuntime(0, kernel_cache_dir)
+        self.max_rows = int(max_rows)  # T cap of a step (prefill chunk + decode rows)
+        self.max_seqs = int(max_seqs)  # S cap of a step
+        self.pool = ActivationPool(self.rt, self.max_rows, min(self.max_rows, max(self.max_seqs, 64)))
+        self.use_graphs = use_graphs
+        self._mm: Any = None
+        self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
+        self._max_k = 0
+        self._workspace: DeviceBuffer | None = None
+        self._inv_freq: dict[tuple, DeviceBuffer] = {}
+        self._partials: dict[str, DeviceBuffer] = {}
+        self._fn: dict[str, Any] = {}
+        # per-step int32 block: ids, pos, row_seq (max_rows each), slot, ncached (max_seqs), row0 (max_seqs+1),
+        # logits rows (max_seqs)
+        R, S = self.max_rows, self.max_seqs
+        self._off = {"ids": 0, "pos": R, "row_seq": 2 * R, "slot": 3 * R, "ncached": 3 * R + S,
+                     "row0": 3 * R + 2 * S, "logits": 3 * R + 3 * S + 1}
+        n_ints = 3 * R + 4 * S + 1
+        self._stage_host = self.rt.pinned((n_ints,), np.int32, "step.staging")  # (n_ints,) int32
+        self._stage_dev = self.rt.alloc(4 * n_ints, "activations", "step.meta")
+        self._stage_event = self.rt._cuda.Event()
+        self._stage_event.record(self.rt.stream)
+        self._host_out: np.ndarray | None = None  # pinned (n,) float32 for to_host
+        self._graphs: dict[tuple, tuple[CudaGraph, CudaTensor]] = {}
+        self._seen: set[tuple] = set()
+        self._capturing = False
+        self._captured: CudaTensor | None = None
+        self._step: CudaStep | None = None
+        self.graph_replays = 0
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _f(self, module: str, name: str, fmt: str) -> Any:
+        fn = self._fn.get(name)
+        if fn is None:
+            fn = self.rt.function(module, name)
+            fn.prepare(fmt)
+            self._fn[name] = fn
+        return fn
+
+    def _launch(self, module: str, name: str, fmt: str, grid: tuple, block: tuple, *args: Any) -> None:
+        self._f(module, name, fmt).prepared_async_call(grid, block, self.rt.stream, *args)
+
+    def _ptr(self, key: str) -> int:
+        return self._stage_dev.ptr + 4 * self._off[key]
+
+    def _grid1d(self, n: int, per_block: int = 256) -> tuple[int, int, int]:
+        return (max(1, min((n + per_block - 1) // per_block, 8 * self.rt.sm_count)), 1, 1)
+
+    @property
+    def mm(self) -> Any:
+        if self._mm is None:
+            from service.backends.cuda_matmul import CudaMatmul
+
+            self._mm = CudaMatmul(self.rt)
+        return self._mm
+
+    def from_host(self, x: np.ndarray) -> CudaTensor:
+        """Upload a (rows, cols) float32 array into a pooled tensor (tests, tools)."""
+        x = np.ascontiguousarray(x, dtype=np.float32)  # (rows, cols)
+        t = self.pool.get(x.shape[0], x.shape[1])
+        self.rt._cuda.memcpy_htod_async(t.ptr, x, self.rt.stream)
+        self.rt.synchronize()
+        return t
+
+    def poison_activations(self) -> None:
+        self.pool.poison()
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def load_weight(self, tensor: Any, layer: int | None = None) -> Any:
+        key = id(tensor)
+        if key in self._weights:
+            return self._weights[key]
+        if len(tensor.shape) == 1:
+            w = dequantize(tensor.data, tensor.ggml_type, tensor.shape).astype(np.float32)  # (n,)
+            buf = self.rt.alloc(w.nbytes, "weights", tensor.name, layer, tensor.type_name)
+            self.rt._cuda.memcpy_htod(buf.ptr, w)
+            handle: Any = VecWeight(buf, int(w.shape[0]))
+        else:
+            rows, cols = int(tensor.shape[0]), int(tensor.shape[1])
+            handle = MatWeight(self.mm.upload(tensor, layer), rows, cols, tensor.type_name)
+            self._max_k = max(self._max_k, cols)
+        self._weights[key] = handle
+        return handle
+
+    def alloc_kv(self, layout: KVLayout) -> CudaKVArena:
+        kv_dim = layout.n_kv_heads * layout.head_dim
+        q8 = layout.dtype == "q8"
+        esize = 1 if q8 else 2
+        vbytes = layout.slots * layout.max_positions * kv_dim * esize
+        sbytes = layout.slots * layout.max_positions * (kv_dim // Q8_BLOCK) * 2 if q8 else 0
+        assert 2 * vbytes + 2 * sbytes == layout.bytes_per_layer
+        layers, k, v, ks, vs = [], [], [], [], []
+        for i in range(layout.n_layers):
+            buf = self.rt.alloc(layout.bytes_per_layer, "kv", f"blk.{i}.kv", i, layout.dtype)
+            layers.append(buf)
+            k.append(buf.ptr)
+            v.append(buf.ptr + vbytes)
+            ks.append(buf.ptr + 2 * vbytes if q8 else 0)
+            vs.append(buf.ptr + 2 * vbytes + sbytes if q8 else 0)
+        R = self.max_rows
+        st_k = self.rt.alloc(R * kv_dim * esize, "activations", "kv.staging.k")
+        st_v = self.rt.alloc(R * kv_dim * esize, "activations", "kv.staging.v")
+        st_ks = self.rt.alloc(R * kv_dim // Q8_BLOCK * 2, "activations", "kv.staging.k_scale") if q8 else None
+        st_vs = self.rt.alloc(R * kv_dim // Q8_BLOCK * 2, "activations", "kv.staging.v_scale") if q8 else None
+        for buf in layers:  # a fresh arena reads as zeros (like the NumPy twin), never as stale memory
+            self.rt.memset_u8(buf, 0, buf.nbytes)
+        self.rt.synchronize()
+        return CudaKVArena(layout, layers, k, v, ks, vs, st_k, st_v, st_ks, st_vs)
+
+    def begin_step(self, batch: StepBatch) -> CudaStep:
+        if self._capturing:
+            assert self._step is not None
+            return self._step  # staged before the capture began
+        T, S = batch.n_tokens, len(batch.seqs)
+        if T > self.max_rows or S > self.max_seqs:
+            raise ValueError(f"step of {T} rows / {S} sequences exceeds the backend's {self.max_rows} / {self.max_seqs}")
+        self._stage_event.synchronize()  # the previous step's copy has left the staging buffer
+        h, o = self._stage_host, self._off
+        h[o["ids"]:o["ids"] + T] = batch.token_ids
+        h[o["pos"]:o["pos"] + T] = batch.positions
+        h[o["row_seq"]:o["row_seq"] + T] = np.repeat(np.arange(S, dtype=np.int32), [s.n_new for s in batch.seqs])
+        h[o["slot"]:o["slot"] + S] = [s.slot for s in batch.seqs]
+        h[o["ncached"]:o["ncached"] + S] = [s.n_cached for s in batch.seqs]
+        h[o["row0"]:o["row0"] + S + 1] = batch.row_starts
+        rows = batch.logits_rows
+        h[o["logits"]:o["logits"] + len(rows)] = rows
+        self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr, h, self.rt.stream)
+        self._stage_event.record(self.rt.stream)
+        self._step = CudaStep(batch, T, S, int(len(rows)), batch.max_positions)
+        return self._step
+
+    # -- ops ---------------------------------------------------------------------------------------
+    def embedding(self, table: MatWeight, step: CudaStep) -> CudaTensor:
+        out = self.pool.get(step.n_tokens, table.cols)  # (T, dim)
+        self.mm.embedding(table.dw, self._ptr("ids"), step.n_tokens, out.ptr)
+        return out
+
+    def rms_norm(self, x: CudaTensor, weight: VecWeight, eps: float) -> CudaTensor:
+        out = self.pool.get(x.rows, x.cols)  # (T, D)
+        name = "rms_norm_f32_vec4" if x.cols % 4 == 0 else "rms_norm_f32"
+        self._launch("norm", name, "PPPif", (x.rows, 1, 1), (256, 1, 1), x.ptr, weight.buf.ptr, out.ptr,
+                     np.int32(x.cols), np.float32(eps))
+        return out
+
+    def matmul(self, x: CudaTensor, w: MatWeight) -> CudaTensor:
+        assert x.cols == w.cols, (x.shape, w.rows, w.cols)
+        out = self.pool.get(x.rows, w.rows)  # (T, N)
+        if self._workspace is None:
+            n = int(self.mm.workspace_bytes(self.max_rows, self._max_k))
+            self._workspace = self.rt.alloc(max(n, 16), "activations", "matmul.workspace")
+        self.mm.matmul(x.ptr, x.rows, w.dw, out.ptr, self._workspace.ptr)
+        return out
+
+    def _inv_freq_buf(self, rope: Any) -> DeviceBuffer:
+        key = (rope.n_rot, rope.theta, rope.linear_factor, rope.freq_factors)
+        buf = self._inv_freq.get(key)
+        if buf is None:
+            inv = np.ascontiguousarray(rope.inv_freq(), dtype=np.float64)  # (n_rot / 2,)
+            buf = self.rt.alloc(inv.nbytes, "weights", "rope.inv_freq")
+            self.rt._cuda.memcpy_htod(buf.ptr, inv)
+            self._inv_freq[key] = buf
+        return buf
+
+    def rope(self, x: CudaTensor, step: CudaStep, n_heads: int, rope: Any, sink: bool = False) -> CudaTensor:
+        out = self.pool.get(x.rows, x.cols)  # (T, n_heads * head_dim)
+        head_dim = x.cols // n_heads
+        name = "rope_f32" if rope.mode == "normal" else "rope_neox_f32"
+        self._launch("rope", name, "PPPPiiiii", (x.rows, 1, 1), (256, 1, 1), x.ptr, out.ptr, self._ptr("pos"),
+                     self._inv_freq_buf(rope).ptr, np.int32(n_heads), np.int32(head_dim), np.int32(rope.n_rot),
+                     np.int32(1 if sink else 0), np.int32(step.max_positions))
+        return out
+
+    def n_splits(self, T: int, n_kv_heads: int, max_positions: int) -> int:
+        """Key-range splits of attention: enough blocks for the SMs, at least 64 keys per split."""
+        want = math.ceil(4 * self.rt.sm_count / max(1, T * n_kv_heads))
+        return max(1, min(want, math.ceil((max_positions + T) / 64), 64))
+
+    def _partial_bufs(self, n_heads: int, head_dim: int, max_positions: int, n_kv_heads: int) -> tuple[DeviceBuffer, DeviceBuffer]:
+        if "acc" not in self._partials:
+            worst = max(T * self.n_splits(T, n_kv_heads, max_positions) for T in range(1, self.max_rows + 1))
+            self._partials["ml"] = self.rt.alloc(4 * 2 * worst * n_heads, "activations", "attention.partial_ml")
+            self._partials["acc"] = self.rt.alloc(4 * worst * n_heads * head_dim, "activations", "attention.partial_acc")
+            self._partials_cap = worst * n_heads * head_dim
+        return self._partials["ml"], self._partials["acc"]
+
+    def attention(self, q: CudaTensor, q_sink: CudaTensor, k: CudaTensor, v: CudaTensor, kv: CudaKVArena,
+                  layer: int, step: CudaStep, n_heads: int, n_kv_heads: int) -> CudaTensor:
+        lay = kv.layout
+        hd, T = lay.head_dim, step.n_tokens
+        G = n_heads // n_kv_heads
+        if hd not in ATT_HEAD_DIMS or G not in ATT_GROUPS:
+            raise NotImplementedError(f"attention kernel not built for head_dim {hd}, group {G}")
+        kv_dim = n_kv_heads * hd
+        q8 = lay.dtype == "q8"
+        # 1. the step's new K/V in the cache's storage format (what the NumPy twin's round_trip gives)
+        if q8:
+            nb = T * kv_dim // Q8_BLOCK
+            self._launch("kv_store", "kv_stage_q8", "PPPPPPi", self._grid1d(nb * 32), (256, 1, 1), k.ptr, v.ptr,
+                         kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr, kv.st_vs.ptr, np.int32(nb))
+        else:
+            self._launch("kv_store", "kv_stage_f16", "PPPPi", self._grid1d(T * kv_dim), (256, 1, 1), k.ptr, v.ptr,
+                         kv.st_k.ptr, kv.st_v.ptr, np.int32(T * kv_dim))
+        # 2. split-K partial softmax over ring + staged keys, 3. combine
+        splits = self.n_splits(T, n_kv_heads, lay.max_positions)
+        ml, acc = self._partial_bufs(n_heads, hd, lay.max_positions, n_kv_heads)
+        assert T * splits * n_heads * hd <= self._partials_cap
+        meta = (self._ptr("row_seq"), self._ptr("slot"), self._ptr("ncached"), self._ptr("row0"))
+        name = f"attention_partial_{hd}_{G}_{'q8' if q8 else 'f16'}"
+        self._launch("attention", name, "PP" + "PPPP" + "PPPPPPPP" + "PP" + "iiiif", (splits, n_kv_heads, T),
+                     (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta, kv.k[layer], kv.v[layer], kv.ks[layer],
+                     kv.vs[layer], kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0,
+                     ml.ptr, acc.ptr, np.int32(n_kv_heads), np.int32(lay.sink_tokens), np.int32(lay.window),
+                     np.int32(lay.max_positions), np.float32(1.0 / math.sqrt(hd)))
+        out = self.pool.get(T, n_heads * hd)  # (T, n_heads * head_dim)
+        self._launch("attention", "attention_combine", "PPPiii", (T, n_heads, 1), (hd, 1, 1), ml.ptr, acc.ptr,
+                     out.ptr, np.int32(n_heads), np.int32(hd), np.int32(splits))
+        # 4. append the survivors to the ring
+        esize = 1 if q8 else 2
+        words = kv_dim * esize // 4
+        swords = (kv_dim // Q8_BLOCK * 2) // 4 if q8 else 0
+        self._launch("kv_store", "kv_append", "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP", (T, 4 if q8 else 2, 1),
+                     (128, 1, 1), *meta, np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
+                     kv.st_k.ptr, kv.k[layer], np.int32(words), kv.st_v.ptr, kv.v[layer],
+                     kv.st_ks.ptr if q8 else 0, kv.ks[layer], np.int32(swords), kv.st_vs.ptr if q8 else 0, kv.vs[layer])
+        return out
+
+    def silu_mul(self, gate: CudaTensor, up: CudaTensor) -> CudaTensor:
+        out = self.pool.get(gate.rows, gate.cols)  # (T, F)
+        n = gate.rows * gate.cols
+        self._launch("elementwise", "silu_mul_f32", "PPPi", self._grid1d(n), (256, 1, 1), gate.ptr, up.ptr, out.ptr,
+                     np.int32(n))
+        return out
+
+    def add(self, a: CudaTensor, b: CudaTensor) -> CudaTensor:
+        out = self.pool.get(a.rows, a.cols)  # (T, D)
+        n = a.rows * a.cols
+        self._launch("elementwise", "add_f32", "PPPi", self._grid1d(n // 4 + 1), (256, 1, 1), a.ptr, b.ptr, out.ptr,
+                     np.int32(n))
+        return out
+
+    def take_rows(self, x: CudaTensor, step: CudaStep) -> CudaTensor:
+        out = self.pool.get(step.n_logits, x.cols)  # (S', D)
+        if step.n_logits:
+            self._launch("elementwise", "take_rows_f32", "PPPi", (step.n_logits, 1, 1), (256, 1, 1), x.ptr,
+                         self._ptr("logits"), out.ptr, np.int32(x.cols))
+        return out
+
+    def argmax(self, x: CudaTensor) -> np.ndarray:
+        """(rows,) int32 greedy token of each row, computed on the device."""
+        out = self.pool.get(max(1, x.rows), 1)  # (rows, 1) used as int32
+        self._launch("argmax", "argmax_f32", "PPi", (x.rows, 1, 1), (1024, 1, 1), x.ptr, out.ptr, np.int32(x.cols))
+        host = np.empty(x.rows, np.int32)  # (rows,)
+        self.rt._cuda.memcpy_dtoh_async(host, out.ptr, self.rt.stream)
+        self.rt.synchronize()
+        return host
+
+    def to_host(self, x: CudaTensor) -> np.ndarray:
+        if self._capturing:
+            self._captured = x  # the graph's output; read after each replay
+            return None  # type: ignore[return-value]
+        n = x.rows * x.cols
+        if self._host_out is None or self._host_out.size < n:
+            self._host_out = self.rt.pinned((max(n, 1 << 20),), np.float32, "to_host.staging")  # (n,) float32
+        view = self._host_out[:n]
+        self.rt._cuda.memcpy_dtoh_async(view, x.ptr, self.rt.stream)
+        self.rt.synchronize()
+        return view.reshape(x.rows, x.cols).copy()  # (rows, cols)
+
+    # -- CUDA-graph decode -------------------------------------------------------------------------
+    def forward(self, model: Any, batch: StepBatch) -> np.ndarray:
+        """model.forward(batch), replaying a captured CUDA graph when every sequence decodes one token.
+
+        The first decode step of a batch shape runs eagerly (it sizes the pools and uploads constants), the
+        second is captured and every later one replays; prefill chunks always run eagerly."""
+        if not self.use_graphs or any(s.n_new != 1 for s in batch.seqs) or not batch.seqs:
+            return model.forward(batch)
+        key = (id(model), len(batch.seqs), tuple(s.want_logits for s in batch.seqs), batch.max_positions)
+        entry = self._graphs.get(key)
+        if entry is None and key not in self._seen:
+            self._seen.add(key)
+            return model.forward(batch)
+        self.begin_step(batch)
+        if entry is None:
+            graph = CudaGraph(self.rt)
+            self._capturing = True
+            try:
+                graph.capture(lambda: model.forward(batch))
+            finally:
+                self._capturing = False
+            assert self._captured is not None
+            entry = (graph, self._captured)
+            self._captured = None
+            self._graphs[key] = entry
+        graph, logits = entry
+        graph.replay()
+        self.graph_replays += 1
+        return self.to_host(logits)
+
+    def kv_to_host(self, kv: CudaKVArena, layer: int) -> dict[str, np.ndarray]:
+        """One layer's ring as NumPy arrays shaped like NumpyKVArena's (tests)."""
+        lay = kv.layout
+        shape = (lay.slots, lay.max_positions, lay.n_kv_heads, lay.head_dim)
+        dt = np.float16 if lay.dtype == "f16" else np.int8
+        out = {"k": np.empty(shape, dt), "v": np.empty(shape, dt)}  # (slots, max_positions, kvh, hd)
+        self.rt.synchronize()
+        self.rt._cuda.memcpy_dtoh(out["k"], kv.k[layer])
+        self.rt._cuda.memcpy_dtoh(out["v"], kv.v[layer])
+        if lay.dtype == "q8":
+            sshape = shape[:-1] + (lay.head_dim // Q8_BLOCK,)
+            out["k_scale"], out["v_scale"] = np.empty(sshape, np.float16), np.empty(sshape, np.float16)
+            self.rt._cuda.memcpy_dtoh(out["k_scale"], kv.ks[layer])
+            self.rt._cuda.memcpy_dtoh(out["v_scale"], kv.vs[layer])
+        return out
+
+    # -- accounting --------------------------------------------------------------------------------
+    def memory_records(self) -> Sequence[MemoryRecord]:
+        recs = self.rt.memory_records()
+        context = self.rt.process_used_bytes() - self.rt.accounted_device_bytes()
+        recs.append(MemoryRecord("context", "cuda_context_and_driver", int(context), None, None, device=True))
+        return recs
+
+    def device_info(self) -> dict[str, Any]:
+        free, total = self.rt.mem_get_info()
+        accounted = self.rt.accounted_device_bytes()
+        used = self.rt.process_used_bytes()
+        return {
+            "device": self.rt.name, "arch": self.rt.arch, "sm_count": self.rt.sm_count,
+            "total_bytes": total, "free_bytes": free,
+            "baseline_used_bytes": self.rt.baseline_used_bytes,  # in use before our context (NVML), None if unknown
+            "process_used_bytes": used, "accounted_device_bytes": accounted, "context_bytes": used - accounted,
+            "activation_buffers": self.pool.grown, "graphs": len(self._graphs), "graph_replays": self.graph_replays,
+        }
