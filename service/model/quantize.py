@@ -13,9 +13,10 @@ search grids, never over blocks.
   Q6_K  per 16-value sub-block a symmetric scale search (make_qx_quants: nmax 32, weights x^2, 18 trial
         scales), 8-bit sub-scales under one f16 super-scale, re-rounding    (quantize_row_q6_K_ref)
 
-Accumulations are float32 like the C code, but summed pairwise by NumPy, so a rare tie in the search can
-resolve differently from llama.cpp's sequential sums; tests/test_quantize.py checks the round trip error
-and, where the `gguf` package has a quantizer (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), byte equality with it.
+Sums are accumulated left to right in float32 like the C loops (`seq_sum`), so the searches make the same
+choices as the C reference compiled without FMA contraction: tests/test_quantize.py checks byte equality
+with a literal scalar transcription (tests/ggml_ref_quants.py), the round-trip error through the `gguf`
+package's dequantizers, and, where `gguf` has a quantizer (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), byte equality.
 The model-level recipe (which tensor gets which type) and the GGUF writing live in gguf_writer.py.
 """
 
@@ -59,6 +60,11 @@ def _pack_nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 def _safe_inverse(d: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.where(d == 0, _F32(0), _F32(1) / d).astype(np.float32)
+
+
+def seq_sum(a: np.ndarray) -> np.ndarray:
+    """Row sums accumulated left to right in float32, like the C loops (NumPy's .sum() is pairwise)."""
+    return np.cumsum(a, axis=1, dtype=np.float32)[:, -1]  # (n,)
 
 
 def _signed_max(x: np.ndarray) -> np.ndarray:
@@ -121,12 +127,12 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
 
     Starts from the min/max grid, then tries iscale = (nmax + rmin + rdelta * i) / (max - min) for
     i = 0..nstep, solving the weighted least-squares (scale, min) for each rounding and keeping the one
-    with the smallest weighted squared error. Returns (scale (n,), the_min (n,), L (n, k) uint8).
+    with the smallest weighted squared error; like the C code, `min` is the best candidate's so far. Returns (scale (n,), the_min (n,), L (n, k) uint8).
     """
     lo = np.minimum(x.min(axis=1), _F32(0))  # (n,)
     hi = x.max(axis=1)  # (n,)
-    sum_w = w.sum(axis=1)  # (n,)
-    sum_x = (w * x).sum(axis=1)  # (n,)
+    sum_w = seq_sum(w)  # (n,)
+    sum_x = seq_sum(w * x)  # (n,)
     span = hi - lo  # (n,)
     flat = span == 0
     span = np.where(flat, _F32(1), span)  # (n,) avoid 0/0 on constant rows (fixed up below)
@@ -136,17 +142,19 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
     scale = _F32(1) / iscale  # (n,)
     best_l = np.clip(nearest_int(iscale[:, None] * xs), 0, nmax).astype(np.float32)  # (n, k)
     diff = scale[:, None] * best_l + lo[:, None] - x  # (n, k)
-    best_err = (w * diff * diff).sum(axis=1)  # (n,)
+    best_err = seq_sum(w * (diff * diff))  # (n,)
     best_min = lo.copy()  # (n,)
 
     with np.errstate(divide="ignore", invalid="ignore"):
         for i in range(nstep + 1):
+            # as in the C code, a better candidate's min moves the grid of the following steps
+            span = np.where(flat, _F32(1), hi - best_min)  # (n,)
             iscale = (_F32(rmin) + _F32(rdelta) * _F32(i) + _F32(nmax)) / span  # (n,)
-            l = np.clip(nearest_int(iscale[:, None] * xs), 0, nmax).astype(np.float32)  # (n, k)
+            l = np.clip(nearest_int(iscale[:, None] * (x - best_min[:, None])), 0, nmax).astype(np.float32)  # (n, k)
             wl = w * l  # (n, k)
-            sum_l = wl.sum(axis=1)  # (n,)
-            sum_l2 = (wl * l).sum(axis=1)  # (n,)
-            sum_xl = (wl * x).sum(axis=1)  # (n,)
+            sum_l = seq_sum(wl)  # (n,)
+            sum_l2 = seq_sum(wl * l)  # (n,)
+            sum_xl = seq_sum(wl * x)  # (n,)
             det = sum_w * sum_l2 - sum_l * sum_l  # (n,)
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det  # (n,)
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det  # (n,)
@@ -154,7 +162,7 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
             this_scale = np.where(positive, sum_xl / sum_l2, this_scale)  # (n,)
             this_min = np.where(positive, _F32(0), this_min)  # (n,)
             diff = this_scale[:, None] * l + this_min[:, None] - x  # (n, k)
-            err = (w * diff * diff).sum(axis=1)  # (n,)
+            err = seq_sum(w * (diff * diff))  # (n,)
             better = (det > 0) & (err < best_err)
             best_l = np.where(better[:, None], l, best_l)  # (n, k)
             best_err = np.where(better, err, best_err)
@@ -180,7 +188,7 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     def fit(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         l = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1).astype(np.float32)  # (n, k)
         wl = w * l  # (n, k)
-        return l, (wl * x).sum(axis=1), (wl * l).sum(axis=1)
+        return l, seq_sum(w * x * l), seq_sum(wl * l)
 
     best_l, sumlx, suml2 = fit(_F32(-nmax) / vmax)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -213,7 +221,7 @@ def pack_scale_min_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
 def _quantize_q4_k(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
     sub = x.reshape(n * 8, 32)  # (n * 8, 32) sub-blocks
-    av_x = np.sqrt((sub * sub).sum(axis=1, keepdims=True) / _F32(32))  # (n * 8, 1)
+    av_x = np.sqrt(seq_sum(sub * sub) / _F32(32))[:, None]  # (n * 8, 1)
     scales, mins, levels = make_qkx2_quants(sub, av_x + np.abs(sub), 15, -1.0, 0.1, 20)
     scales, mins, levels = scales.reshape(n, 8), mins.reshape(n, 8), levels.reshape(n, 8, 32)
 
