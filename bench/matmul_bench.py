@@ -1,0 +1,258 @@
+"""Benchmark of the CUDA matmul kernels: decode (vector, dp4a) GB/s as % of a device-to-device copy measured in
+the same run, tiled (tensor-core) TFLOP/s at 512 rows, and a 7B Q4_K_M decode step's 225 matmuls as one graph.
+
+    python -m bench.matmul_bench [--quick] [--out DIR]      # GPU machine; JSON to DIR (default bench/out/)
+
+Method: random valid blocks (finite random f16 scales, never zeros); every timed region is a CUDA graph of many
+launches (so Python's ~9 us per launch stays out), timed with CUDA events over repeated replays; decode timings
+rotate through enough weight copies to exceed twice the L2, so weights come from HBM as in a real step.
+Bytes counted per matmul = the weight bytes (activations are < 1 % and come from L2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+from gguf.constants import GGML_QUANT_SIZES
+
+from service.backends.cuda_matmul import CudaMatmul, DeviceWeight
+
+F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
+              T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+SHAPES_7B = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
+VARIANTS = ["r1u1", "r1u2", "r2u1", "r2u2", "r2u4", "r4u1", "r4u2", "r4u8"]  # + production (None) = r4u4
+VARIANT_TYPES = (T.Q4_K, T.Q6_K)
+
+
+@dataclasses.dataclass
+class _Tensor:
+    name: str
+    ggml_type: T
+    shape: tuple[int, int]
+    data: np.ndarray
+
+
+def random_tensor(ggml_type: T, n: int, k: int, rng: np.random.Generator) -> _Tensor:
+    """Random valid storage of an (n, k) tensor (scales ~ 1e-2 like real weights)."""
+    if ggml_type in (T.F16, T.F32):
+        dt = np.float16 if ggml_type == T.F16 else np.float32
+        return _Tensor("w", ggml_type, (n, k), (rng.standard_normal((n, k), np.float32) * 0.05).astype(dt))  # (n, k)
+    vals, bb = GGML_QUANT_SIZES[ggml_type]
+    raw = rng.integers(0, 256, (n, k // vals, bb), dtype=np.uint8)  # (n, blocks, block bytes)
+    for at in F16_FIELDS[ggml_type]:
+        f = (rng.standard_normal((n, k // vals), np.float32) * 1e-2).astype(np.float16)  # (n, blocks)
+        raw[:, :, at:at + 2] = f[..., None].view(np.uint8)
+    return _Tensor("w", ggml_type, (n, k), raw.reshape(n, -1))
+
+
+class Bench:
+    def __init__(self, quick: bool):
+        import pycuda.driver as cuda
+
+        from service.backends.cuda_runtime import CudaGraph, CudaRuntime
+
+        self.cuda, self.CudaGraph = cuda, CudaGraph
+        self.rt = CudaRuntime(0)
+        self.mm = CudaMatmul(self.rt)
+        t0 = time.time()
+        self.mm.warm_up()
+        self.compile_s = time.time() - t0
+        self.quick = quick
+        self.rng = np.random.default_rng(0)
+        self.rows: list[dict[str, Any]] = []
+        self._orig: dict[tuple, DeviceWeight] = {}
+        self._copies: dict[tuple, list[DeviceWeight]] = {}
+        max_k, max_rows, max_n = 11008, 512, 32000
+        self.x = self.rt.alloc(4 * max_rows * max_k, "activations", "x")
+        self.rt.htod(self.x, self.rng.standard_normal((max_rows, max_k), np.float32))
+        self.out = self.rt.alloc(4 * max_rows * max_n, "activations", "out")
+        self.ws = self.rt.alloc(self.mm.workspace_bytes(8, max_k), "activations", "ws")
+        self.rt.synchronize()
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def timed(self, launches: list[Callable[[], None]], reps: int) -> float:
+        """Seconds per launch-list entry: capture all launches as one graph, replay `reps` times."""
+        g = self.CudaGraph(self.rt)
+        g.capture(lambda: [f() for f in launches])
+        g.replay()
+        self.rt.synchronize()
+        start, end = self.cuda.Event(), self.cuda.Event()
+        start.record(self.rt.stream)
+        for _ in range(reps):
+            g.replay()
+        end.record(self.rt.stream)
+        end.synchronize()
+        g.destroy()
+        return end.time_since(start) / 1e3 / (reps * len(launches))
+
+    def copy_bandwidth(self) -> float:
+        nb = 1 << 29
+        a = self.rt.alloc(nb, "activations", "copy_a")
+        b = self.rt.alloc(nb, "activations", "copy_b")
+        self.cuda.memcpy_htod(a.ptr, self.rng.integers(0, 256, nb, dtype=np.uint8))
+        cp = lambda: self.cuda.memcpy_dtod_async(b.ptr, a.ptr, nb, self.rt.stream)  # noqa: E731
+        cp()
+        self.rt.synchronize()
+        start, end = self.cuda.Event(), self.cuda.Event()
+        start.record(self.rt.stream)
+        for _ in range(20):
+            cp()
+        end.record(self.rt.stream)
+        end.synchronize()
+        s = end.time_since(start) / 1e3 / 20
+        self.rt.free(a)
+        self.rt.free(b)
+        return 2 * nb / s
+
+    def weights(self, ggml_type: T, n: int, k: int, min_total: int) -> list[DeviceWeight]:
+        """Copies of one random tensor, at least `min_total` bytes together (L2 rotation)."""
+        key = (ggml_type, n, k)
+        if key not in self._orig:
+            self._orig[key] = self.mm.upload(random_tensor(ggml_type, n, k, self.rng))
+            self._copies[key] = [self._orig[key]]
+        w0 = self._orig[key]
+        copies = self._copies[key]
+        while len(copies) * w0.nbytes < min_total:
+            buf = self.rt.alloc(w0.nbytes, "weights", f"copy{len(copies)}")
+            self.cuda.memcpy_dtod_async(buf.ptr, w0.buffer.ptr, w0.nbytes, self.rt.stream)
+            shift = buf.ptr - w0.buffer.ptr
+            copies.append(dataclasses.replace(w0, q_ptr=w0.q_ptr + shift, s_ptr=w0.s_ptr + shift if w0.s_ptr else 0,
+                                              h_ptr=w0.h_ptr + shift if w0.h_ptr else 0, buffer=buf))
+        self.rt.synchronize()
+        n_need = max(1, -(-min_total // w0.nbytes))
+        return copies[:n_need]
+
+    def free_weights(self) -> None:
+        for copies in self._copies.values():
+            for w in copies:
+                self.rt.free(w.buffer)
+        self._orig.clear()
+        self._copies.clear()
+
+    # -- cases ---------------------------------------------------------------------------------------
+    def vec(self, ggml_type: T, n: int, k: int, n_rows: int, variant: str | None, with_quant: bool) -> dict:
+        ws = self.weights(ggml_type, n, k, 3 * self.rt.l2_bytes)
+        per_pass = len(ws)
+        passes = max(1, 48 // per_pass)
+        launches = [(lambda w=w: self.mm.matmul(self.x.ptr, n_rows, w, self.out.ptr, self.ws.ptr,
+                                                prequantized=not with_quant, variant=variant))
+                    for _ in range(passes) for w in ws]
+        if not with_quant and ggml_type not in (T.F16, T.F32):
+            self.mm.quantize_act(self.x.ptr, n_rows, k, self.ws.ptr)  # valid int8 input for the timed kernels
+        s = self.timed(launches, reps=10 if self.quick else 30)
+        wb = ws[0].nbytes
+        return dict(path="vec", type=ggml_type.name, n=n, k=k, n_rows=n_rows, variant=variant or "prod",
+                    with_quant=with_quant, us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
+
+    def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int) -> dict:
+        ws = self.weights(ggml_type, n, k, 1)
+        launches = [(lambda w=w: self.mm.matmul(self.x.ptr, m, w, self.out.ptr, self.ws.ptr, tile_m=tile_m))
+                    for w in ws * 4]
+        s = self.timed(launches, reps=3 if self.quick else 8)
+        return dict(path="tiled", type=ggml_type.name, n=n, k=k, n_rows=m, variant=f"m{tile_m}", us=s * 1e6,
+                    tflops=2 * m * n * k / s / 1e12)
+
+    def step_7b(self) -> dict:
+        """The 225 matmuls of one Llama-2-7B Q4_K_M decode token (+ 97 activation quantizations) as one graph.
+        Q4_K_M mix (llama.cpp): attn_v and ffn_down are Q6_K in layers i < n/8, i >= 7n/8, (i - n/8) % 3 == 2."""
+        n_layers, dim, ffn, vocab = 32, 4096, 11008, 32000
+        more_bits = lambda i: i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2  # noqa: E731
+        need: dict[tuple, int] = {}
+        plan = []
+        for i in range(n_layers):
+            vt = T.Q6_K if more_bits(i) else T.Q4_K
+            for name, tp, n, k in (("q", T.Q4_K, dim, dim), ("k", T.Q4_K, dim, dim), ("v", vt, dim, dim),
+                                   ("o", T.Q4_K, dim, dim), ("gate", T.Q4_K, ffn, dim), ("up", T.Q4_K, ffn, dim),
+                                   ("down", vt, dim, ffn)):
+                key = (tp, n, k)
+                plan.append((name, key, need.get(key, 0)))
+                need[key] = need.get(key, 0) + 1
+        plan.append(("output", (T.Q6_K, vocab, dim), 0))
+        need[(T.Q6_K, vocab, dim)] = 1
+        pool: dict[tuple, list[DeviceWeight]] = {}
+        for key, cnt in need.items():
+            tp, n, k = key
+            probe = self.weights(tp, n, k, 1)[0]
+            pool[key] = self.weights(tp, n, k, cnt * probe.nbytes)
+        total_bytes = sum(pool[key][idx].nbytes for _, key, idx in plan)
+        mm, x, out, wsp = self.mm, self.x.ptr, self.out.ptr, self.ws.ptr
+
+        def step() -> None:
+            for name, key, idx in plan:
+                w = pool[key][idx]
+                first_of_input = name in ("q", "o", "gate", "down", "output")
+                mm.matmul(x, 1, w, out, wsp, prequantized=not first_of_input)
+
+        s = self.timed([step], reps=10 if self.quick else 30)
+        return dict(path="step7b", type="Q4_K_M", n_matmuls=len(plan), weight_bytes=total_bytes, us=s * 1e6,
+                    tok_s=1 / s, gbps=total_bytes / s / 1e9, pct_copy=100 * total_bytes / s / self.copy_bw)
+
+    # -- run -----------------------------------------------------------------------------------------
+    def run(self) -> None:
+        self.copy_bw = self.copy_bandwidth()
+        print(f"device {self.rt.name}  copy {self.copy_bw / 1e12:.2f} TB/s  kernel build {self.compile_s:.1f} s", flush=True)
+        add = lambda r: (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        shapes = SHAPES_7B
+        for tp in (T.Q4_K, T.Q6_K, T.Q8_0):
+            for n, k in shapes:
+                add(self.vec(tp, n, k, 1, None, True))
+                add(self.vec(tp, n, k, 1, None, False))
+                if tp in VARIANT_TYPES and not self.quick:
+                    for v in VARIANTS:
+                        add(self.vec(tp, n, k, 1, v, False))
+            self.free_weights()
+        for tp in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_K, T.F16):
+            for n, k in shapes[:2]:
+                add(self.vec(tp, n, k, 1, None, True))
+            self.free_weights()
+        for n, k in shapes[:3]:
+            for r in (2, 4, 8):
+                add(self.vec(T.Q4_K, n, k, r, None, True))
+        self.free_weights()
+        add(self.step_7b())
+        self.free_weights()
+        for tp in (T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_1):
+            for n, k in shapes[:3]:
+                for tm in (64, 128):
+                    add(self.tiled(tp, n, k, 512, tm))
+            self.free_weights()
+        for tm in (64, 128):
+            add(self.tiled(T.Q4_K, 4096, 4096, 64, tm))
+
+    def table(self) -> str:
+        lines = [f"device: {self.rt.name}   copy bandwidth: {self.copy_bw / 1e12:.2f} TB/s (read+write)",
+                 f"{'path':7} {'type':6} {'shape':>12} {'rows':>4} {'variant':>7} {'q':>2} {'us':>9} {'GB/s':>7} "
+                 f"{'%copy':>6} {'TFLOP/s':>7}"]
+        for r in self.rows:
+            shape = f"{r.get('n', '')}x{r.get('k', '')}" if "n" in r else f"{r['n_matmuls']} mm"
+            lines.append(f"{r['path']:7} {r['type']:6} {shape:>12} {r.get('n_rows', 1):>4} {r.get('variant', ''):>7} "
+                         f"{'y' if r.get('with_quant') else '':>2} {r['us']:9.1f} {r.get('gbps', 0):7.0f} "
+                         f"{r.get('pct_copy', 0):6.1f} {r.get('tflops', 0):7.1f}"
+                         + (f"   {r['tok_s']:.0f} tok/s (matmuls only)" if "tok_s" in r else ""))
+        return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, no tuning variants")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"), help="folder for the JSON (e.g. $OUT)")
+    args = ap.parse_args(argv)
+    b = Bench(args.quick)
+    b.run()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "matmul_bench.json"), "w") as f:
+        json.dump(dict(device=b.rt.name, copy_bw=b.copy_bw, rows=b.rows), f, indent=1)
+    print(b.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Quantized matmul and embedding launcher of the CUDA backend: uploads GGUF weights (still quantized) and
+launches the kernels of kernels/matmul_vec.cu, matmul_tiled.cu, quantize_act.cu and get_rows.cu.
+
+    mm = CudaMatmul(rt)
+    w = mm.upload(qtensor, layer=3)                     # DeviceWeight, accounted as rt "weights"
+    ws = rt.alloc(mm.workspace_bytes(max_rows, max_k), "activations", "matmul_workspace")
+    mm.matmul(x_ptr, n_rows, w, out_ptr, ws.ptr)        # out (n_rows, N) f32 = x (n_rows, K) f32 @ W.T
+    mm.embedding(table, ids_ptr, n_rows, out_ptr)       # out (n_rows, K) f32 = dequant(table[ids])
+
+Paths: n_rows <= VEC_MAX_ROWS takes the bandwidth-bound vector kernel (quantized types: x is first quantized
+to int8 per 32 values into the workspace, then __dp4a on the weight quants); more rows take the tensor-core
+tiled kernel (f16 MMA on tiles dequantized in shared memory; no workspace). Every launch goes on rt.stream,
+allocates nothing and reads only device memory, so a step can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType as GGMLType
+
+from service.errors import UnsupportedModelError
+
+VEC_MAX_ROWS = 8  # n_rows above this take the tiled tensor-core path
+VEC_COLS = (1, 2, 4, 8)  # compiled column counts of the vector kernel
+_ALIGN = 256
+
+
+def _align(n: int, a: int = _ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+@dataclass(frozen=True)
+class _TypeInfo:
+    suffix: str  # kernel name suffix
+    k_multiple: int  # K must be a multiple of this
+    q8_act: bool  # the vector kernel consumes int8-quantized activations
+
+
+_TYPES: dict[GGMLType, _TypeInfo] = {
+    GGMLType.F32: _TypeInfo("f32", 32, False),
+    GGMLType.F16: _TypeInfo("f16", 32, False),
+    GGMLType.Q8_0: _TypeInfo("q8_0", 32, True),
+    GGMLType.Q4_0: _TypeInfo("q4_0", 32, True),
+    GGMLType.Q4_1: _TypeInfo("q4_1", 32, True),
+    GGMLType.Q5_0: _TypeInfo("q5_0", 32, True),
+    GGMLType.Q5_1: _TypeInfo("q5_1", 32, True),
+    GGMLType.Q4_K: _TypeInfo("q4_k", 256, True),
+    GGMLType.Q5_K: _TypeInfo("q5_k", 256, True),
+    GGMLType.Q6_K: _TypeInfo("q6_k", 256, True),
+}
+SUPPORTED = frozenset(_TYPES) | {GGMLType.BF16}  # BF16 is widened to F32 at upload (exact)
+
+# (block values, block bytes, {region: (start, end) byte range inside a block}) for the split layouts
+_SPLIT: dict[GGMLType, tuple[int, int, dict[str, tuple[int, int]]]] = {
+    GGMLType.Q8_0: (32, 34, {"q": (2, 34), "s": (0, 2)}),
+    GGMLType.Q4_0: (32, 18, {"q": (2, 18), "s": (0, 2)}),
+    GGMLType.Q4_1: (32, 20, {"q": (4, 20), "s": (0, 4)}),
+    GGMLType.Q5_0: (32, 22, {"q": (6, 22), "s": (0, 2), "h": (2, 6)}),
+    GGMLType.Q5_1: (32, 24, {"q": (8, 24), "s": (0, 4), "h": (4, 8)}),
+    GGMLType.Q4_K: (256, 144, {"q": (0, 144)}),
+    GGMLType.Q5_K: (256, 176, {"q": (0, 176)}),
+    GGMLType.Q6_K: (256, 210, {"q": (0, 208), "s": (208, 210)}),
+}
+
+
+@dataclass(frozen=True)
+class DeviceWeight:
+    """A weight matrix (N, K) in device memory, in the upload layout of kernels/quant_blocks.cuh."""
+
+    name: str
+    ggml_type: GGMLType  # type the kernels see (BF16 files arrive as F32)
+    n: int  # rows = output features
+    k: int  # columns = input features
+    q_ptr: int  # quant region
+    s_ptr: int  # scale region (0 if unused)
+    h_ptr: int  # high-bit region (0 if unused)
+    nbytes: int  # bytes of the allocation
+    buffer: Any = None  # the DeviceBuffer keeping the memory alive
+
+    @property
+    def suffix(self) -> str:
+        return _TYPES[self.ggml_type].suffix
+
+
+def repack(ggml_type: GGMLType, shape: tuple[int, ...], data: np.ndarray) -> tuple[GGMLType, dict[str, np.ndarray]]:
+    """File bytes -> (kernel type, {region: contiguous uint8 bytes}) of the upload layout. Same information:
+    the scale / high-bit fields of each block are moved into their own arrays, quants keep their order."""
+    ggml_type = GGMLType(ggml_type)
+    if len(shape) != 2:
+        raise UnsupportedModelError(f"matmul weights must be 2-D, got shape {shape}")
+    n, k = (int(s) for s in shape)
+    if ggml_type not in SUPPORTED:
+        raise UnsupportedModelError(f"no CUDA matmul kernel for {ggml_type.name}")
+    if ggml_type == GGMLType.BF16:
+        bits = np.ascontiguousarray(data).view(np.uint16).reshape(n, k).astype(np.uint32) << np.uint32(16)  # (n, k)
+        return repack(GGMLType.F32, shape, bits.view(np.float32))
+    info = _TYPES[ggml_type]
+    if k % info.k_multiple:
+        raise UnsupportedModelError(f"{ggml_type.name} matmul needs K % {info.k_multiple} == 0, got K = {k}")
+    if ggml_type in (GGMLType.F32, GGMLType.F16):
+        dt = np.float32 if ggml_type == GGMLType.F32 else np.float16
+        arr = np.ascontiguousarray(np.asarray(data).view(dt).reshape(n, k))  # (n, k)
+        return ggml_type, {"q": arr.view(np.uint8).reshape(-1)}
+    vals, bb, fields = _SPLIT[ggml_type]
+    blocks = np.ascontiguousarray(data).view(np.uint8).reshape(n, k // vals, bb)  # (n, blocks per row, block bytes)
+    return ggml_type, {name: np.ascontiguousarray(blocks[:, :, a:b]).reshape(-1) for name, (a, b) in fields.items()}
+
+
+class CudaMatmul:
+    """Uploads weights and launches the matmul / embedding kernels on rt.stream."""
+
+    def __init__(self, rt: Any):
+        self.rt = rt
+        self._fns: dict[str, Any] = {}
+
+    # -- kernels -------------------------------------------------------------------------------------
+    def _fn(self, module: str, name: str, sig: str) -> Any:
+        fn = self._fns.get(name)
+        if fn is None:
+            fn = self.rt.function(module, name)
+            fn.prepare(sig)
+            self._fns[name] = fn
+        return fn
+
+    def warm_up(self) -> None:
+        """Build the four kernel modules now (first use would otherwise compile inside a step)."""
+        for module in ("quantize_act", "matmul_vec", "matmul_tiled", "get_rows"):
+            self.rt.module(module)
+
+    # -- upload --------------------------------------------------------------------------------------
+    def upload(self, tensor: Any, layer: int | None = None) -> DeviceWeight:
+        """A GGUF QTensor (N, K) -> device, repacked, accounted under "weights"."""
+        ktype, regions = repack(tensor.ggml_type, tuple(tensor.shape), tensor.data)
+        offsets: dict[str, int] = {}
+        total = 0
+        for name in ("q", "s", "h"):
+            if name in regions:
+                offsets[name] = total
+                total = _align(total + regions[name].nbytes)
+        host = np.zeros(total, np.uint8)  # (total,) staging image of the allocation
+        for name, off in offsets.items():
+            host[off:off + regions[name].nbytes] = regions[name]
+        buf = self.rt.alloc(total, "weights", tensor.name, layer=layer, ggml_type=GGMLType(tensor.ggml_type).name)
+        self.rt.htod(buf, host)
+        self.rt.synchronize()  # `host` must outlive the copy
+        n, k = (int(s) for s in tensor.shape)
+        ptr = lambda r: buf.ptr + offsets[r] if r in offsets else 0  # noqa: E731
+        return DeviceWeight(tensor.name, ktype, n, k, ptr("q"), ptr("s"), ptr("h"), total, buf)
+
+    # -- workspace -----------------------------------------------------------------------------------
+    @staticmethod
+    def workspace_bytes(max_rows: int, max_k: int) -> int:
+        """Bytes of the workspace matmul needs for up to max_rows x max_k inputs (int8 quants + block scales)."""
+        rows = min(max_rows, VEC_MAX_ROWS)
+        return _align(rows * max_k) + rows * (max_k // 32) * 8
+
+    @staticmethod
+    def _ws_parts(workspace_ptr: int, n_rows: int, k: int) -> tuple[int, int]:
+        """(xq ptr (n_rows, K) int8, xds ptr (n_rows, K/32) float2) inside the workspace."""
+        return workspace_ptr, workspace_ptr + _align(n_rows * k)
+
+    # -- ops -----------------------------------------------------------------------------------------
+    def quantize_act(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int) -> None:
+        """x (n_rows, K) f32 -> int8 + scales in the workspace (reusable by several matmuls of the same x)."""
+        assert n_rows <= VEC_MAX_ROWS and k % 32 == 0
+        xq, xds = self._ws_parts(workspace_ptr, n_rows, k)
+        nblocks = n_rows * k // 32
+        fn = self._fn("quantize_act", "quantize_act_q8", "PPPi")
+        fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
+                               x_ptr, xq, xds, np.int32(nblocks))
+
+    def vec_kernel(self, w: DeviceWeight, n_rows: int, variant: str | None = None) -> str:
+        """Name of the vector kernel for n_rows columns (variant: a tuning suffix like "r2u4", bench only)."""
+        if variant:
+            assert n_rows == 1
+            return f"matmul_vec_{w.suffix}_c1_{variant}"
+        nc = next(c for c in VEC_COLS if c >= n_rows)
+        return f"matmul_vec_{w.suffix}_c{nc}"
+
+    def matmul(self, x_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, workspace_ptr: int,
+               prequantized: bool = False, variant: str | None = None, tile_m: int | None = None) -> None:
+        """out (n_rows, N) f32 = x (n_rows, K) f32 @ W.T, on rt.stream. prequantized=True: the workspace
+        already holds quantize_act(x) (e.g. Q/K/V sharing one input)."""
+        if n_rows <= 0:
+            return
+        if n_rows > VEC_MAX_ROWS:
+            self._tiled(x_ptr, n_rows, w, out_ptr, tile_m)
+            return
+        q8 = _TYPES[w.ggml_type].q8_act
+        if q8 and not prequantized:
+            self.quantize_act(x_ptr, n_rows, w.k, workspace_ptr)
+        xq, xds = self._ws_parts(workspace_ptr, n_rows, w.k) if q8 else (0, 0)
+        name = self.vec_kernel(w, n_rows, variant)
+        rows_per_block = 4 if not variant else int(variant[1])
+        fn = self._fn("matmul_vec", name, "PPPiiPPPPi")
+        fn.prepared_async_call(((w.n + rows_per_block - 1) // rows_per_block, 1), (128, 1, 1), self.rt.stream,
+                               w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k),
+                               xq, xds, x_ptr if not q8 else 0, out_ptr, np.int32(n_rows))
+
+    def tile_m_for(self, n_rows: int, n: int) -> int:
+        """M tile of the tiled kernel: 128 when that still gives every SM two tiles, else 64."""
+        tiles128 = -(-n // 128) * -(-n_rows // 128)
+        return 128 if tiles128 >= 2 * getattr(self.rt, "sm_count", 132) else 64
+
+    def _tiled(self, x_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, tile_m: int | None) -> None:
+        bm = tile_m or self.tile_m_for(n_rows, w.n)
+        fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiP")
+        fn.prepared_async_call(((w.n + 127) // 128, (n_rows + bm - 1) // bm), (256, 1, 1), self.rt.stream,
+                               w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k),
+                               x_ptr, np.int32(n_rows), out_ptr)
+
+    def embedding(self, table: DeviceWeight, ids_ptr: int, n_rows: int, out_ptr: int) -> None:
+        """out (n_rows, K) f32 = dequantized rows ids[0:n_rows] (int32, device) of the table."""
+        if n_rows <= 0:
+            return
+        fn = self._fn("get_rows", f"get_rows_{table.suffix}", "PPPiiPiP")
+        nch = table.k // 32
+        fn.prepared_async_call(((nch + 127) // 128, n_rows), (128, 1, 1), self.rt.stream,
+                               table.q_ptr, table.s_ptr, table.h_ptr, np.int32(table.n), np.int32(table.k),
+                               ids_ptr, np.int32(n_rows), out_ptr)
+

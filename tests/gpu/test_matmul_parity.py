@@ -1,0 +1,278 @@
+"""CUDA quantized matmul / embedding kernels == float64 references built from the gguf package's dequantizer.
+
+Weights are fresh random *valid* blocks (random bytes, finite random f16 scale fields) at odd sizes (769 rows,
+K = 5120 + 256); outputs are poisoned with NaN before every launch and must come back fully written.
+
+Tolerances (relative Frobenius error ||out - ref|| / ||ref||):
+  vector path, quantized weights (x quantized to int8 per 32 values, __dp4a):
+      vs float64 with the same int8-quantized x (simulated here in NumPy):  <= 1e-4 (only f32 scaling/summing)
+      vs float64 with the exact x:                                          <= 6e-3 (the int8 step of x:
+      max|x|/127 per 32 values gives ~4.5e-3 for Gaussian x, the team's ~5e-3 budget)
+  vector path, F16/F32 weights (f32 activations):                           <= 1e-5
+  tiled tensor-core path (x and dequantized W rounded to f16, f32 accumulation):
+      vs float64 of the same f16-rounded operands:                          <= 1e-4
+      vs float64 with exact operands:                                       <= 2e-3
+  embedding rows: equal to the dequantized rows within 1e-6 relative (f32 fma vs separate rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+from gguf import quants
+from gguf.constants import GGML_QUANT_SIZES
+
+from service.backends.cuda_matmul import VEC_MAX_ROWS, CudaMatmul, repack
+
+N, K = 769, 5120 + 256
+TYPES = [T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q5_K, T.F16, T.F32]
+# byte offsets of the f16 fields of each block type (random bytes there could be NaN / Inf)
+F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
+              T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
+
+
+class _Tensor:
+    """The QTensor fields upload() reads."""
+
+    def __init__(self, name: str, ggml_type: T, shape: tuple[int, int], data: np.ndarray):
+        self.name, self.ggml_type, self.shape, self.data = name, ggml_type, shape, data
+
+
+def random_weight(ggml_type: T, n: int, k: int, rng: np.random.Generator) -> _Tensor:
+    """Random valid storage of an (n, k) tensor; scales like real weights (|d| ~ 1e-2, f16-safe when dequantized)."""
+    if ggml_type in (T.F16, T.F32):
+        w = (rng.standard_normal((n, k)) * 0.05).astype(np.float16 if ggml_type == T.F16 else np.float32)  # (n, k)
+        return _Tensor("w", ggml_type, (n, k), w)
+    vals, bb = GGML_QUANT_SIZES[ggml_type]
+    raw = rng.integers(0, 256, (n, k // vals, bb), dtype=np.uint8)  # (n, blocks, block bytes)
+    for at in F16_FIELDS[ggml_type]:
+        f = (rng.standard_normal((n, k // vals)) * 1e-2).astype(np.float16)  # (n, blocks)
+        raw[:, :, at:at + 2] = f[..., None].view(np.uint8)
+    return _Tensor("w", ggml_type, (n, k), raw.reshape(n, -1))
+
+
+def dequant64(t: _Tensor) -> np.ndarray:
+    """(n, k) float64 weights from the gguf package's dequantizer (independent of our code)."""
+    if t.ggml_type in (T.F16, T.F32):
+        return np.asarray(t.data, np.float64)
+    return quants.dequantize(t.data, t.ggml_type).astype(np.float64).reshape(t.shape)  # (n, k)
+
+
+def q8_simulated(x: np.ndarray) -> np.ndarray:
+    """x (rows, K) f32 after the kernel's activation quantization, as float64 (d*q per 32 values)."""
+    b = x.reshape(-1, 32).astype(np.float32)  # (blocks, 32)
+    d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)  # (blocks, 1)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)  # (blocks, 1)
+    q = np.rint(b * inv)  # (blocks, 32) float32, round half to even like __float2int_rn
+    return (d.astype(np.float64) * q.astype(np.float64)).reshape(x.shape)  # (rows, K)
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# -- CPU: the upload layout keeps every byte of the file --------------------------------------------
+@pytest.mark.parametrize("ggml_type", [t for t in TYPES if t in F16_FIELDS], ids=lambda t: t.name)
+def test_repack_is_a_permutation_of_the_block_bytes(ggml_type: T) -> None:
+    rng = np.random.default_rng(1)
+    t = random_weight(ggml_type, 5, 512, rng)
+    ktype, regions = repack(t.ggml_type, t.shape, t.data)
+    assert ktype == ggml_type
+    assert sum(r.nbytes for r in regions.values()) == t.data.nbytes  # same information, no padding inside
+    _, bb = GGML_QUANT_SIZES[ggml_type]
+    blocks = t.data.reshape(-1, bb)  # (all blocks, block bytes)
+    # every region is a column range of the blocks, in block order
+    for r in regions.values():
+        width = r.nbytes // blocks.shape[0]
+        cols = r.reshape(blocks.shape[0], width)  # (all blocks, width)
+        starts = [s for s in range(bb - width + 1) if np.array_equal(blocks[:, s:s + width], cols)]
+        assert starts, f"region of width {width} is not a contiguous field of the blocks"
+
+
+# -- GPU ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpu():
+    pytest.importorskip("pycuda.driver", exc_type=ImportError)
+    from service.backends.cuda_runtime import CudaRuntime, CudaUnavailableError
+
+    try:
+        rt = CudaRuntime(0)
+    except CudaUnavailableError as exc:
+        pytest.skip(f"no usable CUDA device: {exc}")
+    mm = CudaMatmul(rt)
+    yield rt, mm
+
+
+class _Bufs:
+    """Device x / out / workspace for one case, outputs poisoned with NaN."""
+
+    def __init__(self, rt, mm: CudaMatmul, x: np.ndarray, n_out: int):
+        self.rt = rt
+        self.x = rt.alloc(x.nbytes, "activations", "x")
+        rt.htod(self.x, x)
+        self.out_shape = (x.shape[0], n_out)
+        self.out = rt.alloc(4 * x.shape[0] * n_out, "activations", "out")
+        self.ws = rt.alloc(mm.workspace_bytes(x.shape[0], x.shape[1]), "activations", "ws")
+        self.poison()
+
+    def poison(self) -> None:
+        nan = np.full(self.out_shape, np.nan, np.float32)  # (rows, N)
+        self.rt.htod(self.out, nan)
+        self.rt.synchronize()
+
+    def result(self) -> np.ndarray:
+        host = np.empty(self.out_shape, np.float32)  # (rows, N)
+        self.rt.dtoh(host, self.out)
+        self.rt.synchronize()
+        return host
+
+    def free(self) -> None:
+        for b in (self.x, self.out, self.ws):
+            self.rt.free(b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_vector_path_matches_float64(gpu, ggml_type: T) -> None:
+    rt, mm = gpu
+    rng = np.random.default_rng(int(ggml_type) + 100)
+    t = random_weight(ggml_type, N, K, rng)
+    w = mm.upload(t)
+    w64 = dequant64(t)  # (N, K)
+    try:
+        for n_rows in (1, 3, 8):
+            x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
+            bufs = _Bufs(rt, mm, x, N)
+            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr)
+            out = bufs.result()
+            bufs.free()
+            assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written (n_rows={n_rows})"
+            ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
+            if ggml_type in (T.F16, T.F32):
+                assert rel(out, ref) <= 1e-5, (n_rows, rel(out, ref))
+            else:
+                ref_q = q8_simulated(x) @ w64.T  # (n_rows, N)
+                assert rel(out, ref_q) <= 1e-4, (n_rows, rel(out, ref_q))
+                assert rel(out, ref) <= 6e-3, (n_rows, rel(out, ref))
+    finally:
+        rt.free(w.buffer)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_tiled_path_matches_float64(gpu, ggml_type: T) -> None:
+    rt, mm = gpu
+    rng = np.random.default_rng(int(ggml_type) + 200)
+    t = random_weight(ggml_type, N, K, rng)
+    w = mm.upload(t)
+    w64 = dequant64(t)  # (N, K)
+    w16 = w64.astype(np.float32).astype(np.float16).astype(np.float64)  # (N, K) as the kernel rounds it
+    try:
+        for n_rows, tile_m in ((VEC_MAX_ROWS + 1, 64), (37, 128), (512, 64), (512, 128)):
+            x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
+            bufs = _Bufs(rt, mm, x, N)
+            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr, tile_m=tile_m)
+            out = bufs.result()
+            bufs.free()
+            assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written ({n_rows}, m{tile_m})"
+            ref16 = x.astype(np.float16).astype(np.float64) @ w16.T  # (n_rows, N)
+            ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
+            assert rel(out, ref16) <= 1e-4, (n_rows, tile_m, rel(out, ref16))
+            assert rel(out, ref) <= 2e-3, (n_rows, tile_m, rel(out, ref))
+    finally:
+        rt.free(w.buffer)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_embedding_rows_equal_dequantized_rows(gpu, ggml_type: T) -> None:
+    rt, mm = gpu
+    rng = np.random.default_rng(int(ggml_type) + 300)
+    t = random_weight(ggml_type, N, K, rng)
+    table = mm.upload(t)
+    w64 = dequant64(t)  # (N, K)
+    ids = np.concatenate([[0, N - 1, 5, 5], rng.integers(0, N, 33)]).astype(np.int32)  # (37,) repeats + ends
+    dev_ids = rt.alloc(ids.nbytes, "activations", "ids")
+    rt.htod(dev_ids, ids)
+    out = rt.alloc(4 * ids.size * K, "activations", "rows")
+    rt.htod(out, np.full((ids.size, K), np.nan, np.float32))
+    try:
+        mm.embedding(table, dev_ids.ptr, ids.size, out.ptr)
+        host = np.empty((ids.size, K), np.float32)  # (37, K)
+        rt.dtoh(host, out)
+        rt.synchronize()
+        assert np.isfinite(host).all()
+        ref = w64[ids]  # (37, K)
+        assert np.max(np.abs(host - ref)) <= 1e-6 * np.max(np.abs(ref))
+    finally:
+        for b in (table.buffer, dev_ids, out):
+            rt.free(b)
+
+
+@pytest.mark.gpu
+def test_shared_quantized_input_and_graph_replay(gpu) -> None:
+    """Q/K/V-style reuse of one quantize_act gives bit-identical results to separate calls, and a captured
+    graph recomputes correctly after x changes in place (everything read from device memory)."""
+    from service.backends.cuda_runtime import CudaGraph
+
+    rt, mm = gpu
+    rng = np.random.default_rng(7)
+    ws_ = [mm.upload(random_weight(tp, N, K, rng)) for tp in (T.Q4_K, T.Q6_K, T.Q8_0)]
+    x = rng.standard_normal((2, K)).astype(np.float32)  # (2, K)
+    bufs = _Bufs(rt, mm, x, N)
+    outs = [rt.alloc(4 * 2 * N, "activations", f"o{i}") for i in range(3)]
+    try:
+        separate = []
+        for w in ws_:
+            mm.matmul(bufs.x.ptr, 2, w, bufs.out.ptr, bufs.ws.ptr)
+            separate.append(bufs.result())
+
+        def step() -> None:
+            mm.quantize_act(bufs.x.ptr, 2, K, bufs.ws.ptr)
+            for w, o in zip(ws_, outs):
+                mm.matmul(bufs.x.ptr, 2, w, o.ptr, bufs.ws.ptr, prequantized=True)
+
+        graph = CudaGraph(rt)
+        graph.capture(step)
+        graph.replay()
+        rt.synchronize()
+        for o, ref in zip(outs, separate):
+            host = np.empty((2, N), np.float32)  # (2, N)
+            rt.dtoh(host, o)
+            rt.synchronize()
+            assert np.array_equal(host, ref)
+        x2 = rng.standard_normal((2, K)).astype(np.float32)  # (2, K) new input, same buffer
+        rt.htod(bufs.x, x2)
+        graph.replay()
+        rt.synchronize()
+        for w, o in zip(ws_, outs):
+            host = np.empty((2, N), np.float32)  # (2, N)
+            rt.dtoh(host, o)
+            rt.synchronize()
+            ref_q = q8_simulated(x2) @ dequant64(_Tensor("w", w.ggml_type, (N, K), _raw_of(w, rt))).T  # (2, N)
+            assert rel(host, ref_q) <= 1e-4
+        graph.destroy()
+    finally:
+        bufs.free()
+        for b in outs + [w.buffer for w in ws_]:
+            rt.free(b)
+
+
+def _raw_of(w, rt) -> np.ndarray:
+    """Rebuild the file's block bytes from the device copy (inverse of repack) -> (N, bytes_per_row)."""
+    from service.backends.cuda_matmul import _SPLIT
+
+    vals, bb, fields = _SPLIT[w.ggml_type]
+    nblk = w.n * (w.k // vals)
+    raw = np.empty((nblk, bb), np.uint8)  # (all blocks, block bytes)
+    ptrs = {"q": w.q_ptr, "s": w.s_ptr, "h": w.h_ptr}
+    for name, (a, b) in fields.items():
+        part = np.empty((nblk, b - a), np.uint8)  # (all blocks, field bytes)
+        rt.dtoh(part, ptrs[name])
+        rt.synchronize()
+        raw[:, a:b] = part
+    if w.ggml_type == T.Q6_K:
+        assert set(fields) == {"q", "s"}
+    return raw.reshape(w.n, -1)
