@@ -177,6 +177,17 @@ class CudaBackend:
         self._captured: CudaTensor | None = None
         self._step: CudaStep | None = None
         self.graph_replays = 0
+        self._preload()
+
+    def _preload(self) -> None:
+        """Load every kernel module now, so the context's memory is measured with them (MemoryStats)."""
+        for module in ("norm", "rope", "elementwise", "argmax", "kv_store", "attention"):
+            self.rt.module(module)
+        try:
+            self.mm.warm_up()
+        except ImportError:  # matmul kernels not installed: ops without weights still work
+            pass
+        self.rt.measure_context()
 
     # -- helpers -----------------------------------------------------------------------------------
     def _f(self, module: str, name: str, fmt: str) -> Any:
@@ -233,6 +244,8 @@ class CudaBackend:
         return handle
 
     def alloc_kv(self, layout: KVLayout) -> CudaKVArena:
+        self._graphs.clear()  # captured graphs hold the previous arena's pointers
+        self._seen.clear()
         kv_dim = layout.n_kv_heads * layout.head_dim
         q8 = layout.dtype == "q8"
         esize = 1 if q8 else 2
@@ -256,6 +269,16 @@ class CudaBackend:
             self.rt.memset_u8(buf, 0, buf.nbytes)
         self.rt.synchronize()
         return CudaKVArena(layout, layers, k, v, ks, vs, st_k, st_v, st_ks, st_vs)
+
+    def free_kv(self, kv: CudaKVArena) -> None:
+        """Release an arena (load-time reconfiguration only; graphs captured on it are dropped)."""
+        self.rt.synchronize()
+        self._graphs.clear()
+        self._seen.clear()
+        for buf in [*kv.layers, kv.st_k, kv.st_v, kv.st_ks, kv.st_vs]:
+            if buf is not None:
+                self.rt.free(buf)
+        kv.layers.clear()
 
     def begin_step(self, batch: StepBatch) -> CudaStep:
         if self._capturing:
@@ -465,8 +488,7 @@ class CudaBackend:
     # -- accounting --------------------------------------------------------------------------------
     def memory_records(self) -> Sequence[MemoryRecord]:
         recs = self.rt.memory_records()
-        context = self.rt.process_used_bytes() - self.rt.accounted_device_bytes()
-        recs.append(MemoryRecord("context", "cuda_context_and_driver", int(context), None, None, device=True))
+        recs.append(MemoryRecord("context", "cuda_context", int(self.rt.context_bytes), None, None, device=True))
         return recs
 
     def device_info(self) -> dict[str, Any]:
@@ -477,6 +499,7 @@ class CudaBackend:
             "device": self.rt.name, "arch": self.rt.arch, "sm_count": self.rt.sm_count,
             "total_bytes": total, "free_bytes": free,
             "baseline_used_bytes": self.rt.baseline_used_bytes,  # in use before our context (NVML), None if unknown
-            "process_used_bytes": used, "accounted_device_bytes": accounted, "context_bytes": used - accounted,
+            "process_used_bytes": used, "accounted_device_bytes": accounted, "context_bytes": self.rt.context_bytes,
+            "unaccounted_bytes": used - accounted - self.rt.context_bytes,
             "activation_buffers": self.pool.grown, "graphs": len(self._graphs), "graph_replays": self.graph_replays,
         }

@@ -158,6 +158,14 @@ class CudaRuntime:
         self._records: list[MemoryRecord] = []
         self._live: dict[int, DeviceBuffer] = {}  # id(record) -> buffer, for free()
         self._lock = threading.Lock()
+        self.context_bytes = self.process_used_bytes()  # the context alone; measure_context() after module loads
+
+    def measure_context(self) -> int:
+        """Record the context's device memory now (call once kernel modules are loaded and before big
+        allocations): process usage minus accounted bytes. MemoryStats reports it as its own line."""
+        self.synchronize()
+        self.context_bytes = self.process_used_bytes() - self.accounted_device_bytes()
+        return self.context_bytes
 
     # -- kernels -----------------------------------------------------------------------------------
     def module(self, module: str) -> Any:

@@ -1,0 +1,211 @@
+"""GPU benchmark of the whole server model path: the 7B-shaped Q4_K_M dummy model on the CUDA backend.
+
+    python bench/gpu_bench.py [--shape 7b] [--out DIR]        (prints a table last, writes DIR/gpu_bench.json)
+
+Measures, in one process on one GPU: device-to-device copy bandwidth (the ceiling; bytes read + written),
+decode at batch 1 (128 tokens after a 16-token prompt) and at context depth 2048, prefill of a 512-token
+prompt, time to first token of a 512-token prompt (one request, nothing queued: prefill + the host argmax),
+aggregate decode of 8 / 32 / 64 concurrent sequences (512-token prompts, 128 tokens each), host CPU time per
+decode step, achieved GB/s of a decode step (weight bytes read + KV bytes read, over the step's wall time)
+and its % of the copy bandwidth, and peak device memory of the process. Decode steps are CUDA-graph replays
+(`CudaBackend.forward`); every step copies the logits to the host and takes the argmax there, like the
+server. Random weights: values do not change the work done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from service.backends.base import SeqChunk, StepBatch  # noqa: E402
+from service.model.llama import LlamaModel  # noqa: E402
+
+LLAMA_CPP_H100 = {"decode_b1": 287, "decode_d2048": 255, "prefill_512": 10092, "agg_8": 965, "agg_32": 2472,
+                  "agg_64": 3054}
+TARGETS = {"decode_b1": 575, "decode_d2048": 480, "prefill_512": 12000, "agg_32": 3700}
+GIB = 1 << 30
+
+
+def copy_bandwidth(be, nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device-to-device memcpy bandwidth in bytes/s (read + write), CUDA events, median of reps."""
+    cuda, rt = be.rt._cuda, be.rt
+    a = rt.alloc(nbytes, "activations", "bench.copy_a")
+    b = rt.alloc(nbytes, "activations", "bench.copy_b")
+    rt.memset_u8(a, 7, nbytes)
+    times = []
+    for _ in range(reps + 2):
+        e0, e1 = cuda.Event(), cuda.Event()
+        e0.record(rt.stream)
+        cuda.memcpy_dtod_async(b.ptr, a.ptr, nbytes, rt.stream)
+        e1.record(rt.stream)
+        e1.synchronize()
+        times.append(e1.time_since(e0) / 1e3)
+    rt.free(a)
+    rt.free(b)
+    return 2 * nbytes / statistics.median(times[2:])
+
+
+class Runner:
+    """Drives steps like the engine does: host-side positions, logits to host, greedy argmax on the host."""
+
+    def __init__(self, be, model, max_positions: int):
+        self.be, self.model, self.maxpos = be, model, max_positions
+        self.seen: dict[int, int] = {}
+
+    def prefill(self, slot: int, ids: np.ndarray) -> int:
+        self.seen[slot] = 0
+        out = self.model.forward(StepBatch(ids.astype(np.int32), (SeqChunk(slot, 0, len(ids)),), self.maxpos))
+        self.seen[slot] = len(ids)
+        return int(np.argmax(out[0]))
+
+    def decode(self, toks: dict[int, int]) -> dict[int, int]:
+        slots = sorted(toks)
+        batch = StepBatch(np.array([toks[s] for s in slots], np.int32),
+                          tuple(SeqChunk(s, self.seen[s], 1) for s in slots), self.maxpos)
+        out = self.be.forward(self.model, batch)  # (S, vocab), graph replay after the first two steps
+        for s in slots:
+            self.seen[s] += 1
+        return {s: int(np.argmax(out[i])) for i, s in enumerate(slots)}
+
+    def timed_decode(self, toks: dict[int, int], n: int, warm: int = 2) -> tuple[float, float]:
+        """(wall seconds, host CPU seconds) of n decode steps after `warm` steps (eager + capture)."""
+        for _ in range(warm):
+            toks = self.decode(toks)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            toks = self.decode(toks)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+
+def graph_step_ms(be, n_seqs: int, reps: int = 50) -> float | None:
+    """GPU time of one decode-graph replay (no host work in between), CUDA events."""
+    cuda = be.rt._cuda
+    entry = next((g for k, g in be._graphs.items() if k[1] == n_seqs), None)
+    if entry is None:
+        return None
+    graph = entry[0]
+    e0, e1 = cuda.Event(), cuda.Event()
+    e0.record(be.rt.stream)
+    for _ in range(reps):
+        graph.replay()
+    e1.record(be.rt.stream)
+    e1.synchronize()
+    return e1.time_since(e0) / reps
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", default="7b")
+    ap.add_argument("--out", default=os.path.join("bench", "out"))
+    ap.add_argument("--gen", type=int, default=128)
+    ap.add_argument("--batches", default="8,32,64")
+    args = ap.parse_args(argv)
+
+    from service.backends.cuda_backend import CudaBackend
+    from service.model.dummy import dummy_gguf_model
+
+    rng = np.random.default_rng(0)
+    res: dict = {"shape": args.shape}
+    be = CudaBackend(max_rows=512, max_seqs=64)
+    res["device"] = be.rt.name
+    res["copy_bw_gbs"] = copy_bandwidth(be) / 1e9
+    t0 = time.time()
+    g = dummy_gguf_model(args.shape)
+    model = LlamaModel(g, be)
+    res["load_s"] = time.time() - t0
+    hp = g.hparams
+    vocab = hp.vocab_size
+    weight_bytes = sum(r.nbytes for r in be.memory_records() if r.category == "weights")
+    read_bytes = weight_bytes - g.tensor("token_embd.weight").n_bytes  # one embedding row per token
+    kv_tok_layer = 2 * hp.n_kv_heads * hp.head_dim * 2  # f16 K + V bytes per token per layer
+    res["weight_gib"] = weight_bytes / GIB
+    peak = 0
+
+    def sample_peak() -> None:
+        nonlocal peak
+        be.rt.synchronize()
+        peak = max(peak, be.rt.process_used_bytes())
+
+    # -- batch 1: short prompt, depth 2048, prefill 512, TTFT ---------------------------------------
+    kv = model.alloc_kv(model.kv_layout(slots=4, max_positions=2048 + args.gen + 8, sink_tokens=4, dtype="f16"))
+    run = Runner(be, model, 2048 + args.gen + 8)
+    first = run.prefill(0, rng.integers(0, vocab, 16))
+    wall, cpu = run.timed_decode({0: first}, args.gen)
+    res["decode_b1"] = args.gen / wall
+    res["decode_b1_host_cpu_ms_per_step"] = 1e3 * cpu / args.gen
+    res["decode_b1_gpu_ms_per_step"] = graph_step_ms(be, 1)
+    step_s = wall / args.gen
+    res["decode_b1_gbs"] = (read_bytes + 16 * hp.n_layers * kv_tok_layer) / step_s / 1e9
+    pre = []
+    for rep in range(4):
+        ids = rng.integers(0, vocab, 512)
+        be.rt.synchronize()
+        t = time.perf_counter()
+        tok = run.prefill(1, ids)  # includes logits to host + argmax: the time to first token
+        pre.append(time.perf_counter() - t)
+    res["prefill_512"] = 512 / statistics.median(pre[1:])
+    res["ttft_512_ms"] = 1e3 * statistics.median(pre[1:])
+    ids = rng.integers(0, vocab, 2048)
+    run.seen[2] = 0
+    for a in range(0, 2048, 512):  # 2048-token context in 512-token chunks
+        out = model.forward(StepBatch(ids[a:a + 512].astype(np.int32), (SeqChunk(2, a, 512),), run.maxpos))
+    run.seen[2] = 2048
+    wall, cpu = run.timed_decode({2: int(np.argmax(out[0]))}, args.gen)
+    res["decode_d2048"] = args.gen / wall
+    res["decode_d2048_gpu_ms_per_step"] = graph_step_ms(be, 1)
+    res["decode_d2048_gbs"] = (read_bytes + (2048 + args.gen // 2) * hp.n_layers * kv_tok_layer) / (wall / args.gen) / 1e9
+    sample_peak()
+    be.free_kv(kv)
+    del tok
+
+    # -- aggregate decode: B sequences, 512-token prompts, args.gen tokens each -----------------------
+    batches = [int(b) for b in args.batches.split(",") if b]
+    kv = model.alloc_kv(model.kv_layout(slots=max(batches), max_positions=512 + args.gen + 8, sink_tokens=4, dtype="f16"))
+    run = Runner(be, model, 512 + args.gen + 8)
+    firsts, pre_all = {}, []
+    for s in range(max(batches)):
+        t = time.perf_counter()
+        firsts[s] = run.prefill(s, rng.integers(0, vocab, 512))
+        pre_all.append(time.perf_counter() - t)
+    res["prefill_512_over_all_prompts"] = 512 / statistics.median(pre_all)
+    for b in batches:
+        for s in range(b):
+            run.seen[s] = 512  # continue every sequence from its prompt: same depth for each batch size
+        wall, cpu = run.timed_decode({s: firsts[s] for s in range(b)}, args.gen, warm=2)
+        res[f"agg_{b}"] = b * args.gen / wall
+        res[f"agg_{b}_host_cpu_ms_per_step"] = 1e3 * cpu / args.gen
+        res[f"agg_{b}_gpu_ms_per_step"] = graph_step_ms(be, b)
+    sample_peak()
+    res["peak_device_gib"] = peak / GIB
+    res["device_info"] = be.device_info()
+    be.free_kv(kv)
+
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    copy = res["copy_bw_gbs"]
+    rows = [("decode b1 (128 after 16)", "decode_b1", "tok/s"), ("decode at depth 2048", "decode_d2048", "tok/s"),
+            ("prefill 512", "prefill_512", "tok/s")] + [(f"aggregate decode {b} seqs", f"agg_{b}", "tok/s") for b in batches]
+    print(f"\n{res['device']}  shape {args.shape}  weights {res['weight_gib']:.2f} GiB  copy bw {copy:.0f} GB/s")
+    print(f"{'metric':30s} {'ours':>10s} {'llama.cpp H100':>15s} {'target':>8s}")
+    for label, key, unit in rows:
+        print(f"{label:30s} {res[key]:10.1f} {LLAMA_CPP_H100.get(key, float('nan')):15.0f} {TARGETS.get(key, float('nan')):8.0f}  {unit}")
+    print(f"{'TTFT 512-token prompt':30s} {res['ttft_512_ms']:10.1f} ms")
+    print(f"{'decode b1 achieved':30s} {res['decode_b1_gbs']:10.0f} GB/s = {100 * res['decode_b1_gbs'] / copy:.0f} % of copy")
+    print(f"{'decode d2048 achieved':30s} {res['decode_d2048_gbs']:10.0f} GB/s = {100 * res['decode_d2048_gbs'] / copy:.0f} % of copy")
+    print(f"{'decode b1 GPU time / step':30s} {res['decode_b1_gpu_ms_per_step'] or float('nan'):10.3f} ms (graph replay)")
+    print(f"{'host CPU per decode step':30s} {res['decode_b1_host_cpu_ms_per_step']:10.3f} ms (b1)")
+    print(f"{'peak device memory':30s} {res['peak_device_gib']:10.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

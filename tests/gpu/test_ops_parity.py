@@ -1,0 +1,185 @@
+"""CUDA backend ops == NumPy reference ops, on fresh random inputs of odd sizes, outputs poisoned first.
+
+Each CUDA op's output buffer is filled with NaN bytes before the launch, so an unwritten element fails the
+comparison. Tolerances (max |cuda - numpy| / max |numpy| unless stated):
+  rms_norm, silu_mul, add, take_rows, rope: 2e-6 (float32, different summation order / libm)
+  attention: 2e-5 (float32 online softmax over splits vs NumPy's two-pass softmax); KV ring bytes: f16 equal,
+  q8 equal except <= 0.1 % of int8 values off by one (rint of products computed in a different order).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pycuda = pytest.importorskip("pycuda.driver", exc_type=ImportError)
+
+from service.backends.base import SeqChunk, StepBatch  # noqa: E402
+from service.backends.kv_layout import KVLayout  # noqa: E402
+from service.backends.numpy_backend import NumpyBackend  # noqa: E402
+from service.model.gguf_file import RopeConfig  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def cuda_be():
+    from service.backends.cuda_runtime import CudaUnavailableError
+
+    try:
+        from service.backends.cuda_backend import CudaBackend
+
+        return CudaBackend(max_rows=300, max_seqs=8)
+    except CudaUnavailableError as exc:
+        pytest.skip(f"no usable GPU: {exc}")
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(abs(hash(request.node.name)) % 2**32)
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert np.isfinite(got).all(), "unwritten (NaN-poisoned) or non-finite output"
+    return float(np.max(np.abs(got.astype(np.float64) - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def run_op(be, fn, *args):
+    be.poison_activations()
+    out = fn(*args)
+    return be.to_host(out)
+
+
+class FakeWeight:
+    """A 1-D float32 tensor shaped like service.model.gguf_file.QTensor (for rms_norm weights)."""
+
+    def __init__(self, w):
+        from gguf import GGMLQuantizationType
+
+        self.name, self.ggml_type, self.shape, self.data = "norm", GGMLQuantizationType.F32, w.shape, w
+        self.type_name = "F32"
+
+
+@pytest.mark.parametrize("T,D", [(37, 769), (5, 4096), (1, 576)])
+def test_rms_norm(cuda_be, rng, T, D):
+    x = rng.standard_normal((T, D)).astype(np.float32) * 3  # (T, D)
+    w = rng.standard_normal(D).astype(np.float32)  # (D,)
+    ref = NumpyBackend().rms_norm(x, w, 1e-5)
+    got = run_op(cuda_be, cuda_be.rms_norm, cuda_be.from_host(x), cuda_be.load_weight(FakeWeight(w)), 1e-5)
+    assert rel_err(got, ref) < 2e-6
+
+
+@pytest.mark.parametrize("T,F", [(37, 1031), (3, 11008)])
+def test_silu_mul_add(cuda_be, rng, T, F):
+    g = rng.standard_normal((T, F)).astype(np.float32) * 4  # (T, F)
+    u = rng.standard_normal((T, F)).astype(np.float32)  # (T, F)
+    nb = NumpyBackend()
+    assert rel_err(run_op(cuda_be, cuda_be.silu_mul, cuda_be.from_host(g), cuda_be.from_host(u)), nb.silu_mul(g, u)) < 2e-6
+    assert rel_err(run_op(cuda_be, cuda_be.add, cuda_be.from_host(g), cuda_be.from_host(u)), nb.add(g, u)) == 0.0
+
+
+def _batch(chunks, max_positions, rng=None):
+    T = sum(c.n_new for c in chunks)
+    ids = (rng.integers(0, 1000, T) if rng is not None else np.zeros(T)).astype(np.int32)  # (T,)
+    return StepBatch(ids, tuple(chunks), max_positions)
+
+
+def test_take_rows_and_argmax(cuda_be, rng):
+    chunks = [SeqChunk(0, 5, 7), SeqChunk(1, 0, 1, want_logits=False), SeqChunk(2, 100, 13), SeqChunk(3, 3, 1)]
+    batch = _batch(chunks, 200, rng)
+    x = rng.standard_normal((batch.n_tokens, 1001)).astype(np.float32)  # (T, 1001)
+    x[3, 17] = x[3, 900] = 50.0  # a tie: the first index wins
+    nb = NumpyBackend()
+    step = cuda_be.begin_step(batch)
+    got = run_op(cuda_be, cuda_be.take_rows, cuda_be.from_host(x), step)
+    ref = nb.take_rows(x, nb.begin_step(batch))
+    assert rel_err(got, ref) == 0.0
+    assert np.array_equal(cuda_be.argmax(cuda_be.from_host(x)), np.argmax(x, axis=1))
+
+
+ROPES = [
+    RopeConfig(n_rot=64, theta=10000.0, mode="normal"),
+    RopeConfig(n_rot=64, theta=500000.0, mode="neox"),
+    RopeConfig(n_rot=32, theta=10000.0, mode="normal", linear_factor=2.0),  # partial rotation
+    RopeConfig(n_rot=64, theta=500000.0, mode="normal",
+               freq_factors=tuple(float(f) for f in np.linspace(1.0, 8.0, 32))),  # llama3-style
+]
+
+
+@pytest.mark.parametrize("rope", ROPES, ids=["normal", "neox", "partial-linear", "llama3"])
+@pytest.mark.parametrize("sink", [False, True])
+def test_rope(cuda_be, rng, rope, sink):
+    chunks = [SeqChunk(0, 0, 9), SeqChunk(1, 4093, 1), SeqChunk(2, 150, 21)]
+    batch = _batch(chunks, 160, rng)
+    n_heads = 5
+    x = rng.standard_normal((batch.n_tokens, n_heads * 64)).astype(np.float32)  # (T, 5 * 64)
+    nb = NumpyBackend()
+    ref = nb.rope(x, nb.begin_step(batch), n_heads, rope, sink=sink)
+    step = cuda_be.begin_step(batch)
+    got = run_op(cuda_be, cuda_be.rope, cuda_be.from_host(x), step, n_heads, rope, sink)
+    assert rel_err(got, ref) < 2e-6
+
+
+# -- attention over the sink ring -------------------------------------------------------------------
+# Each scenario is a list of steps; each step a list of (slot, n_new). n_cached follows from the history.
+SCENARIOS = {
+    # prefill, then a chunk that wraps past the window, then decode steps past the window, two sequences
+    "wrap": [[(0, 23), (1, 5)], [(0, 30), (1, 1)], [(0, 1), (1, 1)], [(0, 1), (1, 40)], [(0, 1), (1, 1)]],
+    # a chunk longer than the whole window (only its last `window` tokens survive)
+    "long-chunk": [[(2, 3)], [(2, 57)], [(2, 1)], [(2, 1)]],
+    # many decoding sequences
+    "decode": [[(s, 11 + 7 * s) for s in range(6)]] + [[(s, 1) for s in range(6)]] * 3,
+}
+
+
+def _run_scenario(cuda_be, rng, steps, layout, n_heads):
+    nb = NumpyBackend()
+    np_kv = nb.alloc_kv(layout)
+    cu_kv = cuda_be.alloc_kv(layout)
+    hd, kvh = layout.head_dim, layout.n_kv_heads
+    seen: dict[int, int] = {}
+    worst = 0.0
+    for step_chunks in steps:
+        chunks = [SeqChunk(slot, seen.get(slot, 0), n) for slot, n in step_chunks]
+        batch = _batch(chunks, layout.max_positions, rng)
+        T = batch.n_tokens
+        q = rng.standard_normal((T, n_heads * hd)).astype(np.float32)  # (T, H * hd)
+        qs = rng.standard_normal((T, n_heads * hd)).astype(np.float32)
+        k = (rng.standard_normal((T, kvh * hd)) * 2).astype(np.float32)  # (T, kvh * hd)
+        v = rng.standard_normal((T, kvh * hd)).astype(np.float32)
+        for layer in range(layout.n_layers):
+            ref = nb.attention(q, qs, k, v, np_kv, layer, nb.begin_step(batch), n_heads, kvh)
+            step = cuda_be.begin_step(batch)
+            got = run_op(cuda_be, cuda_be.attention, cuda_be.from_host(q), cuda_be.from_host(qs),
+                         cuda_be.from_host(k), cuda_be.from_host(v), cu_kv, layer, step, n_heads, kvh)
+            worst = max(worst, rel_err(got, ref))
+            ring = cuda_be.kv_to_host(cu_kv, layer)
+            if layout.dtype == "f16":
+                assert np.array_equal(ring["k"], np_kv.k[layer]) and np.array_equal(ring["v"], np_kv.v[layer])
+            else:
+                for name, ref_q in (("k", np_kv.k[layer]), ("v", np_kv.v[layer])):
+                    diff = np.abs(ring[name].astype(np.int16) - ref_q.astype(np.int16))
+                    assert diff.max() <= 1 and (diff > 0).mean() <= 1e-3
+                assert np.array_equal(ring["k_scale"], np_kv.k_scale[layer])
+                assert np.array_equal(ring["v_scale"], np_kv.v_scale[layer])
+        for slot, n in step_chunks:
+            seen[slot] = seen.get(slot, 0) + n
+    return worst
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+@pytest.mark.parametrize("hd,n_heads,n_kv", [(64, 9, 3), (128, 8, 2), (128, 3, 3), (64, 8, 1)],
+                         ids=["hd64-g3", "hd128-g4", "hd128-g1", "hd64-g8"])
+def test_attention(cuda_be, rng, dtype, scenario, hd, n_heads, n_kv):
+    layout = KVLayout(n_layers=2, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
+    worst = _run_scenario(cuda_be, rng, SCENARIOS[scenario], layout, n_heads)
+    assert worst < 2e-5, worst
+
+
+def test_attention_no_sinks_long_context(cuda_be, rng):
+    """sink_tokens = 0 (plain sliding window), a 2048-position ring filled by a 290-token prefill + decode."""
+    layout = KVLayout(n_layers=1, slots=2, max_positions=2048, sink_tokens=0, n_kv_heads=2, head_dim=128, dtype="f16")
+    steps = [[(0, 290)], [(0, 1)], [(0, 1), (1, 7)]]
+    assert _run_scenario(cuda_be, rng, steps, layout, 8) < 2e-5
