@@ -28,7 +28,7 @@ from gguf import GGUFValueType, GGUFWriter
 from service.errors import ConfigError, ModelFileError
 from service.model.dequant import block_shape, dequantize
 from service.model.gguf_file import QTensor, open_gguf
-from service.model.quantize import quantize
+from service.model.quantize import QUANTIZABLE, quantize
 
 
 @dataclass(frozen=True)
@@ -66,17 +66,26 @@ def _divides(ggml_type: GGMLType, cols: int) -> bool:
     return cols % block_shape(ggml_type)[0] == 0
 
 
-def tensor_type(name: str, shape: tuple[int, ...], recipe: Recipe, n_layers: int, has_output: bool) -> GGMLType | None:
-    """The type llama.cpp's recipe gives tensor `name` (numpy shape (rows, cols)); None = keep it as it is."""
+def tensor_type(name: str, shape: tuple[int, ...], recipe: Recipe, n_layers: int, has_output: bool,
+                output_type: GGMLType | None = None, token_embd_type: GGMLType | None = None) -> GGMLType | None:
+    """The type llama.cpp's recipe gives tensor `name` (numpy shape (rows, cols)); None = keep it as it is.
+
+    `output_type` / `token_embd_type` are llama-quantize's --output-tensor-type / --token-embedding-type
+    overrides (a tied embedding is the output head, so `output_type` applies to it).
+    """
     if len(shape) < 2 or not name.endswith("weight") or any(s in name for s in _NEVER_QUANTIZED):
         return None
     cols = shape[-1]  # ggml ne[0]: the row length the blocks run along
     new = recipe.default
     if name == "output.weight" or (not has_output and name == "token_embd.weight"):
-        if not _divides(new, cols):
+        if output_type is not None:
+            new = output_type
+        elif not _divides(new, cols):
             new = GGMLType.Q8_0
         elif new != GGMLType.Q8_0:
             new = GGMLType.Q6_K
+    elif name == "token_embd.weight" and token_embd_type is not None:
+        new = token_embd_type
     elif recipe.more_bits and (".attn_v." in name or ".ffn_down" in name):
         match = _LAYER.match(name)
         if match and use_more_bits(int(match.group(1)), n_layers):
@@ -111,12 +120,13 @@ class RequantizeSummary:
     seconds: float
 
 
-def plan_tensors(tensors: list[QTensor], recipe: Recipe, n_layers: int) -> list[PlannedTensor]:
+def plan_tensors(tensors: list[QTensor], recipe: Recipe, n_layers: int, output_type: GGMLType | None = None,
+                 token_embd_type: GGMLType | None = None) -> list[PlannedTensor]:
     names = {t.name for t in tensors}
     has_output = "output.weight" in names
     plan = []
     for t in tensors:
-        new = tensor_type(t.name, t.shape, recipe, n_layers, has_output)
+        new = tensor_type(t.name, t.shape, recipe, n_layers, has_output, output_type, token_embd_type)
         new = t.ggml_type if new is None else new
         plan.append(PlannedTensor(t, new, copy=new == t.ggml_type))
     return plan
@@ -155,12 +165,27 @@ def _tensor_bytes(p: PlannedTensor) -> np.ndarray:
     return quantize(x.reshape(-1, src.shape[-1]), p.ggml_type)  # (rows, bytes_per_row) or typed
 
 
-def requantize_file(src: str, dst: str, type_name: str, keep_layers: int | None = None,
-                    progress: bool = True) -> RequantizeSummary:
+def parse_tensor_type(type_name: str | None) -> GGMLType | None:
+    """A tensor type name for the --output-tensor-type / --token-embedding-type overrides."""
+    if type_name is None:
+        return None
+    try:
+        ggml_type = GGMLType[type_name.upper()]
+    except KeyError:
+        ggml_type = None
+    if ggml_type not in QUANTIZABLE:
+        names = ", ".join(sorted(t.name for t in QUANTIZABLE))
+        raise ConfigError(f"unsupported tensor type {type_name!r}; choose one of {names}")
+    return ggml_type
+
+
+def requantize_file(src: str, dst: str, type_name: str, keep_layers: int | None = None, progress: bool = True,
+                    output_type: str | None = None, token_embd_type: str | None = None) -> RequantizeSummary:
     """Write `dst`: `src` requantized with the named recipe (see RECIPES), optionally truncated to N blocks."""
     recipe = RECIPES.get(type_name.upper())
     if recipe is None:
         raise ConfigError(f"unknown quantization type {type_name!r}; choose one of {', '.join(RECIPES)}")
+    out_override, embd_override = parse_tensor_type(output_type), parse_tensor_type(token_embd_type)
     start = time.perf_counter()
     model = open_gguf(src)
     arch, n_layers = model.architecture, model.hparams.n_layers
@@ -179,7 +204,7 @@ def requantize_file(src: str, dst: str, type_name: str, keep_layers: int | None 
         return m is None or int(m.group(1)) < n_layers
 
     order = [model.tensors[t.name] for t in model.reader.tensors]
-    plan = plan_tensors([t for t in order if kept(t)], recipe, n_layers)
+    plan = plan_tensors([t for t in order if kept(t)], recipe, n_layers, out_override, embd_override)
 
     writer = GGUFWriter(dst, arch)
     alignment = model.metadata.get("general.alignment")

@@ -318,6 +318,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--type", default="Q4_K_M", help=f"target recipe: {', '.join(RECIPES)} (default Q4_K_M)")
     p.add_argument("--keep-layers", type=int, default=None, metavar="N",
                    help="keep only the first N transformer blocks (small test files)")
+    p.add_argument("--output-tensor-type", default=None, metavar="TYPE",
+                   help="type of output.weight (and of a tied token_embd.weight), e.g. Q5_0 for a small file")
+    p.add_argument("--token-embedding-type", default=None, metavar="TYPE", help="type of an untied token_embd.weight")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -326,7 +329,8 @@ def run(args: argparse.Namespace) -> int:
     from service.model.gguf_writer import requantize_file
 
     summary = requantize_file(args.input, args.output, args.type, keep_layers=args.keep_layers,
-                              progress=not args.quiet)
+                              progress=not args.quiet, output_type=args.output_tensor_type,
+                              token_embd_type=args.token_embedding_type)
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary.type_counts.items()))
     print(f"wrote {args.output}: {summary.n_tensors} tensors ({counts}), "
           f"{summary.out_bytes / 1e6:.1f} MB (from {summary.in_bytes / 1e6:.1f} MB) in {summary.seconds:.1f} s")
