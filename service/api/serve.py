@@ -57,6 +57,7 @@ class RunningServer:
     http_port: int | None = None
     metrics_port: int | None = None
     load_task: asyncio.Task | None = None
+    owns_engine: bool = True  # False when the caller passed an engine in (it stays running after stop)
     _http: _Uvicorn | None = None
     _http_task: asyncio.Task | None = None
     _stopped: bool = field(default=False)
@@ -87,7 +88,7 @@ class RunningServer:
         await self.grpc_server.stop(max(0.0, end - time.monotonic()))
         if self.load_task is not None and not self.load_task.done():
             self.load_task.cancel()
-        if self.engine is not None:
+        if self.engine is not None and self.owns_engine:
             await self.engine.shutdown(0.0)
         self.metrics.stop()
 
@@ -132,6 +133,8 @@ async def _load(running: RunningServer, engine: Any) -> None:
     if engine is None:
         from service.engine.engine import AsyncEngine
         engine = await asyncio.to_thread(AsyncEngine.from_config, running.config)
+    elif callable(engine) and not hasattr(engine, "generate"):  # a factory: build it off the event loop
+        engine = await asyncio.to_thread(engine)
     engine.start()
     running.core.engine = engine
     for name in ("", SERVICE_NAME):
@@ -141,7 +144,8 @@ async def _load(running: RunningServer, engine: Any) -> None:
 
 async def serve(config: cfg.Config, engine: Any = None, *, wait_loaded: bool = True,
                 http_port: int | None = None, metrics_port: int | None = None) -> RunningServer:
-    """Start everything; `engine` (an AsyncEngine, not started) skips loading. `http_port` / `metrics_port`
+    """Start everything; `engine` (an AsyncEngine, started or not, or a function returning one, called in a
+    thread) replaces loading from the config and is not shut down by stop(). `http_port` / `metrics_port`
     override the config's (0 there means off; here None = the config's, 0 = pick a free port)."""
     sc = config.server
     core = ApiCore(None)
@@ -158,7 +162,7 @@ async def serve(config: cfg.Config, engine: Any = None, *, wait_loaded: bool = T
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     port = _bind_grpc(server, sc)
     await server.start()
-    running = RunningServer(config, server, port, health_servicer, core, metrics)
+    running = RunningServer(config, server, port, health_servicer, core, metrics, owns_engine=engine is None)
     http = sc.http_port if http_port is None else http_port
     if http_port is not None or sc.http_port:
         running._http, running._http_task, running.http_port = await _start_http(
