@@ -85,6 +85,12 @@ class StreamingKVCache:
         valid = np.minimum(self._n_seen[self._in_use], self.layout.max_positions)
         return int(valid.sum()) * self.layout.bytes_per_token_layer
 
+    def per_layer(self) -> list[dict]:
+        """MemoryStats rows: one per layer (the arena is uniform across layers)."""
+        allocated, in_use = self.layout.bytes_per_layer, self.bytes_in_use_per_layer()
+        return [{"layer": i, "bytes_allocated": allocated, "bytes_in_use": in_use, "slots_in_use": self.slots_in_use}
+                for i in range(self.layout.n_layers)]
+
     def stats(self) -> dict:
         lay = self.layout
         return {
