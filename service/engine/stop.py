@@ -1,7 +1,9 @@
 """Stop strings: matched across token boundaries on the detokenized text, never emitted.
 
 Text that could still be the start of a stop string is held back until the next piece decides it; the rest
-is released. When a stop string appears, everything before it is released and the choice ends.
+is released. When a stop string appears, everything before it is released and the choice ends. With
+overlapping stop strings the one that completes first wins (ties: the longer one), as a token-by-token check
+would decide, so the result does not depend on how the text was split into tokens.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ class StopMatcher:
         if not self.stops:
             return text, False
         buf = self.held + text
-        first = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if first >= 0:
+        # the stop string that completes first (ties: the one starting first); nothing completed before `buf`
+        found = [(i + len(s), i) for s, i in ((s, buf.find(s)) for s in self.stops) if i >= 0]
+        if found:
             self.held = ""
-            return buf[:first], True
+            return buf[:min(found)[1]], True
         hold = 0
         for s in self.stops:  # longest suffix of buf that is a proper prefix of a stop string
             for k in range(min(len(s) - 1, len(buf)), hold, -1):
