@@ -16,7 +16,7 @@ from service.client import AsyncClient, Client, UnavailableError
 from service.model.registry import resolve_model_path
 
 PROMPT = "The capital of France is"
-CHAT = [{"role": "user", "content": "Name a colour."}]
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]  # 18 tokens
 
 
 @pytest.fixture(scope="module")
