@@ -22,6 +22,7 @@ PyCUDA is imported lazily (inside the constructor), so CPU-only installs can imp
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
@@ -39,6 +40,7 @@ KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pat
 
 CATEGORIES = ("weights", "kv", "activations", "pinned_host")
 NVCC_OPTIONS = ("-O3", "-lineinfo")  # no --use_fast_math: kernels pick fast intrinsics explicitly where safe
+SLAB_ALIGN = 256  # bytes; every buffer carved from a slab starts on this boundary
 DEFAULT_CACHE_DIR = os.path.join(os.path.dirname(KERNEL_DIR), "build", "kernels")  # git-ignored
 
 
@@ -92,15 +94,29 @@ class DeviceBuffer:
 
     ptr: int  # device address
     nbytes: int
-    alloc: Any  # pycuda.driver.DeviceAllocation (keeps the memory alive)
+    alloc: Any  # pycuda.driver.DeviceAllocation (keeps the memory alive); None when carved from a slab
     record: MemoryRecord = field(repr=False, default=None)  # type: ignore[assignment]
+    slab: "Slab | None" = field(repr=False, default=None)
 
     def __int__(self) -> int:
         return self.ptr
 
 
-def _nvml_used_bytes(device: int) -> int | None:
-    """Device memory in use right now as NVML sees it (no CUDA context needed), or None without NVML."""
+@dataclass(eq=False)
+class Slab:
+    """One driver allocation carved into accounted buffers (weights of a model, a KV arena)."""
+
+    category: str
+    name: str
+    ptr: int
+    nbytes: int
+    alloc: Any  # pycuda.driver.DeviceAllocation
+    used: int = 0  # bump offset
+    records: set = field(default_factory=set)  # id() of the MemoryRecords carved from it
+
+
+def _nvml_memory(device: int) -> tuple[int, int] | None:
+    """(total, used) device bytes as NVML sees them (no CUDA context needed), or None without NVML."""
     try:
         nvml = ctypes.CDLL("libnvidia-ml.so.1")
     except OSError:
@@ -119,7 +135,7 @@ def _nvml_used_bytes(device: int) -> int | None:
                 return None
             if nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(mem)) != 0:
                 return None
-            return int(mem.total - mem.free)
+            return int(mem.total), int(mem.total - mem.free)
         finally:
             nvml.nvmlShutdown()
     except AttributeError:
@@ -143,9 +159,10 @@ class CudaRuntime:
         except cuda.Error as exc:
             raise CudaUnavailableError(f"CUDA driver error: {exc}") from None
         self.device_index = device
-        self.baseline_used_bytes = _nvml_used_bytes(device)  # before our context exists
+        nvml = _nvml_memory(device)  # before our context exists
         self.context = self.device.retain_primary_context()
         self.context.push()
+        atexit.register(self.shutdown)  # like pycuda.autoinit: pop before PyCUDA's module cleanup
         major, minor = self.device.compute_capability()
         self.arch = f"sm_{major}{minor}"  # "sm_90" on Hopper
         self.name = self.device.name()
@@ -158,6 +175,15 @@ class CudaRuntime:
         self._records: list[MemoryRecord] = []
         self._live: dict[int, DeviceBuffer] = {}  # id(record) -> buffer, for free()
         self._lock = threading.Lock()
+        self._slabs: list[Slab] = []
+        self._open: dict[str, Slab] = {}  # category -> slab that plain alloc() calls sub-allocate from
+        self._granularity: dict[str, int] = {}  # category -> driver bytes beyond the requested bytes
+        # NVML's "used" before the context includes memory the driver reserves, which cuMemGetInfo's total
+        # already leaves out: the baseline is what was used beyond that reservation (0 on an idle GPU).
+        self.baseline_used_bytes: int | None = None
+        if nvml is not None:
+            _, cuda_total = self.mem_get_info()
+            self.baseline_used_bytes = max(0, nvml[1] - (nvml[0] - cuda_total))
         self.context_bytes = self.process_used_bytes()  # the context alone; measure_context() after module loads
 
     def measure_context(self) -> int:
@@ -187,13 +213,72 @@ class CudaRuntime:
         return fn
 
     # -- memory ------------------------------------------------------------------------------------
+    def _driver_alloc(self, nbytes: int, category: str) -> Any:
+        """cuMemAlloc, charging the driver's rounding (free-memory delta minus bytes asked) to `category`."""
+        free0, _ = self.mem_get_info()
+        alloc = self._cuda.mem_alloc(max(nbytes, 1))
+        free1, _ = self.mem_get_info()
+        self._granularity[category] = self._granularity.get(category, 0) + (free0 - free1) - nbytes
+        return alloc
+
+    def _driver_free(self, alloc: Any, nbytes: int, category: str) -> None:
+        free0, _ = self.mem_get_info()
+        alloc.free()
+        free1, _ = self.mem_get_info()
+        self._granularity[category] = self._granularity.get(category, 0) - ((free1 - free0) - nbytes)
+
+    def reserve(self, category: str, nbytes: int, name: str, open_for_alloc: bool = False) -> "Slab":
+        """One device allocation that later `alloc(..., slab=)` calls carve up (256-byte aligned), so many
+        tensors cost one driver allocation and no per-allocation rounding. open_for_alloc: plain alloc()
+        calls of this category sub-allocate from it while they fit (until close())."""
+        nbytes = int(nbytes)
+        alloc = self._driver_alloc(nbytes, category)
+        slab = Slab(category, name, int(alloc), nbytes, alloc)
+        with self._lock:
+            self._slabs.append(slab)
+            if open_for_alloc:
+                self._open[category] = slab
+        return slab
+
+    def close(self, category: str) -> None:
+        """Stop sub-allocating `category` from its open slab (its unused tail stays reported)."""
+        self._open.pop(category, None)
+
+    def release(self, slab: "Slab") -> None:
+        """Free a slab and every buffer carved from it."""
+        with self._lock:
+            self._records = [r for r in self._records if id(r) not in slab.records]
+            for key in slab.records:
+                self._live.pop(key, None)
+            self._slabs.remove(slab)
+            if self._open.get(slab.category) is slab:
+                del self._open[slab.category]
+        self._driver_free(slab.alloc, slab.nbytes, slab.category)
+
     def alloc(self, nbytes: int, category: str, name: str, layer: int | None = None,
-              ggml_type: str | None = None) -> DeviceBuffer:
-        """Device memory, accounted under `category` (weights | kv | activations)."""
+              ggml_type: str | None = None, slab: "Slab | None" = None) -> DeviceBuffer:
+        """Device memory, accounted under `category` (weights | kv | activations): carved from `slab` (or
+        the category's open slab when it fits), else its own driver allocation."""
         assert category in CATEGORIES and category != "pinned_host", category
         nbytes = int(nbytes)
-        alloc = self._cuda.mem_alloc(max(nbytes, 1))
         rec = MemoryRecord(category, name, nbytes, layer, ggml_type, device=True)
+        with self._lock:
+            s = slab or self._open.get(category)
+            off = -1
+            if s is not None:
+                off = (s.used + SLAB_ALIGN - 1) // SLAB_ALIGN * SLAB_ALIGN
+                if off + nbytes > s.nbytes:
+                    if slab is not None:
+                        raise MemoryError(f"slab {s.name} is full ({s.used} of {s.nbytes} bytes used)")
+                    off = -1
+            if off >= 0:
+                s.used = off + nbytes
+                s.records.add(id(rec))
+                buf = DeviceBuffer(s.ptr + off, nbytes, None, rec, s)
+                self._records.append(rec)
+                self._live[id(rec)] = buf
+                return buf
+        alloc = self._driver_alloc(nbytes, category)
         buf = DeviceBuffer(int(alloc), nbytes, alloc, rec)
         with self._lock:
             self._records.append(rec)
@@ -201,11 +286,15 @@ class CudaRuntime:
         return buf
 
     def free(self, buf: DeviceBuffer) -> None:
-        """Release an accounted buffer (load-time only; nothing is freed on the hot path)."""
+        """Release an accounted buffer (load-time only; nothing is freed on the hot path). A buffer carved
+        from a slab returns nothing to the driver: its bytes show as the slab's unused bytes."""
         with self._lock:
             self._live.pop(id(buf.record), None)
             self._records = [r for r in self._records if r is not buf.record]
-        buf.alloc.free()
+            if buf.slab is not None:
+                buf.slab.records.discard(id(buf.record))
+        if buf.slab is None:
+            self._driver_free(buf.alloc, buf.nbytes, buf.record.category)
 
     def pinned(self, shape: Any, dtype: Any, name: str) -> np.ndarray:
         """Page-locked host array (fast async copies), accounted as pinned_host."""
@@ -215,12 +304,24 @@ class CudaRuntime:
         return arr
 
     def memory_records(self) -> list[MemoryRecord]:
+        """Every accounted allocation, plus per category the bytes reserved in slabs but not handed out
+        ("<category>.slab_unused") and the driver's allocation rounding ("<category>.allocator_rounding",
+        measured as free-memory deltas around each cuMemAlloc): together they sum to what our allocations
+        cost the driver."""
         with self._lock:
-            return list(self._records)
+            recs = list(self._records)
+            unused: dict[str, int] = {}
+            for s in self._slabs:
+                live = sum(r.nbytes for r in self._records if id(r) in s.records)
+                unused[s.category] = unused.get(s.category, 0) + s.nbytes - live
+            for cat, n in unused.items():
+                recs.append(MemoryRecord(cat, f"{cat}.slab_unused", int(n), None, None, device=True))
+            for cat, n in self._granularity.items():
+                recs.append(MemoryRecord(cat, f"{cat}.allocator_rounding", int(n), None, None, device=True))
+        return recs
 
     def accounted_device_bytes(self) -> int:
-        with self._lock:
-            return sum(r.nbytes for r in self._records if r.device)
+        return sum(r.nbytes for r in self.memory_records() if r.device)
 
     def mem_get_info(self) -> tuple[int, int]:
         """(free, total) device bytes from the driver (cuMemGetInfo)."""
@@ -247,9 +348,13 @@ class CudaRuntime:
     def synchronize(self) -> None:
         self.stream.synchronize()
 
-    def close(self) -> None:
+    def shutdown(self) -> None:
         """Pop the primary context (buffers should be released first)."""
+        if getattr(self, "_popped", False):
+            return
+        self._popped = True
         try:
+            self.synchronize()
             self.context.pop()
         except Exception:  # noqa: BLE001 - best effort at shutdown
             pass
