@@ -28,8 +28,10 @@ from service.backends.cuda_matmul import CudaMatmul, DeviceWeight
 F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
               T.Q4_K: (0, 2), T.Q5_K: (0, 2), T.Q6_K: (208,)}
 SHAPES_7B = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
-VARIANTS = ["r1u1", "r1u2", "r2u1", "r2u2", "r2u4", "r4u1", "r4u2", "r4u8"]  # + production (None) = r4u4
-VARIANT_TYPES = (T.Q4_K, T.Q6_K)
+# vector-kernel configurations compiled in kernels/matmul_vec.cu (r<R>t<RT>u<UNR>)
+VARIANTS_C1 = ["r4t1u1", "r4t1u2", "r4t2u1", "r4t2u2", "r4t4u1", "r2t2u1", "r2t4u1", "r1t2u1", "r1t4u1", "r1t8u1"]
+VARIANTS_CN = ["r4t1u1", "r4t2u1", "r4t4u1", "r1t4u1"]  # Q4_K, 2 / 4 / 8 columns
+VARIANT_TYPES = (T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_1)
 
 
 @dataclasses.dataclass
@@ -149,7 +151,8 @@ class Bench:
             self.mm.quantize_act(self.x.ptr, n_rows, k, self.ws.ptr)  # valid int8 input for the timed kernels
         s = self.timed(launches, reps=10 if self.quick else 30)
         wb = ws[0].nbytes
-        return dict(path="vec", type=ggml_type.name, n=n, k=k, n_rows=n_rows, variant=variant or "prod",
+        cfg = self.mm.vec_kernel(ws[0], n_rows, variant)[0].rsplit("_", 1)[1]
+        return dict(path="vec", type=ggml_type.name, n=n, k=k, n_rows=n_rows, variant=variant or f"={cfg}",
                     with_quant=with_quant, us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
 
     def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int) -> dict:
@@ -160,8 +163,9 @@ class Bench:
         return dict(path="tiled", type=ggml_type.name, n=n, k=k, n_rows=m, variant=f"m{tile_m}", us=s * 1e6,
                     tflops=2 * m * n * k / s / 1e12)
 
-    def step_7b(self) -> dict:
-        """The 225 matmuls of one Llama-2-7B Q4_K_M decode token (+ 97 activation quantizations) as one graph.
+    def step_7b(self, fused: bool) -> dict:
+        """The 225 matmuls of one Llama-2-7B Q4_K_M decode token (+ 4 activation quantizations per layer) as one
+        graph; fused: Q/K/V and gate/up through matmul_multi (same-type matrices share a launch).
         Q4_K_M mix (llama.cpp): attn_v and ffn_down are Q6_K in layers i < n/8, i >= 7n/8, (i - n/8) % 3 == 2."""
         n_layers, dim, ffn, vocab = 32, 4096, 11008, 32000
         more_bits = lambda i: i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2  # noqa: E731
@@ -186,13 +190,17 @@ class Bench:
         mm, x, out, wsp = self.mm, self.x.ptr, self.out.ptr, self.ws.ptr
 
         def step() -> None:
-            for name, key, idx in plan:
-                w = pool[key][idx]
-                first_of_input = name in ("q", "o", "gate", "down", "output")
-                mm.matmul(x, 1, w, out, wsp, prequantized=not first_of_input)
+            i = 0
+            while i < len(plan):
+                name = plan[i][0]
+                group = 3 if (fused and name == "q") else 2 if (fused and name == "gate") else 1
+                ws = [pool[key][idx] for _, key, idx in plan[i:i + group]]
+                mm.matmul_multi(x, 1, ws, [out] * group, wsp, prequantized=name in ("k", "v", "up"))
+                i += group
 
         s = self.timed([step], reps=10 if self.quick else 30)
-        return dict(path="step7b", type="Q4_K_M", n_matmuls=len(plan), weight_bytes=total_bytes, us=s * 1e6,
+        return dict(path="step7b", type="Q4_K_M" + ("/fused" if fused else ""), n_matmuls=len(plan),
+                    weight_bytes=total_bytes, us=s * 1e6,
                     tok_s=1 / s, gbps=total_bytes / s / 1e9, pct_copy=100 * total_bytes / s / self.copy_bw)
 
     # -- run -----------------------------------------------------------------------------------------
@@ -201,23 +209,26 @@ class Bench:
         print(f"device {self.rt.name}  copy {self.copy_bw / 1e12:.2f} TB/s  kernel build {self.compile_s:.1f} s", flush=True)
         add = lambda r: (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
         shapes = SHAPES_7B
-        for tp in (T.Q4_K, T.Q6_K, T.Q8_0):
+        for tp in VARIANT_TYPES:
             for n, k in shapes:
                 add(self.vec(tp, n, k, 1, None, True))
-                add(self.vec(tp, n, k, 1, None, False))
-                if tp in VARIANT_TYPES and not self.quick:
-                    for v in VARIANTS:
+                if not self.quick:
+                    for v in VARIANTS_C1:
                         add(self.vec(tp, n, k, 1, v, False))
             self.free_weights()
-        for tp in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_K, T.F16):
+        for tp in (T.Q4_0, T.Q5_0, T.Q5_K, T.F16):
             for n, k in shapes[:2]:
                 add(self.vec(tp, n, k, 1, None, True))
             self.free_weights()
         for n, k in shapes[:3]:
             for r in (2, 4, 8):
                 add(self.vec(T.Q4_K, n, k, r, None, True))
+                if not self.quick:
+                    for v in VARIANTS_CN:
+                        add(self.vec(T.Q4_K, n, k, r, v, False))
         self.free_weights()
-        add(self.step_7b())
+        add(self.step_7b(fused=False))
+        add(self.step_7b(fused=True))
         self.free_weights()
         for tp in (T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_1):
             for n, k in shapes[:3]:
@@ -229,11 +240,11 @@ class Bench:
 
     def table(self) -> str:
         lines = [f"device: {self.rt.name}   copy bandwidth: {self.copy_bw / 1e12:.2f} TB/s (read+write)",
-                 f"{'path':7} {'type':6} {'shape':>12} {'rows':>4} {'variant':>7} {'q':>2} {'us':>9} {'GB/s':>7} "
+                 f"{'path':7} {'type':6} {'shape':>12} {'rows':>4} {'variant':>8} {'q':>2} {'us':>9} {'GB/s':>7} "
                  f"{'%copy':>6} {'TFLOP/s':>7}"]
         for r in self.rows:
             shape = f"{r.get('n', '')}x{r.get('k', '')}" if "n" in r else f"{r['n_matmuls']} mm"
-            lines.append(f"{r['path']:7} {r['type']:6} {shape:>12} {r.get('n_rows', 1):>4} {r.get('variant', ''):>7} "
+            lines.append(f"{r['path']:7} {r['type']:6} {shape:>12} {r.get('n_rows', 1):>4} {r.get('variant', ''):>8} "
                          f"{'y' if r.get('with_quant') else '':>2} {r['us']:9.1f} {r.get('gbps', 0):7.0f} "
                          f"{r.get('pct_copy', 0):6.1f} {r.get('tflops', 0):7.1f}"
                          + (f"   {r['tok_s']:.0f} tok/s (matmuls only)" if "tok_s" in r else ""))

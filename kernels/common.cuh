@@ -23,7 +23,7 @@ __device__ __forceinline__ int4 ld16(const void* p) { return __ldg(reinterpret_c
 // Weight stream: read once per token, so don't let it evict the activations from L1.
 __device__ __forceinline__ int4 ld16_stream(const void* p) {
     int4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.s32 {%0,%1,%2,%3}, [%4];"
+    asm("ld.global.nc.L1::no_allocate.v4.s32 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
     return r;
 }

@@ -1,42 +1,51 @@
-// Quantized matrix x few vectors (the decode path): out (n_rows, N) f32 = x (n_rows, K) @ W.T, n_rows <= 8.
+// Quantized matrix x few vectors (the decode path): out_m (n_rows, N_m) f32 = x (n_rows, K) @ W_m.T, n_rows <= 8,
+// for up to 3 matrices W_0, W_1, W_2 of one type sharing the input x (Q/K/V, gate/up) in one launch.
 //
 // Math: W stays in its GGML type (upload layout in quant_blocks.cuh). For the quantized types x was first
-// quantized per 32 values to int8 (quantize_act.cu: xq, xds) and each weight "unit" (32 values behind one
-// 16-byte weight load) is dotted with __dp4a on the integer quants, then scaled in f32 (llama.cpp's MMVQ
+// quantized per 32 values to int8 (quantize_act.cu: xq, xds) and each weight "unit" (T::VU values behind one or
+// two 16-byte weight loads) is dotted with __dp4a on the integer quants, then scaled in f32 (llama.cpp's MMVQ
 // idea). F16/F32 weights use the f32 activations xf directly.
 //
-// Launch shape: 128 threads per block; a block owns R rows (R in {1, 2, 4}), i.e. 128/R threads per row
-// stride over the row's units, each thread issuing UNR units' loads before the first use (loads in flight
-// per thread = UNR x 16 bytes). grid.x = ceil(N / R). A thread accumulates NC (>= n_rows) columns at once, so
-// every weight byte is read once for all the columns; partial sums meet by warp shuffles + shared memory.
-// Activations are read through L1 (every row of a block reuses them); weights through the non-allocating
-// read-only path.
+// Launch shape: 128 threads per block, split into R groups of G = 128/R threads (R in {1, 2, 4}); a group owns
+// RT consecutive rows and its threads stride over the units of those rows. Per step a thread issues the loads
+// of UNR units x RT rows (bytes in flight per thread = UNR x RT x unit bytes), loads the matching activations
+// once per column and uses them for all RT rows (activation reuse), accumulating NC (>= n_rows) columns.
+// Partial sums meet by warp shuffles (+ shared memory when G > 32). Blocks are numbered over the concatenated
+// row ranges of W_0, W_1, W_2: grid.x = sum_m ceil(N_m / (R*RT)). Unused matrix slots have N_m = 0.
+// Weights are read through the non-allocating read-only path, activations through L1 (every row reuses them).
 //
-// Entries: matmul_vec_<type>_c<NC> (production tile per type) and matmul_vec_<type>_c1_r<R>u<UNR> (tuning
-// variants for the benchmark). Signature for all:
-//   (q, s, h, N, K, xq int8 (n_rows, K), xds float2 (n_rows, K/32), xf f32 (n_rows, K), out f32 (n_rows, N), n_rows)
+// Entries: matmul_vec_<type>_c<NC>_r<R>t<RT>u<UNR>; cuda_matmul.py picks one configuration per (type, NC).
+// Signature: (q0, s0, h0, out0, N0, q1, s1, h1, out1, N1, q2, s2, h2, out2, N2, K,
+//             xq int8 (n_rows, K), xds float2 (n_rows, K/32), xf f32 (n_rows, K), n_rows)
 #include "quant_blocks.cuh"
 
-template <class T, int NC, int R, int UNR>
-__device__ __forceinline__ void mmv_body(const WPtrs& w, const int8_t* __restrict__ xq,
+template <class T, int NC, int R, int RT, int UNR>
+__device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* __restrict__ xq,
                                          const float2* __restrict__ xds, const float* __restrict__ xf,
                                          float* __restrict__ out, int n_rows) {
-    constexpr int G = 128 / R;  // threads per row (>= 32)
+    constexpr int G = 128 / R;  // threads per row group (>= 32, a multiple of every T::UPB)
     const int group = threadIdx.x / G, gt = threadIdx.x % G;
-    const int row = blockIdx.x * R + group;
+    const int row0 = (blk * R + group) * RT;
     const int K = w.K;
     const int units = K / T::VU;
-    float acc[NC];
+    const int sub = gt % T::UPB;  // = u % UPB for every unit this thread visits
+    float acc[RT][NC];
 #pragma unroll
-    for (int c = 0; c < NC; ++c) acc[c] = 0.f;
+    for (int t = 0; t < RT; ++t)
+#pragma unroll
+        for (int c = 0; c < NC; ++c) acc[t][c] = 0.f;
 
-    if (row < w.N) {
+    if (row0 < w.N) {
         for (int u0 = gt; u0 < units; u0 += G * UNR) {
-            typename T::U r[UNR];
+            typename T::U r[UNR][RT];
 #pragma unroll
             for (int i = 0; i < UNR; ++i) {
                 const int u = u0 + i * G;
-                if (u < units) r[i] = T::load_u(w, row, u);
+                if (u < units) {
+#pragma unroll
+                    for (int t = 0; t < RT; ++t)  // rows past N reload row N-1; their sums are not stored
+                        r[i][t] = T::load_u(w, min(row0 + t, w.N - 1), u);
+                }
             }
 #pragma unroll
             for (int i = 0; i < UNR; ++i) {
@@ -46,7 +55,9 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, const int8_t* __restric
                     for (int c = 0; c < NC; ++c) {
                         if (c < n_rows) {
                             const XCol x{xq + (size_t)c * K, xds + (size_t)c * (K / 32), xf + (size_t)c * K};
-                            acc[c] += T::dot_u(r[i], x, u);
+                            const typename T::A a = T::load_a(x, u);
+#pragma unroll
+                            for (int t = 0; t < RT; ++t) acc[t][c] += T::dot(r[i][t], a, sub);
                         }
                     }
                 }
@@ -54,58 +65,94 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, const int8_t* __restric
         }
     }
 #pragma unroll
-    for (int c = 0; c < NC; ++c) acc[c] = warp_sum(acc[c]);
+    for (int t = 0; t < RT; ++t)
+#pragma unroll
+        for (int c = 0; c < NC; ++c) acc[t][c] = warp_sum(acc[t][c]);
 
     if (G == 32) {
-        if (gt == 0 && row < w.N) {
+        if (gt == 0) {
 #pragma unroll
-            for (int c = 0; c < NC; ++c)
-                if (c < n_rows) out[(size_t)c * w.N + row] = acc[c];
+            for (int t = 0; t < RT; ++t)
+#pragma unroll
+                for (int c = 0; c < NC; ++c)
+                    if (c < n_rows && row0 + t < w.N) out[(size_t)c * w.N + row0 + t] = acc[t][c];
         }
     } else {
         constexpr int WPG = G / 32;  // warps per row group
-        __shared__ float part[R][WPG][NC];
+        __shared__ float part[R][WPG][RT * NC];
         const int wig = gt >> 5, lane = gt & 31;
         if (lane == 0) {
 #pragma unroll
-            for (int c = 0; c < NC; ++c) part[group][wig][c] = acc[c];
+            for (int t = 0; t < RT; ++t)
+#pragma unroll
+                for (int c = 0; c < NC; ++c) part[group][wig][t * NC + c] = acc[t][c];
         }
         __syncthreads();
-        if (gt < NC && gt < n_rows && row < w.N) {
-            float s = 0.f;
+        if (gt < RT * NC) {
+            const int t = gt / NC, c = gt % NC;
+            if (c < n_rows && row0 + t < w.N) {
+                float s = 0.f;
 #pragma unroll
-            for (int k = 0; k < WPG; ++k) s += part[group][k][gt];
-            out[(size_t)gt * w.N + row] = s;
+                for (int k = 0; k < WPG; ++k) s += part[group][k][gt];
+                out[(size_t)c * w.N + row0 + t] = s;
+            }
         }
     }
 }
 
-#define MMV_ENTRY(name, T, NC, R, UNR)                                                                     \
-    extern "C" __global__ void __launch_bounds__(128) name(                                                \
-        const uint8_t* q, const uint8_t* s, const uint8_t* h, int N, int K, const int8_t* xq,              \
-        const float2* xds, const float* xf, float* out, int n_rows) {                                      \
-        const WPtrs w{q, s, h, N, K};                                                                      \
-        mmv_body<T, NC, R, UNR>(w, xq, xds, xf, out, n_rows);                                              \
+#define MMV_ENTRY(suffix, T, NC, R, RT, UNR)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) matmul_vec_##suffix##_c##NC##_r##R##t##RT##u##UNR(        \
+        const uint8_t* q0, const uint8_t* s0, const uint8_t* h0, float* o0, int N0, const uint8_t* q1,         \
+        const uint8_t* s1, const uint8_t* h1, float* o1, int N1, const uint8_t* q2, const uint8_t* s2,         \
+        const uint8_t* h2, float* o2, int N2, int K, const int8_t* xq, const float2* xds, const float* xf,      \
+        int n_rows) {                                                                                          \
+        constexpr int RPB = R * RT;                                                                            \
+        const int nb0 = (N0 + RPB - 1) / RPB, nb1 = (N1 + RPB - 1) / RPB;                                      \
+        int blk = blockIdx.x;                                                                                  \
+        const uint8_t *q = q0, *s = s0, *h = h0;                                                               \
+        float* o = o0;                                                                                         \
+        int N = N0;                                                                                            \
+        if (blk >= nb0) {                                                                                      \
+            blk -= nb0;                                                                                        \
+            if (blk < nb1) {                                                                                   \
+                q = q1, s = s1, h = h1, o = o1, N = N1;                                                        \
+            } else {                                                                                           \
+                blk -= nb1;                                                                                    \
+                q = q2, s = s2, h = h2, o = o2, N = N2;                                                        \
+            }                                                                                                  \
+        }                                                                                                      \
+        const WPtrs w{q, s, h, N, K};                                                                          \
+        mmv_body<T, NC, R, RT, UNR>(w, blk, xq, xds, xf, o, n_rows);                                           \
     }
 
-// production tiles: 4 rows per block (one warp per row), 4 units in flight per thread
-#define MMV_PROD(suffix, T)                                 \
-    MMV_ENTRY(matmul_vec_##suffix##_c1, T, 1, 4, 4)         \
-    MMV_ENTRY(matmul_vec_##suffix##_c2, T, 2, 4, 4)         \
-    MMV_ENTRY(matmul_vec_##suffix##_c4, T, 4, 4, 2)         \
-    MMV_ENTRY(matmul_vec_##suffix##_c8, T, 8, 4, 2)
-FOR_EACH_WTYPE(MMV_PROD)
+// configurations every type has (cuda_matmul.VEC_CONFIG picks among them)
+#define MMV_COMMON(suffix, T)              \
+    MMV_ENTRY(suffix, T, 1, 4, 1, 2)       \
+    MMV_ENTRY(suffix, T, 1, 4, 2, 1)       \
+    MMV_ENTRY(suffix, T, 1, 1, 4, 1)       \
+    MMV_ENTRY(suffix, T, 2, 4, 2, 1)       \
+    MMV_ENTRY(suffix, T, 4, 4, 2, 1)       \
+    MMV_ENTRY(suffix, T, 8, 4, 2, 1)
+FOR_EACH_WTYPE(MMV_COMMON)
 
-// tuning variants (benchmark only)
-#define MMV_VARIANTS(suffix, T)                              \
-    MMV_ENTRY(matmul_vec_##suffix##_c1_r1u1, T, 1, 1, 1)    \
-    MMV_ENTRY(matmul_vec_##suffix##_c1_r1u2, T, 1, 1, 2)    \
-    MMV_ENTRY(matmul_vec_##suffix##_c1_r2u1, T, 1, 2, 1)    \
-    MMV_ENTRY(matmul_vec_##suffix##_c1_r2u2, T, 1, 2, 2)    \
-    MMV_ENTRY(matmul_vec_##suffix##_c1_r2u4, T, 1, 2, 4)    \
-    MMV_ENTRY(matmul_vec_##suffix##_c1_r4u1, T, 1, 4, 1)    \
-    MMV_ENTRY(matmul_vec_##suffix##_c1_r4u2, T, 1, 4, 2)    \
-    MMV_ENTRY(matmul_vec_##suffix##_c1_r4u8, T, 1, 4, 8)
-MMV_VARIANTS(q4_k, TQ4_K)
-MMV_VARIANTS(q6_k, TQ6_K)
-MMV_VARIANTS(q8_0, TQ8_0)
+// tuning variants (benchmark)
+#define MMV_TUNE1(suffix, T)               \
+    MMV_ENTRY(suffix, T, 1, 4, 1, 1)       \
+    MMV_ENTRY(suffix, T, 1, 4, 2, 2)       \
+    MMV_ENTRY(suffix, T, 1, 4, 4, 1)       \
+    MMV_ENTRY(suffix, T, 1, 2, 2, 1)       \
+    MMV_ENTRY(suffix, T, 1, 2, 4, 1)       \
+    MMV_ENTRY(suffix, T, 1, 1, 2, 1)       \
+    MMV_ENTRY(suffix, T, 1, 1, 8, 1)
+MMV_TUNE1(q4_k, TQ4_K)
+MMV_TUNE1(q6_k, TQ6_K)
+MMV_TUNE1(q8_0, TQ8_0)
+MMV_TUNE1(q4_1, TQ4_1)
+
+#define MMV_TUNEN(suffix, T, NC)           \
+    MMV_ENTRY(suffix, T, NC, 4, 1, 1)      \
+    MMV_ENTRY(suffix, T, NC, 4, 4, 1)      \
+    MMV_ENTRY(suffix, T, NC, 1, 4, 1)
+MMV_TUNEN(q4_k, TQ4_K, 2)
+MMV_TUNEN(q4_k, TQ4_K, 4)
+MMV_TUNEN(q4_k, TQ4_K, 8)

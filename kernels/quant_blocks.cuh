@@ -19,10 +19,12 @@
 // xds[b] = (d, d * sum(xq[32b:32b+32])), x ~= d * xq (q8_1 style, as llama.cpp's MMVQ).
 //
 // Per type T:
-//   T::VU                  values per "unit" of the vector kernel (one 16-byte weight load per unit, plus
-//                          shared headers), T::Q8 whether the unit consumes q8 activations (else f32)
-//   T::U  T::load_u(w, row, u)             issue the unit's loads (kept apart from the math so several
-//   float T::dot_u(U, XCol, u)             units' loads are in flight before the first use)
+//   T::VU                  values per "unit" of the vector kernel (16 or 32 bytes of weight loads plus
+//                          shared headers), T::UPB units per weight block, T::Q8 whether the unit consumes
+//                          q8 activations (else f32)
+//   T::U  T::load_u(w, row, u)             issue the unit's weight loads
+//   T::A  T::load_a(XCol, u)               the unit's activation loads (shared by every row a thread handles)
+//   float T::dot(U, A, sub)                the unit's partial dot product; sub = u % UPB (constant per thread)
 //   T::C  T::load_c(w, row, kc)            the loads of the 32 values [32kc, 32kc+32) of a row
 //   void T::dequant_c(C, float v[32])      ... dequantized to float (get_rows, the tiled matmul)
 #pragma once
@@ -54,15 +56,16 @@ __device__ __forceinline__ void scale_min_k4(const int4& hdr, int j, float& sc, 
 
 // ---------------------------------------------------------------------------------------------------
 struct TF32 {
-    static constexpr int VU = 4;
+    static constexpr int VU = 4, UPB = 1;
     static constexpr bool Q8 = false;
     struct U { int4 q; };
+    using A = float4;
     struct C { int4 v[8]; };
     __device__ static U load_u(const WPtrs& w, int row, int u) {
         return U{ld16_stream(w.q + ((size_t)row * w.K + (size_t)u * 4) * 4)};
     }
-    __device__ static float dot_u(const U& r, const XCol& x, int u) {
-        const float4 a = __ldg(reinterpret_cast<const float4*>(x.f) + u);
+    __device__ static A load_a(const XCol& x, int u) { return __ldg(reinterpret_cast<const float4*>(x.f) + u); }
+    __device__ static float dot(const U& r, const A& a, int) {
         return __int_as_float(r.q.x) * a.x + __int_as_float(r.q.y) * a.y + __int_as_float(r.q.z) * a.z +
                __int_as_float(r.q.w) * a.w;
     }
@@ -86,16 +89,20 @@ struct TF32 {
 
 // ---------------------------------------------------------------------------------------------------
 struct TF16 {
-    static constexpr int VU = 8;
+    static constexpr int VU = 8, UPB = 1;
     static constexpr bool Q8 = false;
     struct U { int4 q; };
+    struct A { float4 a, b; };
     struct C { int4 v[4]; };
     __device__ static U load_u(const WPtrs& w, int row, int u) {
         return U{ld16_stream(w.q + ((size_t)row * w.K + (size_t)u * 8) * 2)};
     }
-    __device__ static float dot_u(const U& r, const XCol& x, int u) {
-        const float4 a = __ldg(reinterpret_cast<const float4*>(x.f) + 2 * u);
-        const float4 b = __ldg(reinterpret_cast<const float4*>(x.f) + 2 * u + 1);
+    __device__ static A load_a(const XCol& x, int u) {
+        return A{__ldg(reinterpret_cast<const float4*>(x.f) + 2 * u), __ldg(reinterpret_cast<const float4*>(x.f) + 2 * u + 1)};
+    }
+    __device__ static float dot(const U& r, const A& x, int) {
+        const float4& a = x.a;
+        const float4& b = x.b;
         const float2 w0 = __half22float2(*reinterpret_cast<const __half2*>(&r.q.x));
         const float2 w1 = __half22float2(*reinterpret_cast<const __half2*>(&r.q.y));
         const float2 w2 = __half22float2(*reinterpret_cast<const __half2*>(&r.q.z));
@@ -125,24 +132,28 @@ struct TF16 {
 
 // ---------------------------------------------------------------------------------------------------
 struct TQ8_0 {
-    static constexpr int VU = 32;
+    static constexpr int VU = 32, UPB = 1;
     static constexpr bool Q8 = true;
     struct U { int4 a, b; float d; };
-    using C = U;
+    struct A { int4 x0, x1; float dx; };
+    using C = U;  // (dx: only the scale of x's block is needed, no sum term)
     __device__ static U load_u(const WPtrs& w, int row, int u) {
         const size_t bi = (size_t)row * (w.K / 32) + u;
+        const uint8_t* p = w.q + bi * 32;
         U r;
-        r.a = ld16_stream(w.q + bi * 32);
-        r.b = ld16_stream(w.q + bi * 32 + 16);
+        r.a = ld16_stream(p);
+        r.b = ld16_stream(p + 16);
         r.d = ldh(w.s, bi);
         return r;
     }
-    __device__ static float dot_u(const U& r, const XCol& x, int u) {
+    __device__ static A load_a(const XCol& x, int u) {
         const int4* xp = reinterpret_cast<const int4*>(x.q + u * 32);
-        const int4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
-        int s = dp4a4(r.a.x, r.a.y, r.a.z, r.a.w, x0, 0);
-        s = dp4a4(r.b.x, r.b.y, r.b.z, r.b.w, x1, s);
-        return r.d * __ldg(x.ds + u).x * static_cast<float>(s);
+        return A{__ldg(xp), __ldg(xp + 1), __ldg(reinterpret_cast<const float*>(x.ds + u))};
+    }
+    __device__ static float dot(const U& r, const A& a, int) {
+        int s = dp4a4(r.a.x, r.a.y, r.a.z, r.a.w, a.x0, 0);
+        s = dp4a4(r.b.x, r.b.y, r.b.z, r.b.w, a.x1, s);
+        return r.d * a.dx * static_cast<float>(s);
     }
     __device__ static C load_c(const WPtrs& w, int row, int kc) {
         const size_t bi = (size_t)row * (w.K / 32) + kc;
@@ -166,10 +177,11 @@ struct TQ8_0 {
 // d (and m) in the scale region.  HAS_MIN: y = d*q + m, else y = d*(q - OFFSET).
 template <bool HAS_MIN, bool HAS_HIGH>
 struct TLegacy {
-    static constexpr int VU = 32;
+    static constexpr int VU = 32, UPB = 1;
     static constexpr bool Q8 = true;
     static constexpr float OFFSET = HAS_HIGH ? 16.f : 8.f;
     struct U { int4 q; float d, m; uint32_t qh; };
+    struct A { int4 x0, x1; float2 ds; };
     using C = U;
     __device__ static U load_impl(const WPtrs& w, int row, int u, bool stream) {
         const size_t bi = (size_t)row * (w.K / 32) + u;
@@ -188,9 +200,11 @@ struct TLegacy {
     }
     __device__ static U load_u(const WPtrs& w, int row, int u) { return load_impl(w, row, u, true); }
     __device__ static C load_c(const WPtrs& w, int row, int kc) { return load_impl(w, row, kc, false); }
-    __device__ static float dot_u(const U& r, const XCol& x, int u) {
+    __device__ static A load_a(const XCol& x, int u) {
         const int4* xp = reinterpret_cast<const int4*>(x.q + u * 32);
-        const int4 x0 = __ldg(xp), x1 = __ldg(xp + 1);
+        return A{__ldg(xp), __ldg(xp + 1), __ldg(x.ds + u)};
+    }
+    __device__ static float dot(const U& r, const A& a, int) {
         int lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -202,9 +216,9 @@ struct TLegacy {
                 hi[i] |= expand_hbits(r.qh >> (4 * i + 16));
             }
         }
-        int s = dp4a4(lo[0], lo[1], lo[2], lo[3], x0, 0);
-        s = dp4a4(hi[0], hi[1], hi[2], hi[3], x1, s);
-        const float2 ds = __ldg(x.ds + u);
+        int s = dp4a4(lo[0], lo[1], lo[2], lo[3], a.x0, 0);
+        s = dp4a4(hi[0], hi[1], hi[2], hi[3], a.x1, s);
+        const float2 ds = a.ds;
         // sum_i (d q_i + m) dx qx_i = d dx sumi + m (dx sum qx);  sum_i d (q_i - o) dx qx_i = d (dx sumi - o dx sum qx)
         return HAS_MIN ? r.d * ds.x * static_cast<float>(s) + r.m * ds.y
                        : r.d * (ds.x * static_cast<float>(s) - OFFSET * ds.y);
@@ -235,55 +249,72 @@ using TQ5_1 = TLegacy<true, true>;
 
 // ---------------------------------------------------------------------------------------------------
 // Q4_K / Q5_K: 256-value blocks, header (d, dmin, scales[12]) = the block's first 16 bytes.
-// Vector unit l (0..7) of a block: 16 bytes qs[16l, 16l+16): low nibbles = values 64j + l0 + (0..15) of
-// sub-block 2j, high nibbles = values 64j + 32 + l0 + (0..15) of sub-block 2j+1, with j = l/2, l0 = 16*(l%2).
-// Q5_K adds qh[l0 .. l0+16): bit s of qh[i] is the 5th bit of value i of sub-block s.
+// Vector unit j (0..3) of a block: the 32 bytes qs[32j, 32j+32): low nibbles = the 32 values of sub-block
+// 2j, high nibbles = those of sub-block 2j+1. Q5_K adds qh[0..32): bit s of qh[i] is the 5th bit of value i
+// of sub-block s. The (scale, min) pair of both sub-blocks is decoded once per unit with 16-bit operations.
 template <bool HIGH>
 struct TQK45 {
-    static constexpr int VU = 32;
+    static constexpr int VU = 64, UPB = 4;
     static constexpr bool Q8 = true;
     static constexpr int BB = HIGH ? 176 : 144;  // block bytes
     static constexpr int QS = HIGH ? 48 : 16;    // offset of qs in the block
-    struct U { int4 hdr, q, qh; };
+    struct U { int4 hdr, q0, q1, h0, h1; };
+    struct A { int4 a0, a1, b0, b1; float4 ds; };  // sub-block 2j values 0..15, 16..31; 2j+1 likewise; (d, d*sum) x2
     __device__ static U load_u(const WPtrs& w, int row, int u) {
-        const int b = u >> 3, l = u & 7;
+        const int b = u >> 2, j = u & 3;
         const uint8_t* base = w.q + ((size_t)row * (w.K / 256) + b) * BB;
         U r;
-        r.hdr = ld16(base);  // shared by the 8 units of a block: L1 keeps it
-        r.q = ld16_stream(base + QS + 16 * l);
-        r.qh = HIGH ? ld16(base + 16 + 16 * (l & 1)) : make_int4(0, 0, 0, 0);
+        r.hdr = ld16(base);  // shared by the 4 units of a block: L1 keeps it
+        r.q0 = ld16_stream(base + QS + 32 * j);
+        r.q1 = ld16_stream(base + QS + 32 * j + 16);
+        if (HIGH) {
+            r.h0 = ld16(base + 16);
+            r.h1 = ld16(base + 32);
+        } else {
+            r.h0 = r.h1 = make_int4(0, 0, 0, 0);
+        }
         return r;
     }
-    __device__ static float dot_u(const U& r, const XCol& x, int u) {
-        const int b = u >> 3, l = u & 7;
-        const int j = l >> 1, l0 = 16 * (l & 1);
+    __device__ static A load_a(const XCol& x, int u) {
+        const int b = u >> 2, j = u & 3;
+        const int4* xp = reinterpret_cast<const int4*>(x.q + b * 256 + 64 * j);
+        return A{__ldg(xp), __ldg(xp + 1), __ldg(xp + 2), __ldg(xp + 3),
+                 __ldg(reinterpret_cast<const float4*>(x.ds + b * 8 + 2 * j))};
+    }
+    // 16-bit word k (0..5) of the 12 scale bytes
+    __device__ static uint32_t sc16(const int4& hdr, int k) {
+        return (static_cast<uint32_t>(word(hdr, 1 + (k >> 1))) >> (16 * (k & 1))) & 0xFFFFu;
+    }
+    __device__ static float dot(const U& r, const A& a, int j) {
         const int s0 = 2 * j, s1 = 2 * j + 1;
-        const int4 xa = __ldg(reinterpret_cast<const int4*>(x.q + b * 256 + 64 * j + l0));
-        const int4 xb = __ldg(reinterpret_cast<const int4*>(x.q + b * 256 + 64 * j + 32 + l0));
-        int lo[4], hi[4];
+        int si0 = 0, si1 = 0;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int v = word(r.q, i);
-            lo[i] = v & 0x0F0F0F0F;
-            hi[i] = (v >> 4) & 0x0F0F0F0F;
+            const int v0 = word(r.q0, i), v1 = word(r.q1, i);
+            int lo0 = v0 & 0x0F0F0F0F, hi0 = (v0 >> 4) & 0x0F0F0F0F;
+            int lo1 = v1 & 0x0F0F0F0F, hi1 = (v1 >> 4) & 0x0F0F0F0F;
             if (HIGH) {
-                const uint32_t h = static_cast<uint32_t>(word(r.qh, i));
-                lo[i] |= static_cast<int>(((h >> s0) & 0x01010101u) << 4);
-                hi[i] |= static_cast<int>(((h >> s1) & 0x01010101u) << 4);
+                const uint32_t g0 = static_cast<uint32_t>(word(r.h0, i)), g1 = static_cast<uint32_t>(word(r.h1, i));
+                lo0 |= static_cast<int>(((g0 >> s0) & 0x01010101u) << 4);
+                hi0 |= static_cast<int>(((g0 >> s1) & 0x01010101u) << 4);
+                lo1 |= static_cast<int>(((g1 >> s0) & 0x01010101u) << 4);
+                hi1 |= static_cast<int>(((g1 >> s1) & 0x01010101u) << 4);
             }
+            si0 = __dp4a(lo0, word(a.a0, i), si0);
+            si0 = __dp4a(lo1, word(a.a1, i), si0);
+            si1 = __dp4a(hi0, word(a.b0, i), si1);
+            si1 = __dp4a(hi1, word(a.b1, i), si1);
         }
-        const int si0 = dp4a4(lo[0], lo[1], lo[2], lo[3], xa, 0);
-        const int si1 = dp4a4(hi[0], hi[1], hi[2], hi[3], xb, 0);
-        const float2 ds0 = __ldg(x.ds + b * 8 + s0);
-        const float2 ds1 = __ldg(x.ds + b * 8 + s1);
+        // (scale, min) of sub-blocks 2j, 2j+1 as byte pairs (ggml get_scale_min_k4, two at a time)
+        const uint32_t lo_sc = sc16(r.hdr, j) & 0x3F3Fu, lo_m = sc16(r.hdr, j + 2) & 0x3F3Fu;
+        const uint32_t up = sc16(r.hdr, (j + 2) % 6);  // j >= 2 only
+        const uint32_t hi_sc = (up & 0x0F0Fu) | ((sc16(r.hdr, (j + 4) % 6) & 0xC0C0u) >> 2);
+        const uint32_t hi_m = ((up >> 4) & 0x0F0Fu) | ((sc16(r.hdr, j) & 0xC0C0u) >> 2);
+        const uint32_t sc = j < 2 ? lo_sc : hi_sc, m = j < 2 ? lo_m : hi_m;
         const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(&r.hdr.x));  // (d, dmin)
-        float sc0, m0, sc1, m1;
-        scale_min_k4(r.hdr, s0, sc0, m0);
-        scale_min_k4(r.hdr, s1, sc1, m1);
-        float acc = dd.x * (sc0 * ds0.x * static_cast<float>(si0) + sc1 * ds1.x * static_cast<float>(si1));
-        // the min term uses the activation sum over the whole 32-value sub-block: counted once, by l0 == 0
-        if (l0 == 0) acc -= dd.y * (m0 * ds0.y + m1 * ds1.y);
-        return acc;
+        return dd.x * (a.ds.x * static_cast<float>(si0 * static_cast<int>(sc & 0xFFu)) +
+                       a.ds.z * static_cast<float>(si1 * static_cast<int>(sc >> 8))) -
+               dd.y * (a.ds.y * static_cast<float>(m & 0xFFu) + a.ds.w * static_cast<float>(m >> 8));
     }
     struct C { int4 hdr, q0, q1, h0, h1; };
     __device__ static C load_c(const WPtrs& w, int row, int kc) {
@@ -331,9 +362,10 @@ using TQ5_K = TQK45<true>;
 // Vector unit l (0..7): h = l/4, l0 = 16*(l%4): ql[64h + l0, +16) -> values 128h + l0 + i (low nibbles) and
 // 128h + 64 + l0 + i (high nibbles); qh[32h + l0%32, +16) shifted by 2*(l0/32) and 2*(l0/32) + 4.
 struct TQ6_K {
-    static constexpr int VU = 32;
+    static constexpr int VU = 32, UPB = 8;
     static constexpr bool Q8 = true;
     struct U { int4 ql, qh, sc; float d; };
+    struct A { int4 xa, xb; float dx0, dx1; };
     __device__ static U load_u(const WPtrs& w, int row, int u) {
         const int b = u >> 3, l = u & 7, h = l >> 2, l0 = 16 * (l & 3);
         const size_t bi = (size_t)row * (w.K / 256) + b;
@@ -345,12 +377,17 @@ struct TQ6_K {
         r.d = ldh(w.s, bi);
         return r;
     }
-    __device__ static float dot_u(const U& r, const XCol& x, int u) {
+    __device__ static A load_a(const XCol& x, int u) {
         const int b = u >> 3, l = u & 7, h = l >> 2, l0 = 16 * (l & 3);
-        const int sh = 2 * (l0 >> 5);
         const int v_lo = 128 * h + l0, v_hi = 128 * h + 64 + l0;  // first value of each half-unit in the block
-        const int4 xa = __ldg(reinterpret_cast<const int4*>(x.q + b * 256 + v_lo));
-        const int4 xb = __ldg(reinterpret_cast<const int4*>(x.q + b * 256 + v_hi));
+        return A{__ldg(reinterpret_cast<const int4*>(x.q + b * 256 + v_lo)),
+                 __ldg(reinterpret_cast<const int4*>(x.q + b * 256 + v_hi)),
+                 __ldg(x.ds + b * 8 + (v_lo >> 5)).x, __ldg(x.ds + b * 8 + (v_hi >> 5)).x};
+    }
+    __device__ static float dot(const U& r, const A& a, int l) {
+        const int h = l >> 2, l0 = 16 * (l & 3);
+        const int sh = 2 * (l0 >> 5);
+        const int v_lo = 128 * h + l0, v_hi = 128 * h + 64 + l0;
         int lo[4], hi[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -360,13 +397,11 @@ struct TQ6_K {
             hi[i] = static_cast<int>(__vsub4(((q >> 4) & 0x0F0F0F0Fu) | (((hb >> (sh + 4)) & 0x03030303u) << 4),
                                              0x20202020u));
         }
-        const int si0 = dp4a4(lo[0], lo[1], lo[2], lo[3], xa, 0);
-        const int si1 = dp4a4(hi[0], hi[1], hi[2], hi[3], xb, 0);
+        const int si0 = dp4a4(lo[0], lo[1], lo[2], lo[3], a.xa, 0);
+        const int si1 = dp4a4(hi[0], hi[1], hi[2], hi[3], a.xb, 0);
         const float sc0 = static_cast<float>(static_cast<int8_t>(byte_of(r.sc, v_lo >> 4)));
         const float sc1 = static_cast<float>(static_cast<int8_t>(byte_of(r.sc, v_hi >> 4)));
-        const float dx0 = __ldg(x.ds + b * 8 + (v_lo >> 5)).x;
-        const float dx1 = __ldg(x.ds + b * 8 + (v_hi >> 5)).x;
-        return r.d * (sc0 * dx0 * static_cast<float>(si0) + sc1 * dx1 * static_cast<float>(si1));
+        return r.d * (sc0 * a.dx0 * static_cast<float>(si0) + sc1 * a.dx1 * static_cast<float>(si1));
     }
     struct C { int4 ql0, ql1, qh0, qh1, sc; float d; };
     __device__ static C load_c(const WPtrs& w, int row, int kc) {

@@ -25,6 +25,11 @@ from service.errors import UnsupportedModelError
 
 VEC_MAX_ROWS = 8  # n_rows above this take the tiled tensor-core path
 VEC_COLS = (1, 2, 4, 8)  # compiled column counts of the vector kernel
+# vector-kernel configuration per column count: "r<R>t<RT>u<UNR>" = R row groups of 128/R threads per block,
+# RT rows per group, UNR units in flight per row (kernels/matmul_vec.cu instantiates these for every type)
+VEC_CONFIG = {1: "r4t2u1", 2: "r4t2u1", 4: "r4t2u1", 8: "r4t2u1"}
+VEC_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {}  # per-type overrides, from bench/matmul_bench.py
+MULTI_MAX = 3  # matrices one vector launch can serve
 _ALIGN = 256
 
 
@@ -172,41 +177,68 @@ class CudaMatmul:
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
                                x_ptr, xq, xds, np.int32(nblocks))
 
-    def vec_kernel(self, w: DeviceWeight, n_rows: int, variant: str | None = None) -> str:
-        """Name of the vector kernel for n_rows columns (variant: a tuning suffix like "r2u4", bench only)."""
-        if variant:
-            assert n_rows == 1
-            return f"matmul_vec_{w.suffix}_c1_{variant}"
+    def vec_kernel(self, w: DeviceWeight, n_rows: int, variant: str | None = None) -> tuple[str, int]:
+        """(kernel name, rows per block) of the vector kernel for n_rows columns (variant "r<R>t<RT>u<UNR>"
+        overrides the configured one; the benchmark uses it)."""
         nc = next(c for c in VEC_COLS if c >= n_rows)
-        return f"matmul_vec_{w.suffix}_c{nc}"
+        cfg = variant or VEC_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or VEC_CONFIG[nc]
+        r, rest = cfg[1:].split("t")
+        rt = rest.split("u")[0]
+        return f"matmul_vec_{w.suffix}_c{nc}_{cfg}", int(r) * int(rt)
 
     def matmul(self, x_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, workspace_ptr: int,
                prequantized: bool = False, variant: str | None = None, tile_m: int | None = None) -> None:
         """out (n_rows, N) f32 = x (n_rows, K) f32 @ W.T, on rt.stream. prequantized=True: the workspace
         already holds quantize_act(x) (e.g. Q/K/V sharing one input)."""
-        if n_rows <= 0:
-            return
-        if n_rows > VEC_MAX_ROWS:
-            self._tiled(x_ptr, n_rows, w, out_ptr, tile_m)
-            return
-        q8 = _TYPES[w.ggml_type].q8_act
-        if q8 and not prequantized:
-            self.quantize_act(x_ptr, n_rows, w.k, workspace_ptr)
-        xq, xds = self._ws_parts(workspace_ptr, n_rows, w.k) if q8 else (0, 0)
-        name = self.vec_kernel(w, n_rows, variant)
-        rows_per_block = 4 if not variant else int(variant[1])
-        fn = self._fn("matmul_vec", name, "PPPiiPPPPi")
-        fn.prepared_async_call(((w.n + rows_per_block - 1) // rows_per_block, 1), (128, 1, 1), self.rt.stream,
-                               w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k),
-                               xq, xds, x_ptr if not q8 else 0, out_ptr, np.int32(n_rows))
+        self.matmul_multi(x_ptr, n_rows, [w], [out_ptr], workspace_ptr, prequantized, variant, tile_m)
 
-    def tile_m_for(self, n_rows: int, n: int) -> int:
-        """M tile of the tiled kernel: 128 when that still gives every SM two tiles, else 64."""
-        tiles128 = -(-n // 128) * -(-n_rows // 128)
-        return 128 if tiles128 >= 2 * getattr(self.rt, "sm_count", 132) else 64
+    def matmul_multi(self, x_ptr: int, n_rows: int, ws: list[DeviceWeight], outs: list[int], workspace_ptr: int,
+                     prequantized: bool = False, variant: str | None = None, tile_m: int | None = None) -> None:
+        """outs[i] (n_rows, N_i) = x (n_rows, K) @ ws[i].T for matrices sharing the input x (Q/K/V, gate/up).
+        On the vector path x is quantized once and same-type matrices share launches (up to 3 per launch)."""
+        if n_rows <= 0 or not ws:
+            return
+        k = ws[0].k
+        assert all(w.k == k for w in ws) and len(outs) == len(ws)
+        if n_rows > VEC_MAX_ROWS:
+            for w, o in zip(ws, outs):
+                self._tiled(x_ptr, n_rows, w, o, tile_m)
+            return
+        if not prequantized and any(_TYPES[w.ggml_type].q8_act for w in ws):
+            self.quantize_act(x_ptr, n_rows, k, workspace_ptr)
+        xq, xds = self._ws_parts(workspace_ptr, n_rows, k)
+        groups: dict[GGMLType, list[tuple[DeviceWeight, int]]] = {}
+        for w, o in zip(ws, outs):
+            groups.setdefault(w.ggml_type, []).append((w, o))
+        for members in groups.values():
+            for i in range(0, len(members), MULTI_MAX):
+                self._vec_launch(x_ptr, xq, xds, n_rows, members[i:i + MULTI_MAX], variant)
+
+    def _vec_launch(self, x_ptr: int, xq: int, xds: int, n_rows: int, members: list[tuple[DeviceWeight, int]],
+                    variant: str | None) -> None:
+        w0 = members[0][0]
+        q8 = _TYPES[w0.ggml_type].q8_act
+        name, rpb = self.vec_kernel(w0, n_rows, variant)
+        fn = self._fn("matmul_vec", name, "PPPPi" * MULTI_MAX + "iPPPi")
+        args: list[Any] = []
+        blocks = 0
+        for i in range(MULTI_MAX):
+            if i < len(members):
+                w, o = members[i]
+                args += [w.q_ptr, w.s_ptr, w.h_ptr, o, np.int32(w.n)]
+                blocks += (w.n + rpb - 1) // rpb
+            else:
+                args += [0, 0, 0, 0, np.int32(0)]
+        args += [np.int32(w0.k), xq if q8 else 0, xds if q8 else 0, 0 if q8 else x_ptr, np.int32(n_rows)]
+        fn.prepared_async_call((blocks, 1), (128, 1, 1), self.rt.stream, *args)
+
+    @staticmethod
+    def tile_m_for(n_rows: int) -> int:
+        """M tile of the tiled kernel (H200, bench/matmul_bench.py: m128 is 6-60 % faster at 512 rows, m64 at 64)."""
+        return 128 if n_rows > 64 else 64
 
     def _tiled(self, x_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, tile_m: int | None) -> None:
-        bm = tile_m or self.tile_m_for(n_rows, w.n)
+        bm = tile_m or self.tile_m_for(n_rows)
         fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiP")
         fn.prepared_async_call(((w.n + 127) // 128, (n_rows + bm - 1) // bm), (256, 1, 1), self.rt.stream,
                                w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k),

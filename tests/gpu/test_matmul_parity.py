@@ -6,8 +6,9 @@ K = 5120 + 256); outputs are poisoned with NaN before every launch and must come
 Tolerances (relative Frobenius error ||out - ref|| / ||ref||):
   vector path, quantized weights (x quantized to int8 per 32 values, __dp4a):
       vs float64 with the same int8-quantized x (simulated here in NumPy):  <= 1e-4 (only f32 scaling/summing)
-      vs float64 with the exact x:                                          <= 6e-3 (the int8 step of x:
-      max|x|/127 per 32 values gives ~4.5e-3 for Gaussian x, the team's ~5e-3 budget)
+      vs float64 with the exact x: the int8 step of x itself (e_q = ||ref_q - ref|| / ||ref||, computed in
+      float64 here) + 2e-4, and e_q <= 1e-2. e_q is ~4.5e-3 for zero-mean weights (the team's ~5e-3 budget);
+      random Q4_K/Q4_1 blocks have a per-block offset (the min term), which lifts it to ~7e-3.
   vector path, F16/F32 weights (f32 activations):                           <= 1e-5
   tiled tensor-core path (x and dequantized W rounded to f16, f32 accumulation):
       vs float64 of the same f16-rounded operands:                          <= 1e-4
@@ -154,8 +155,9 @@ def test_vector_path_matches_float64(gpu, ggml_type: T) -> None:
                 assert rel(out, ref) <= 1e-5, (n_rows, rel(out, ref))
             else:
                 ref_q = q8_simulated(x) @ w64.T  # (n_rows, N)
+                e_q = rel(ref_q, ref)  # error of the activation quantization alone
                 assert rel(out, ref_q) <= 1e-4, (n_rows, rel(out, ref_q))
-                assert rel(out, ref) <= 6e-3, (n_rows, rel(out, ref))
+                assert e_q <= 1e-2 and rel(out, ref) <= e_q + 2e-4, (n_rows, rel(out, ref), e_q)
     finally:
         rt.free(w.buffer)
 
@@ -213,33 +215,33 @@ def test_embedding_rows_equal_dequantized_rows(gpu, ggml_type: T) -> None:
 
 @pytest.mark.gpu
 def test_shared_quantized_input_and_graph_replay(gpu) -> None:
-    """Q/K/V-style reuse of one quantize_act gives bit-identical results to separate calls, and a captured
-    graph recomputes correctly after x changes in place (everything read from device memory)."""
+    """matmul_multi (one quantize_act, same-type matrices in one launch: Q/K/V, gate/up) gives bit-identical
+    results to separate calls, and a captured graph recomputes correctly after x changes in place."""
     from service.backends.cuda_runtime import CudaGraph
 
     rt, mm = gpu
     rng = np.random.default_rng(7)
-    ws_ = [mm.upload(random_weight(tp, N, K, rng)) for tp in (T.Q4_K, T.Q6_K, T.Q8_0)]
+    types = (T.Q4_K, T.Q6_K, T.Q4_K, T.Q8_0, T.Q4_K, T.Q4_K)  # 4 x Q4_K: a 3-matrix launch + a single one
+    ws_ = [mm.upload(random_weight(tp, N - 2 * i, K, rng)) for i, tp in enumerate(types)]  # different N too
     x = rng.standard_normal((2, K)).astype(np.float32)  # (2, K)
     bufs = _Bufs(rt, mm, x, N)
-    outs = [rt.alloc(4 * 2 * N, "activations", f"o{i}") for i in range(3)]
+    outs = [rt.alloc(4 * 2 * N, "activations", f"o{i}") for i in range(len(ws_))]
     try:
         separate = []
         for w in ws_:
+            bufs.poison()
             mm.matmul(bufs.x.ptr, 2, w, bufs.out.ptr, bufs.ws.ptr)
-            separate.append(bufs.result())
+            separate.append(bufs.result()[:, :w.n])
 
         def step() -> None:
-            mm.quantize_act(bufs.x.ptr, 2, K, bufs.ws.ptr)
-            for w, o in zip(ws_, outs):
-                mm.matmul(bufs.x.ptr, 2, w, o.ptr, bufs.ws.ptr, prequantized=True)
+            mm.matmul_multi(bufs.x.ptr, 2, ws_, [o.ptr for o in outs], bufs.ws.ptr)
 
         graph = CudaGraph(rt)
         graph.capture(step)
         graph.replay()
         rt.synchronize()
-        for o, ref in zip(outs, separate):
-            host = np.empty((2, N), np.float32)  # (2, N)
+        for w, o, ref in zip(ws_, outs, separate):
+            host = np.empty((2, w.n), np.float32)  # (2, N_i)
             rt.dtoh(host, o)
             rt.synchronize()
             assert np.array_equal(host, ref)
@@ -248,10 +250,10 @@ def test_shared_quantized_input_and_graph_replay(gpu) -> None:
         graph.replay()
         rt.synchronize()
         for w, o in zip(ws_, outs):
-            host = np.empty((2, N), np.float32)  # (2, N)
+            host = np.empty((2, w.n), np.float32)  # (2, N_i)
             rt.dtoh(host, o)
             rt.synchronize()
-            ref_q = q8_simulated(x2) @ dequant64(_Tensor("w", w.ggml_type, (N, K), _raw_of(w, rt))).T  # (2, N)
+            ref_q = q8_simulated(x2) @ dequant64(_Tensor("w", w.ggml_type, (w.n, K), _raw_of(w, rt))).T  # (2, N_i)
             assert rel(host, ref_q) <= 1e-4
         graph.destroy()
     finally:
