@@ -212,3 +212,19 @@ def test_thousand_random_submit_cancel_deadline_cycles_leave_nothing_held():
     st = eng.cache.stats()
     assert st["slots_in_use"] == 0 and st["bytes_in_use"] == 0 and eng.cache.free_slots == 5
     assert not eng.scheduler.running and not eng.scheduler.waiting and not eng._requests
+
+
+def test_a_faulty_step_fails_its_requests_and_the_engine_keeps_serving():
+    eng, model = make_engine()
+    r = eng.add_request("boom", SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
+
+    def explode(batch):
+        model.on_forward = None
+        raise RuntimeError("kernel fault")
+
+    model.on_forward = explode
+    outs = eng.step()
+    assert [type(o.error) for o in outs] == [RuntimeError] and r.error is outs[0].error
+    assert eng.cache.slots_in_use == 0 and not eng.has_work()
+    ok = eng.generate_sync(["fine"], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    assert ok[0].finish_reason == "length" and len(ok[0].token_ids) == 3

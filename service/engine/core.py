@@ -14,6 +14,7 @@ The model is anything with `forward(StepBatch) -> np.ndarray (S', vocab)`, `hp` 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -34,6 +35,8 @@ from service.engine.stop import StopMatcher
 from service.errors import (CancelledError, ContextOverflowError, DeadlineExceededError, InvalidRequestError,
                             LLMError, UnavailableError)
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class EngineOutput:
@@ -41,7 +44,7 @@ class EngineOutput:
 
     request_id: str
     delta: Delta | None = None
-    error: LLMError | None = None
+    error: BaseException | None = None  # a domain error (service.errors), or an internal fault
 
 
 class CompletionResult(NamedTuple):
@@ -188,12 +191,32 @@ class LLMEngine:
             self._in_flight = {c.seq.seq_id for c in plan.chunks}
         if plan.empty:
             return outputs
-        logits = self._execute(plan)  # (S', vocab), lock not held
+        try:
+            logits = self._execute(plan)  # (S', vocab), lock not held
+            with self._lock:
+                outputs += self._update(plan, logits)
+        except Exception as exc:  # a fault: fail this step's requests, keep the engine serving the rest
+            log.exception("engine step failed; ending the %d requests in it", len({id(c.seq.request) for c in plan.chunks}))
+            with self._lock:
+                outputs += self._fail_plan(plan, exc)
         with self._lock:
-            outputs += self._update(plan, logits)
             self._in_flight = set()
             outputs += self._expire_deadlines()
         self.steps += 1
+        return outputs
+
+    def _fail_plan(self, plan: SchedulerOutput, exc: Exception) -> list[EngineOutput]:
+        outputs: list[EngineOutput] = []
+        for request in {id(c.seq.request): c.seq.request for c in plan.chunks}.values():
+            if request.error is not None:
+                continue
+            request.error = exc
+            for seq in request.seqs:
+                if seq.status is not SeqStatus.FINISHED:
+                    seq.finish_reason = seq.finish_reason or FinishReason.ABORT
+                    self.scheduler.finish(seq)
+            self._forget_if_done(request)
+            outputs.append(EngineOutput(request.request_id, error=exc))
         return outputs
 
     def _execute(self, plan: SchedulerOutput) -> np.ndarray:
