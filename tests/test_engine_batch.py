@@ -225,3 +225,24 @@ def test_async_overload_fails_at_once_and_deadline_is_enforced(model):
     refused_in, slots, stats = run(main())
     assert refused_in < 0.5
     assert slots == 0 and stats["requests"] == 0
+
+
+def test_async_shutdown_aborts_running_work_and_frees_everything(model):
+    async def main():
+        core = engine(model)
+        eng = AsyncEngine(core, "tiny")
+        eng.start()
+        gen = eng.generate("forever", SamplingParams(temperature=0, max_tokens=100000, ignore_eos=True))
+        await gen.__anext__()
+        core.add_request("sync caller", SamplingParams(temperature=0, max_tokens=100000, ignore_eos=True))
+        await eng.shutdown(grace_s=0.05)
+        with pytest.raises(CancelledError):
+            async for _ in gen:  # deltas already queued, then the cancellation
+                pass
+        return eng.health(), core.stats(), eng.memory_stats()
+
+    health, stats, mem = run(main())
+    assert health == "DRAINING"
+    assert stats["slots_in_use"] == 0 and stats["requests"] == 0
+    assert mem["kv_cache"]["bytes_in_use"] == 0 and mem["backend"] == "numpy"
+    assert sum(r.nbytes for r in mem["records"] if r.category == "kv") == mem["kv_cache"]["bytes_allocated"]

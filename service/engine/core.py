@@ -138,6 +138,11 @@ class LLMEngine:
                 return []
             return self._end_request(request, reason)
 
+    def abort_all(self, reason: FinishReason = FinishReason.ABORT) -> list[EngineOutput]:
+        """End every request (shutdown)."""
+        with self._lock:
+            return [o for r in list(self._requests.values()) for o in self._end_request(r, reason)]
+
     def _end_request(self, request: Request, reason: FinishReason) -> list[EngineOutput]:
         err: LLMError = DeadlineExceededError(f"request {request.request_id} reached its deadline") \
             if reason is FinishReason.DEADLINE else CancelledError(f"request {request.request_id} was cancelled")

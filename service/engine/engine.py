@@ -74,8 +74,7 @@ class AsyncEngine:
         end = time.monotonic() + grace_s
         while self.core.has_work() and time.monotonic() < end and self._thread is not None:
             await asyncio.sleep(0.02)
-        for rid in list(self._sinks):
-            self.abort(rid)
+        self._dispatch(self.core.abort_all())  # listeners get CancelledError; slots not in a step are freed now
         with self._wake:
             self._stopping = True
             self._wake.notify_all()
@@ -146,6 +145,7 @@ class AsyncEngine:
         records = list(backend.memory_records()) if backend is not None else []
         return {
             "model": self.model_name,
+            "backend": getattr(backend, "name", ""),
             "records": records,  # service.backends.base.MemoryRecord list (weights, kv, activations, ...)
             "kv_cache": self.core.cache.stats(),
             "device": backend.device_info() if backend is not None else {},
