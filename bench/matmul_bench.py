@@ -30,7 +30,8 @@ F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0
 SHAPES_7B = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
 # vector-kernel configurations compiled in kernels/matmul_vec.cu (r<R>t<RT>u<UNR>)
 VARIANTS_C1 = ["r4t1u1", "r4t1u2", "r4t2u1", "r4t2u2", "r4t4u1", "r2t2u1", "r2t4u1", "r1t2u1", "r1t4u1", "r1t8u1"]
-VARIANTS_CN = ["r4t1u1", "r4t2u1", "r4t4u1", "r1t4u1"]  # Q4_K, 2 / 4 / 8 columns
+VARIANTS_C1 += ["l1:" + v for v in VARIANTS_C1]  # Q4_K only: L1-allocating weight loads
+VARIANTS_CN = ["r4t2u1", "r4t4u1"]  # 2 / 4 / 8 columns
 VARIANT_TYPES = (T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_1)
 
 
@@ -214,19 +215,21 @@ class Bench:
                 add(self.vec(tp, n, k, 1, None, True))
                 if not self.quick:
                     for v in VARIANTS_C1:
-                        add(self.vec(tp, n, k, 1, v, False))
+                        if tp == T.Q4_K or ":" not in v:
+                            add(self.vec(tp, n, k, 1, v, False))
             self.free_weights()
         for tp in (T.Q4_0, T.Q5_0, T.Q5_K, T.F16):
             for n, k in shapes[:2]:
                 add(self.vec(tp, n, k, 1, None, True))
             self.free_weights()
-        for n, k in shapes[:3]:
-            for r in (2, 4, 8):
-                add(self.vec(T.Q4_K, n, k, r, None, True))
-                if not self.quick:
-                    for v in VARIANTS_CN:
-                        add(self.vec(T.Q4_K, n, k, r, v, False))
-        self.free_weights()
+        for tp in (T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_1):
+            for n, k in shapes[:3]:
+                for r in (2, 4, 8):
+                    add(self.vec(tp, n, k, r, None, True))
+                    if not self.quick and tp == T.Q4_K:
+                        for v in VARIANTS_CN:
+                            add(self.vec(tp, n, k, r, v, False))
+            self.free_weights()
         add(self.step_7b(fused=False))
         add(self.step_7b(fused=True))
         self.free_weights()

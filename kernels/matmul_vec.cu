@@ -125,34 +125,30 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* 
         mmv_body<T, NC, R, RT, UNR>(w, blk, xq, xds, xf, o, n_rows);                                           \
     }
 
-// configurations every type has (cuda_matmul.VEC_CONFIG picks among them)
+// configurations every type has (cuda_matmul.VEC_CONFIG picks among them; H200 numbers in bench/matmul_bench.py)
 #define MMV_COMMON(suffix, T)              \
-    MMV_ENTRY(suffix, T, 1, 4, 1, 2)       \
+    MMV_ENTRY(suffix, T, 1, 4, 1, 1)       \
     MMV_ENTRY(suffix, T, 1, 4, 2, 1)       \
-    MMV_ENTRY(suffix, T, 1, 1, 4, 1)       \
+    MMV_ENTRY(suffix, T, 1, 4, 2, 2)       \
+    MMV_ENTRY(suffix, T, 1, 1, 2, 1)       \
     MMV_ENTRY(suffix, T, 2, 4, 2, 1)       \
+    MMV_ENTRY(suffix, T, 2, 4, 4, 1)       \
     MMV_ENTRY(suffix, T, 4, 4, 2, 1)       \
+    MMV_ENTRY(suffix, T, 4, 4, 4, 1)       \
     MMV_ENTRY(suffix, T, 8, 4, 2, 1)
 FOR_EACH_WTYPE(MMV_COMMON)
 
 // tuning variants (benchmark)
 #define MMV_TUNE1(suffix, T)               \
-    MMV_ENTRY(suffix, T, 1, 4, 1, 1)       \
-    MMV_ENTRY(suffix, T, 1, 4, 2, 2)       \
+    MMV_ENTRY(suffix, T, 1, 4, 1, 2)       \
     MMV_ENTRY(suffix, T, 1, 4, 4, 1)       \
     MMV_ENTRY(suffix, T, 1, 2, 2, 1)       \
     MMV_ENTRY(suffix, T, 1, 2, 4, 1)       \
-    MMV_ENTRY(suffix, T, 1, 1, 2, 1)       \
+    MMV_ENTRY(suffix, T, 1, 1, 4, 1)       \
     MMV_ENTRY(suffix, T, 1, 1, 8, 1)
 MMV_TUNE1(q4_k, TQ4_K)
 MMV_TUNE1(q6_k, TQ6_K)
 MMV_TUNE1(q8_0, TQ8_0)
 MMV_TUNE1(q4_1, TQ4_1)
-
-#define MMV_TUNEN(suffix, T, NC)           \
-    MMV_ENTRY(suffix, T, NC, 4, 1, 1)      \
-    MMV_ENTRY(suffix, T, NC, 4, 4, 1)      \
-    MMV_ENTRY(suffix, T, NC, 1, 4, 1)
-MMV_TUNEN(q4_k, TQ4_K, 2)
-MMV_TUNEN(q4_k, TQ4_K, 4)
-MMV_TUNEN(q4_k, TQ4_K, 8)
+MMV_COMMON(q4_kl1, TQ4_K_L1)  // Q4_K with L1-allocating weight loads (benchmark variant "l1:...")
+MMV_TUNE1(q4_kl1, TQ4_K_L1)

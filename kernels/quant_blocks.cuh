@@ -252,7 +252,9 @@ using TQ5_1 = TLegacy<true, true>;
 // Vector unit j (0..3) of a block: the 32 bytes qs[32j, 32j+32): low nibbles = the 32 values of sub-block
 // 2j, high nibbles = those of sub-block 2j+1. Q5_K adds qh[0..32): bit s of qh[i] is the 5th bit of value i
 // of sub-block s. The (scale, min) pair of both sub-blocks is decoded once per unit with 16-bit operations.
-template <bool HIGH>
+// STREAM: weight quants through the non-allocating path (else L1-allocating __ldg; a benchmark variant: each
+// 16-byte load touches half of a 32-byte sector and the unit's second load the other half).
+template <bool HIGH, bool STREAM = true>
 struct TQK45 {
     static constexpr int VU = 64, UPB = 4;
     static constexpr bool Q8 = true;
@@ -265,8 +267,8 @@ struct TQK45 {
         const uint8_t* base = w.q + ((size_t)row * (w.K / 256) + b) * BB;
         U r;
         r.hdr = ld16(base);  // shared by the 4 units of a block: L1 keeps it
-        r.q0 = ld16_stream(base + QS + 32 * j);
-        r.q1 = ld16_stream(base + QS + 32 * j + 16);
+        r.q0 = STREAM ? ld16_stream(base + QS + 32 * j) : ld16(base + QS + 32 * j);
+        r.q1 = STREAM ? ld16_stream(base + QS + 32 * j + 16) : ld16(base + QS + 32 * j + 16);
         if (HIGH) {
             r.h0 = ld16(base + 16);
             r.h1 = ld16(base + 32);
@@ -354,6 +356,7 @@ struct TQK45 {
 };
 using TQ4_K = TQK45<false>;
 using TQ5_K = TQK45<true>;
+using TQ4_K_L1 = TQK45<false, false>;
 
 // ---------------------------------------------------------------------------------------------------
 // Q6_K (repacked 208-byte block ql[128] | qh[64] | scales[16], d apart). Value v = 128h + w (w in 0..127):

@@ -27,8 +27,14 @@ VEC_MAX_ROWS = 8  # n_rows above this take the tiled tensor-core path
 VEC_COLS = (1, 2, 4, 8)  # compiled column counts of the vector kernel
 # vector-kernel configuration per column count: "r<R>t<RT>u<UNR>" = R row groups of 128/R threads per block,
 # RT rows per group, UNR units in flight per row (kernels/matmul_vec.cu instantiates these for every type)
-VEC_CONFIG = {1: "r4t2u1", 2: "r4t2u1", 4: "r4t2u1", 8: "r4t2u1"}
-VEC_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {}  # per-type overrides, from bench/matmul_bench.py
+# Chosen from bench/matmul_bench.py on an H200 (2026-11-28): legacy 4/5-bit types are fastest with one warp per
+# row and one unit in flight (fewest registers, most warps); Q4_K/Q6_K with 2 rows x 2 units; Q8_0 with 2 rows
+# per 128-thread group; 2-4 columns with 4 rows per warp (activation reuse), 8 columns with 2.
+VEC_CONFIG = {1: "r4t1u1", 2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}
+VEC_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {
+    "q4_k": {1: "r4t2u2"}, "q5_k": {1: "r4t2u2"}, "q6_k": {1: "r4t2u2"}, "q8_0": {1: "r1t2u1"},
+    "f16": {1: "r4t2u1"}, "f32": {1: "r4t2u1"},
+}
 MULTI_MAX = 3  # matrices one vector launch can serve
 _ALIGN = 256
 
@@ -181,10 +187,14 @@ class CudaMatmul:
         """(kernel name, rows per block) of the vector kernel for n_rows columns (variant "r<R>t<RT>u<UNR>"
         overrides the configured one; the benchmark uses it)."""
         nc = next(c for c in VEC_COLS if c >= n_rows)
+        suffix = w.suffix
+        if variant and ":" in variant:  # "<kernel flavour>:<config>", e.g. "l1:r4t2u2" -> matmul_vec_q4_kl1_...
+            flavour, variant = variant.split(":")
+            suffix += flavour
         cfg = variant or VEC_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or VEC_CONFIG[nc]
         r, rest = cfg[1:].split("t")
         rt = rest.split("u")[0]
-        return f"matmul_vec_{w.suffix}_c{nc}_{cfg}", int(r) * int(rt)
+        return f"matmul_vec_{suffix}_c{nc}_{cfg}", int(r) * int(rt)
 
     def matmul(self, x_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, workspace_ptr: int,
                prequantized: bool = False, variant: str | None = None, tile_m: int | None = None) -> None:

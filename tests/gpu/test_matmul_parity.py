@@ -231,7 +231,7 @@ def test_shared_quantized_input_and_graph_replay(gpu) -> None:
         for w in ws_:
             bufs.poison()
             mm.matmul(bufs.x.ptr, 2, w, bufs.out.ptr, bufs.ws.ptr)
-            separate.append(bufs.result()[:, :w.n])
+            separate.append(bufs.result().reshape(-1)[:2 * w.n].reshape(2, w.n))  # out is (2, N_i) contiguous
 
         def step() -> None:
             mm.matmul_multi(bufs.x.ptr, 2, ws_, [o.ptr for o in outs], bufs.ws.ptr)
