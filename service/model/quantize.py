@@ -62,9 +62,14 @@ def _safe_inverse(d: np.ndarray) -> np.ndarray:
         return np.where(d == 0, _F32(0), _F32(1) / d).astype(np.float32)
 
 
-def seq_sum(a: np.ndarray) -> np.ndarray:
-    """Row sums accumulated left to right in float32, like the C loops (NumPy's .sum() is pairwise)."""
-    return np.cumsum(a, axis=1, dtype=np.float32)[:, -1]  # (n,)
+def seq_sum(cols: np.ndarray) -> np.ndarray:
+    """Sums over axis 0 of a C-contiguous (k, n) array, in float32, left to right like the C loops.
+
+    NumPy adds the k rows one after another (its pairwise summation applies only along the contiguous
+    axis), so each of the n sums has the C code's rounding; the searches below keep their values as (k, n)
+    "columns" for this reason (and because it is ~40x faster than a cumsum along rows).
+    """
+    return cols.sum(axis=0, dtype=np.float32)  # (n,)
 
 
 def _signed_max(x: np.ndarray) -> np.ndarray:
@@ -127,22 +132,22 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
 
     Starts from the min/max grid, then tries iscale = (nmax + rmin + rdelta * i) / (max - min) for
     i = 0..nstep, solving the weighted least-squares (scale, min) for each rounding and keeping the one
-    with the smallest weighted squared error; like the C code, `min` is the best candidate's so far. Returns (scale (n,), the_min (n,), L (n, k) uint8).
+    with the smallest weighted squared error; like the C code, `min` is the best candidate's so far.
+    Returns (scale (n,), the_min (n,), L (n, k) uint8).
     """
-    lo = np.minimum(x.min(axis=1), _F32(0))  # (n,)
-    hi = x.max(axis=1)  # (n,)
-    sum_w = seq_sum(w)  # (n,)
-    sum_x = seq_sum(w * x)  # (n,)
-    span = hi - lo  # (n,)
-    flat = span == 0
-    span = np.where(flat, _F32(1), span)  # (n,) avoid 0/0 on constant rows (fixed up below)
-    xs = x - lo[:, None]  # (n, k)
+    xc, wc = np.ascontiguousarray(x.T), np.ascontiguousarray(w.T)  # (k, n) each: see seq_sum
+    lo = np.minimum(xc.min(axis=0), _F32(0))  # (n,)
+    hi = xc.max(axis=0)  # (n,)
+    sum_w = seq_sum(wc)  # (n,)
+    sum_x = seq_sum(wc * xc)  # (n,)
+    flat = hi == lo  # (n,) constant rows (fixed up at the end)
+    span = np.where(flat, _F32(1), hi - lo)  # (n,)
 
     iscale = _F32(nmax) / span  # (n,)
     scale = _F32(1) / iscale  # (n,)
-    best_l = np.clip(nearest_int(iscale[:, None] * xs), 0, nmax).astype(np.float32)  # (n, k)
-    diff = scale[:, None] * best_l + lo[:, None] - x  # (n, k)
-    best_err = seq_sum(w * (diff * diff))  # (n,)
+    best_l = np.clip(np.rint(iscale * (xc - lo)), 0, nmax)  # (k, n) float32 levels
+    diff = scale * best_l + lo - xc  # (k, n)
+    best_err = seq_sum(wc * (diff * diff))  # (n,)
     best_min = lo.copy()  # (n,)
 
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -150,28 +155,28 @@ def make_qkx2_quants(x: np.ndarray, w: np.ndarray, nmax: int, rmin: float, rdelt
             # as in the C code, a better candidate's min moves the grid of the following steps
             span = np.where(flat, _F32(1), hi - best_min)  # (n,)
             iscale = (_F32(rmin) + _F32(rdelta) * _F32(i) + _F32(nmax)) / span  # (n,)
-            l = np.clip(nearest_int(iscale[:, None] * (x - best_min[:, None])), 0, nmax).astype(np.float32)  # (n, k)
-            wl = w * l  # (n, k)
+            l = np.clip(np.rint(iscale * (xc - best_min)), 0, nmax)  # (k, n)
+            wl = wc * l  # (k, n)
             sum_l = seq_sum(wl)  # (n,)
             sum_l2 = seq_sum(wl * l)  # (n,)
-            sum_xl = seq_sum(wl * x)  # (n,)
+            sum_xl = seq_sum(wl * xc)  # (n,)
             det = sum_w * sum_l2 - sum_l * sum_l  # (n,)
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / det  # (n,)
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det  # (n,)
             positive = this_min > 0
             this_scale = np.where(positive, sum_xl / sum_l2, this_scale)  # (n,)
             this_min = np.where(positive, _F32(0), this_min)  # (n,)
-            diff = this_scale[:, None] * l + this_min[:, None] - x  # (n, k)
-            err = seq_sum(w * (diff * diff))  # (n,)
-            better = (det > 0) & (err < best_err)
-            best_l = np.where(better[:, None], l, best_l)  # (n, k)
+            diff = this_scale * l + this_min - xc  # (k, n)
+            err = seq_sum(wc * (diff * diff))  # (n,)
+            better = (det > 0) & (err < best_err)  # (n,)
+            best_l = np.where(better, l, best_l)  # (k, n)
             best_err = np.where(better, err, best_err)
             scale = np.where(better, this_scale, scale)
             best_min = np.where(better, this_min, best_min)
 
     scale = np.where(flat, _F32(0), scale).astype(np.float32)  # (n,)
-    best_l = np.where(flat[:, None], _F32(0), best_l)  # (n, k)
-    return scale, (-best_min).astype(np.float32), best_l.astype(np.uint8)
+    best_l = np.where(flat, _F32(0), best_l)  # (k, n)
+    return scale, (-best_min).astype(np.float32), best_l.T.astype(np.uint8)  # L: (n, k)
 
 
 def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -183,12 +188,13 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     vmax = _signed_max(x)[:, 0]  # (n,)
     zero = np.abs(vmax) < GROUP_MAX_EPS  # (n,)
     vmax = np.where(zero, _F32(1), vmax)  # (n,)
-    w = x * x  # (n, k)
+    xc = np.ascontiguousarray(x.T)  # (k, n): see seq_sum
+    wc = xc * xc  # (k, n)
+    wx = wc * xc  # (k, n)
 
     def fit(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        l = np.clip(nearest_int(iscale[:, None] * x), -nmax, nmax - 1).astype(np.float32)  # (n, k)
-        wl = w * l  # (n, k)
-        return l, seq_sum(w * x * l), seq_sum(wl * l)
+        l = np.clip(np.rint(iscale * xc), -nmax, nmax - 1)  # (k, n) float32 levels
+        return l, seq_sum(wx * l), seq_sum(wc * l * l)
 
     best_l, sumlx, suml2 = fit(_F32(-nmax) / vmax)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -198,13 +204,13 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
             if i == 0:
                 continue
             l, sumlx, suml2 = fit(-(_F32(nmax) + _F32(0.1) * _F32(i)) / vmax)
-            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            best_l = np.where(better[:, None], l, best_l)  # (n, k)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)  # (n,)
+            best_l = np.where(better, l, best_l)  # (k, n)
             scale = np.where(better, sumlx / suml2, scale).astype(np.float32)
             best = np.where(better, scale * sumlx, best)
     scale = np.where(zero, _F32(0), scale).astype(np.float32)  # (n,)
-    levels = np.where(zero[:, None], _F32(0), best_l + _F32(nmax))  # (n, k): all-zero rows keep L = 0
-    return scale, levels.astype(np.uint8)
+    levels = np.where(zero, _F32(0), best_l + _F32(nmax))  # (k, n): all-zero rows keep L = 0
+    return scale, levels.T.astype(np.uint8)  # L: (n, k)
 
 
 # -- Q4_K ------------------------------------------------------------------------------------------
@@ -221,7 +227,8 @@ def pack_scale_min_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
 def _quantize_q4_k(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
     sub = x.reshape(n * 8, 32)  # (n * 8, 32) sub-blocks
-    av_x = np.sqrt(seq_sum(sub * sub) / _F32(32))[:, None]  # (n * 8, 1)
+    sub_c = np.ascontiguousarray(sub.T)  # (32, n * 8): see seq_sum
+    av_x = np.sqrt(seq_sum(sub_c * sub_c) / _F32(32))[:, None]  # (n * 8, 1)
     scales, mins, levels = make_qkx2_quants(sub, av_x + np.abs(sub), 15, -1.0, 0.1, 20)
     scales, mins, levels = scales.reshape(n, 8), mins.reshape(n, 8), levels.reshape(n, 8, 32)
 
