@@ -1,5 +1,5 @@
 """Test oracle: a literal, scalar (one value at a time, float32, sequential sums) Python transcription of
-llama.cpp's quantize_row_q4_K_ref / quantize_row_q6_K_ref (ggml-quants.c), used to check that the vectorized
+llama.cpp's quantize_row_q4_K_ref / q5_K_ref / q6_K_ref (ggml-quants.c), used to check that the vectorized
 quantizers in service/model/quantize.py make the same choices. Slow by design: use it on a few blocks only.
 """
 
@@ -65,6 +65,35 @@ def make_qkx2_quants(n, nmax, x, weights, rmin, rdelta, nstep):
 
 def quantize_block_q4_k(x: np.ndarray) -> bytes:
     """One 256-value block -> 144 bytes."""
+    head, L = _k_block(x, 15, -1.0, 20)
+    qs = []
+    for j in range(0, QK_K, 64):
+        qs += [L[j + l] | (L[j + l + 32] << 4) for l in range(32)]
+    return head + bytes(qs)
+
+
+def quantize_block_q5_k(x: np.ndarray) -> bytes:
+    """One 256-value block -> 176 bytes."""
+    head, L = _k_block(x, 31, -0.5, 15)
+    qh, ql = [0] * 32, []
+    m1, m2 = 1, 2
+    for n in range(0, QK_K, 64):
+        for j in range(32):
+            l1, l2 = L[n + j], L[n + j + 32]
+            if l1 > 15:
+                l1 -= 16
+                qh[j] |= m1
+            if l2 > 15:
+                l2 -= 16
+                qh[j] |= m2
+            ql.append(l1 | (l2 << 4))
+        m1 <<= 2
+        m2 <<= 2
+    return head + bytes(qh) + bytes(ql)
+
+
+def _k_block(x: np.ndarray, nmax: int, rmin: float, nstep: int) -> tuple[bytes, list[int]]:
+    """quantize_row_q4_K_ref / q5_K_ref up to the packing of the levels: (d | dmin | scales bytes, L)."""
     x = [f32(v) for v in x]
     L = [0] * QK_K
     scales, mins = [f32(0)] * 8, [f32(0)] * 8
@@ -76,7 +105,7 @@ def quantize_block_q4_k(x: np.ndarray) -> bytes:
             sum_x2 = f32(sum_x2 + f32(v * v))
         av_x = f32(np.sqrt(f32(sum_x2 / f32(32))))
         weights = [f32(av_x + abs(v)) for v in xs]
-        scales[j], mins[j], L[32 * j:32 * j + 32] = make_qkx2_quants(32, 15, xs, weights, -1.0, 0.1, 20)
+        scales[j], mins[j], L[32 * j:32 * j + 32] = make_qkx2_quants(32, nmax, xs, weights, rmin, 0.1, nstep)
         max_scale = max(max_scale, scales[j])
         max_min = max(max_min, mins[j])
     inv_scale = f32(f32(63) / max_scale) if max_scale > 0 else f32(0)
@@ -103,11 +132,8 @@ def quantize_block_q4_k(x: np.ndarray) -> bytes:
             continue
         dm = f32(f32(dmin16) * f32(lm_all[j]))
         for ii in range(32):
-            L[32 * j + ii] = max(0, min(15, nearest_int(f32(f32(x[32 * j + ii] + dm) / d))))
-    qs = []
-    for j in range(0, QK_K, 64):
-        qs += [L[j + l] | (L[j + l + 32] << 4) for l in range(32)]
-    return d16.tobytes() + dmin16.tobytes() + bytes(packed) + bytes(qs)
+            L[32 * j + ii] = max(0, min(nmax, nearest_int(f32(f32(x[32 * j + ii] + dm) / d))))
+    return d16.tobytes() + dmin16.tobytes() + bytes(packed), L
 
 
 def make_qx_quants_rmse1(n, nmax, x):

@@ -54,8 +54,8 @@ def test_legacy_quantizers_match_gguf_bytes(ggml_type: T) -> None:
     assert np.array_equal(ours, theirs)
 
 
-@pytest.mark.parametrize("ggml_type,oracle", [(T.Q4_K, ref.quantize_block_q4_k), (T.Q6_K, ref.quantize_block_q6_k)],
-                         ids=["Q4_K", "Q6_K"])
+@pytest.mark.parametrize("ggml_type,oracle", [(T.Q4_K, ref.quantize_block_q4_k), (T.Q5_K, ref.quantize_block_q5_k),
+                                              (T.Q6_K, ref.quantize_block_q6_k)], ids=["Q4_K", "Q5_K", "Q6_K"])
 def test_k_quantizers_match_scalar_reference_bytes(ggml_type: T, oracle) -> None:
     x = awkward_rows(9, 256, seed=11 + int(ggml_type))  # 9 blocks: the edge cases + Gaussians
     ours = quantize(x, ggml_type)  # (9, block_bytes)
@@ -65,14 +65,15 @@ def test_k_quantizers_match_scalar_reference_bytes(ggml_type: T, oracle) -> None
 
 
 def test_round_trip_error_on_gaussian_data() -> None:
-    """Dequantized by the gguf package. Each k-quant must beat the gguf package's legacy quantizer of equal or
-    more bits per weight (Q4_K 4.5 bpw vs Q4_1 5.0; Q6_K 6.56 vs Q5_1 6.0), as llama.cpp's own tables show."""
+    """Dequantized by the gguf package. Each k-quant must beat the gguf package's legacy quantizer of about as many
+    or more bits per weight (Q4_K 4.5 bpw vs Q4_1 5.0; Q5_K 5.5 and Q6_K 6.56 vs Q5_1 6.0)."""
     x = np.random.default_rng(5).standard_normal((37, 1024)).astype(np.float32)  # (37, 1024)
-    err = {t: rmse(quants.dequantize(quantize(x, t), t), x) for t in (T.Q4_K, T.Q6_K, T.Q8_0)}
+    err = {t: rmse(quants.dequantize(quantize(x, t), t), x) for t in (T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0)}
     legacy = {t: rmse(quants.dequantize(quants.quantize(x, t), t), x) for t in (T.Q4_1, T.Q5_1)}
     assert err[T.Q4_K] < legacy[T.Q4_1]
+    assert err[T.Q5_K] < legacy[T.Q5_1]  # 5.5 vs 6.0 bpw
     assert err[T.Q6_K] < legacy[T.Q5_1]
-    assert err[T.Q8_0] < err[T.Q6_K] < err[T.Q4_K] < 0.08
+    assert err[T.Q8_0] < err[T.Q6_K] < err[T.Q5_K] < err[T.Q4_K] < 0.08
     # Q6_K has 2 more bits than Q4_K: about 4x less error
     assert err[T.Q6_K] < err[T.Q4_K] / 3
 
@@ -88,7 +89,7 @@ def test_q8_0_error_is_within_half_a_step() -> None:
     assert np.all(np.abs(back - blocks) <= bound * (1 + 1e-5) + 1e-30)
 
 
-@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K, T.Q8_0, T.Q5_0], ids=lambda t: t.name)
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_0, T.Q5_0], ids=lambda t: t.name)
 def test_zero_and_constant_blocks(ggml_type: T) -> None:
     cols = 256
     x = np.zeros((3, cols), np.float32)  # (3, 256)
@@ -265,3 +266,13 @@ def test_q4_k_m_model_generates_like_the_original(source_path: str, q4km_path: s
     paris = tok.encode(" Paris", add_special=False)[0]
     assert first == [paris, paris]
     assert np.mean(agree) >= 0.75, agree
+
+
+def test_q5_k_m_recipe() -> None:
+    """Q5_K_M: Q5_K by default, the same Q6_K layers as Q4_K_M; Q5_K falls back to Q5_1 on 576-wide rows."""
+    q5 = RECIPES["Q5_K_M"]
+    assert q5.file_type == 17
+    assert tensor_type("blk.7.ffn_gate.weight", (11008, 4096), q5, 32, True) == T.Q5_K
+    assert tensor_type("blk.6.attn_v.weight", (4096, 4096), q5, 32, True) == T.Q6_K
+    assert tensor_type("blk.7.attn_v.weight", (4096, 4096), q5, 32, True) == T.Q5_K
+    assert tensor_type("blk.7.attn_q.weight", (576, 576), q5, 30, False) == T.Q5_1

@@ -6,7 +6,7 @@ quantizes with service/model/quantize.py, and streams a GGUF through `gguf.GGUFW
 metadata (tokenizer arrays, chat template, ...) with general.file_type updated. Tensors whose target type
 equals their source type are copied byte for byte, as llama.cpp does.
 
-The Q4_K_M recipe (no importance matrix, non-MoE llama):
+The Q4_K_M recipe (no importance matrix, non-MoE llama; Q5_K_M is the same with Q5_K as the default):
   output.weight, or token_embd.weight when the head is tied: Q6_K (Q8_0 if its rows are not a multiple of 256)
   blk.i.attn_v / blk.i.ffn_down: Q6_K when use_more_bits(i, n) = i < n/8 or i >= 7n/8 or (i - n/8) % 3 == 2
   every other 2-D weight: Q4_K; 1-D tensors (norms, rope_freqs) keep their type
@@ -43,6 +43,7 @@ class Recipe:
 
 RECIPES = {r.name: r for r in (
     Recipe("Q4_K_M", 15, GGMLType.Q4_K, more_bits=True),
+    Recipe("Q5_K_M", 17, GGMLType.Q5_K, more_bits=True),
     Recipe("Q6_K", 18, GGMLType.Q6_K),
     Recipe("Q8_0", 7, GGMLType.Q8_0),
     Recipe("Q4_0", 2, GGMLType.Q4_0),

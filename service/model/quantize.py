@@ -10,6 +10,7 @@ search grids, never over blocks.
   Q4_K  per 32-value sub-block a weighted (scale, min) search (make_qkx2_quants: nmax 15, rmin -1,
         rdelta 0.1, 20 steps, weights av|x| + |x|), then 6-bit scales/mins under f16 super-scales and a
         final re-rounding against the quantized scales                    (quantize_row_q4_K_ref)
+  Q5_K  as Q4_K with nmax 31, rmin -0.5, 15 steps, and the 5th bits in qh    (quantize_row_q5_K_ref)
   Q6_K  per 16-value sub-block a symmetric scale search (make_qx_quants: nmax 32, weights x^2, 18 trial
         scales), 8-bit sub-scales under one f16 super-scale, re-rounding    (quantize_row_q6_K_ref)
 
@@ -224,12 +225,15 @@ def pack_scale_min_k4(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
     return out
 
 
-def _quantize_q4_k(x: np.ndarray) -> np.ndarray:
+def _k_levels(x: np.ndarray, nmax: int, rmin: float, nstep: int):
+    """Shared body of quantize_row_q4_K_ref / q5_K_ref for n blocks x (n, 256): the per-sub-block search,
+    6-bit scales/mins under f16 super-scales, then every value re-rounded against the decoded scales.
+    Returns (d16 (n, 1) f16, dmin16 (n, 1) f16, ls (n, 8), lm (n, 8), levels (n, 8, 32) uint8 in [0, nmax])."""
     n = x.shape[0]
     sub = x.reshape(n * 8, 32)  # (n * 8, 32) sub-blocks
     sub_c = np.ascontiguousarray(sub.T)  # (32, n * 8): see seq_sum
     av_x = np.sqrt(seq_sum(sub_c * sub_c) / _F32(32))[:, None]  # (n * 8, 1)
-    scales, mins, levels = make_qkx2_quants(sub, av_x + np.abs(sub), 15, -1.0, 0.1, 20)
+    scales, mins, levels = make_qkx2_quants(sub, av_x + np.abs(sub), nmax, rmin, 0.1, nstep)
     scales, mins, levels = scales.reshape(n, 8), mins.reshape(n, 8), levels.reshape(n, 8, 32)
 
     max_scale = np.maximum(scales.max(axis=1, keepdims=True), _F32(0))  # (n, 1)
@@ -241,16 +245,33 @@ def _quantize_q4_k(x: np.ndarray) -> np.ndarray:
     d16 = (max_scale / _F32(63)).astype(np.float16)  # (n, 1)
     dmin16 = (max_min / _F32(63)).astype(np.float16)  # (n, 1)
 
-    # re-round every value against the scales as they will be decoded
     d = d16.astype(np.float32) * ls.astype(np.float32)  # (n, 8)
     dm = dmin16.astype(np.float32) * lm.astype(np.float32)  # (n, 8)
     with np.errstate(divide="ignore", invalid="ignore"):
-        requant = np.clip(nearest_int((x.reshape(n, 8, 32) + dm[:, :, None]) / d[:, :, None]), 0, 15)  # (n, 8, 32)
+        requant = np.clip(nearest_int((x.reshape(n, 8, 32) + dm[:, :, None]) / d[:, :, None]), 0, nmax)  # (n, 8, 32)
     levels = np.where((d != 0)[:, :, None], requant, levels).astype(np.uint8)  # (n, 8, 32)
+    return d16, dmin16, ls, lm, levels
 
+
+def _quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    d16, dmin16, ls, lm, levels = _k_levels(x, 15, -1.0, 20)
     pairs = levels.reshape(n, 4, 2, 32)  # (n, chunk, half, 32)
     qs = _pack_nibbles(pairs[:, :, 0], pairs[:, :, 1]).reshape(n, 128)  # (n, 128)
     return np.concatenate([d16.view(np.uint8), dmin16.view(np.uint8), pack_scale_min_k4(ls, lm), qs], axis=1)  # (n, 144)
+
+
+_Q5K_BITS = (np.uint8(1) << np.arange(8, dtype=np.uint8)).reshape(1, 4, 2, 1)  # qh bit (2c + h): chunk c, half h
+
+
+def _quantize_q5_k(x: np.ndarray) -> np.ndarray:
+    n = x.shape[0]
+    d16, dmin16, ls, lm, levels = _k_levels(x, 31, -0.5, 15)
+    pairs = levels.reshape(n, 4, 2, 32)  # (n, chunk, half, 32)
+    qs = _pack_nibbles(pairs[:, :, 0], pairs[:, :, 1]).reshape(n, 128)  # (n, 128)
+    qh = np.bitwise_or.reduce(np.where(pairs > 15, _Q5K_BITS, np.uint8(0)).reshape(n, 8, 32), axis=1)  # (n, 32)
+    return np.concatenate([d16.view(np.uint8), dmin16.view(np.uint8), pack_scale_min_k4(ls, lm),
+                           qh.astype(np.uint8), qs], axis=1)  # (n, 176)
 
 
 # -- Q6_K ------------------------------------------------------------------------------------------
@@ -282,7 +303,7 @@ def _quantize_q6_k(x: np.ndarray) -> np.ndarray:
 _BLOCK_QUANT: dict[GGMLType, Callable[[np.ndarray], np.ndarray]] = {
     GGMLType.Q8_0: _quantize_q8_0, GGMLType.Q4_0: _quantize_q4_0, GGMLType.Q4_1: _quantize_q4_1,
     GGMLType.Q5_0: _quantize_q5_0, GGMLType.Q5_1: _quantize_q5_1,
-    GGMLType.Q4_K: _quantize_q4_k, GGMLType.Q6_K: _quantize_q6_k,
+    GGMLType.Q4_K: _quantize_q4_k, GGMLType.Q5_K: _quantize_q5_k, GGMLType.Q6_K: _quantize_q6_k,
 }
 QUANTIZABLE = frozenset(_BLOCK_QUANT) | {GGMLType.F32, GGMLType.F16}
 
