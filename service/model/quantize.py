@@ -365,24 +365,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def q4_k_m_fixture_path(cache: str | None = None) -> str:
+def q4_k_m_fixture_path(cache: str | None = None, keep_layers: int | None = None) -> str:
     from service.model.registry import cache_dir
 
-    return os.path.join(cache_dir(cache), "SmolLM2-135M-Instruct.Q4_K_M.gguf")
+    suffix = f".{keep_layers}L" if keep_layers else ""
+    return os.path.join(cache_dir(cache), f"SmolLM2-135M-Instruct.Q4_K_M{suffix}.gguf")
 
 
-def ensure_q4_k_m_fixture(cache: str | None = None) -> str:
-    """Path of a Q4_K_M requantization of the default model, made once into the model cache (~20 s)."""
+def ensure_q4_k_m_fixture(cache: str | None = None, keep_layers: int | None = None) -> str:
+    """Path of a Q4_K_M requantization of the default model, made once into the model cache.
+
+    Full model: ~104 MB, ~6 s of CPU. With `keep_layers=N`: only the first N blocks and the tied
+    embedding/head in Q5_0 instead of Q8_0, so that N = 2 gives a ~24 MB real-weights file for the GPU machine
+    (the same as `python -m service quantize SRC DST --keep-layers 2 --output-tensor-type Q5_0`).
+    """
     from service.model.gguf_writer import requantize_file
     from service.model.registry import resolve_model_path
 
-    target = q4_k_m_fixture_path(cache)
+    target = q4_k_m_fixture_path(cache, keep_layers)
     if os.path.exists(target):
         return target
     source = resolve_model_path(None, cache)
     tmp = f"{target}.tmp{os.getpid()}"
     try:
-        requantize_file(source, tmp, "Q4_K_M", progress=False)
+        requantize_file(source, tmp, "Q4_K_M", keep_layers=keep_layers, progress=False,
+                        output_type="Q5_0" if keep_layers else None)
         os.replace(tmp, target)  # atomic: a concurrent test never sees a half-written file
     except BaseException:
         if os.path.exists(tmp):
