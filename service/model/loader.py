@@ -1,19 +1,18 @@
 """Model loading from a Config: GGUF file (or dummy weights) -> backend -> LlamaModel + tokenizer + chat template.
 
-Backend choice (config.model.backend): "numpy" (reference, host), "cuda" (`service.backends.cuda_backend`;
-ConfigError when no GPU is usable), "auto" (cuda when importable and a
-GPU is usable, else numpy).
+Backend choice (config.model.backend, via service.backends.factory): "numpy" (reference, host), "cuda"
+(ConfigError when no GPU is usable), "auto" (cuda when pycuda imports and a GPU is usable, else numpy).
+Dummy weights (config.model.dummy_weights: "7b", "7b-gqa", "tiny") come from service.model.dummy and carry
+no vocabulary: the engine then takes token-id prompts only.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from service.config import Config
-from service.errors import ConfigError, LLMError
 from service.model.gguf_file import GGUFModel, open_gguf
 from service.model.llama import LlamaModel
 from service.model.registry import resolve_model_path
@@ -32,37 +31,15 @@ class LoadedModel:
 
 
 def make_backend(kind: str, config: Config | None = None) -> Any:
-    """The backend named by `kind` ("auto" | "numpy" | "cuda")."""
-    if kind not in ("auto", "numpy", "cuda"):
-        raise ConfigError(f"--backend must be auto, numpy or cuda, not {kind!r}")
-    if kind in ("auto", "cuda"):
-        try:
-            cuda_backend = importlib.import_module("service.backends.cuda_backend")
-            kwargs = {}
-            if config is not None and config.model.kernel_cache_dir:
-                kwargs["kernel_cache_dir"] = config.model.kernel_cache_dir
-            try:
-                return cuda_backend.CudaBackend(**kwargs)
-            except TypeError:
-                return cuda_backend.CudaBackend()
-        except (ImportError, LLMError, OSError, RuntimeError) as exc:
-            if kind == "cuda":
-                raise ConfigError(f"--backend cuda: no usable GPU ({type(exc).__name__}: {exc})") from None
-            log.info("no usable CUDA backend (%s); using numpy", exc)
-    from service.backends.numpy_backend import NumpyBackend
-    return NumpyBackend()
+    """The backend named by `kind` ("auto" | "numpy" | "cuda"): service.backends.factory decides."""
+    from service.backends.factory import create_backend
+    return create_backend(kind, config)
 
 
 def _gguf_for(config: Config) -> GGUFModel:
     if config.model.dummy_weights:
-        try:
-            dummy = importlib.import_module("service.model.dummy")
-        except ModuleNotFoundError:
-            raise ConfigError("--dummy-weights needs service.model.dummy, which is not installed") from None
-        for fn in ("dummy_gguf", "build_dummy", "load_dummy", "make_dummy"):
-            if hasattr(dummy, fn):
-                return getattr(dummy, fn)(config.model.dummy_weights)
-        raise ConfigError("service.model.dummy has no dummy-model builder")
+        from service.model.dummy import dummy_gguf_model
+        return dummy_gguf_model(config.model.dummy_weights)
     return open_gguf(resolve_model_path(config.model.path, config.model.cache_dir))
 
 
