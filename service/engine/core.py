@@ -276,7 +276,7 @@ class LLMEngine:
             text += tail if stopped else tail + seq.stop.flush()
             if stopped:
                 finish = FinishReason.STOP
-        if finish is None and not text:
+        if finish is None and not text and self.tokenizer is not None:
             return []  # text held back (mid-character or a possible stop string): nothing to say yet
         seq.finish_reason = finish
         seq.text += text
