@@ -186,8 +186,8 @@ ATT_ENTRIES(64, 1) ATT_ENTRIES(64, 2) ATT_ENTRIES(64, 3) ATT_ENTRIES(64, 4) ATT_
 ATT_ENTRIES(128, 1) ATT_ENTRIES(128, 2) ATT_ENTRIES(128, 3) ATT_ENTRIES(128, 4) ATT_ENTRIES(128, 8)
 
 // out[t, h*HD + e] = sum_s acc_s[e] * exp(m_s - M) / sum_s l_s * exp(m_s - M)
-extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
-                                             float* __restrict__ out, int n_heads, int head_dim, int n_splits) {
+__device__ void combine_block(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                              float* __restrict__ out, int n_heads, int head_dim, int n_splits) {
     const int t = blockIdx.x, h = blockIdx.y;
     const size_t base = ((size_t)t * n_heads + h) * n_splits;
     float M = -INFINITY;
@@ -202,5 +202,39 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, 
             A += part_acc[(base + s) * head_dim + e] * w;
         }
         out[((size_t)t * n_heads + h) * head_dim + e] = A / L;
+    }
+}
+
+extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                                             float* __restrict__ out, int n_heads, int head_dim, int n_splits) {
+    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
+}
+
+// attention_combine + kv_append (kv_store.cu) in one launch: the blocks of head 0 also copy their row's staged
+// K/V (and scales) into the ring. Safe after attention_partial (the only reader) has finished: stream order.
+extern "C" __global__ void attention_combine_append(
+    const float* __restrict__ part_ml, const float* __restrict__ part_acc, float* __restrict__ out, int n_heads,
+    int head_dim, int n_splits, StepMeta meta, int sinks, int window, int max_positions,
+    const unsigned* __restrict__ src0, unsigned* __restrict__ dst0, int words0,
+    const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
+    const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
+    const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
+    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
+    if (blockIdx.y != 0) return;
+    const int t = blockIdx.x;
+    const int s = meta.row_seq[t];
+    const int c = meta.seq_ncached[s];
+    const int r0 = meta.seq_row0[s];
+    const int n_new = meta.seq_row0[s + 1] - r0;
+    const int n = c + (t - r0);
+    if (!(n < sinks || n >= c + n_new - window)) return;
+    const size_t ring_row = (size_t)meta.seq_slot[s] * max_positions + ring_index(n, sinks, window);
+    for (int w = threadIdx.x; w < words0; w += blockDim.x) {
+        dst0[ring_row * words0 + w] = src0[(size_t)t * words0 + w];
+        dst1[ring_row * words0 + w] = src1[(size_t)t * words0 + w];
+    }
+    for (int w = threadIdx.x; w < words2; w += blockDim.x) {
+        dst2[ring_row * words2 + w] = src2[(size_t)t * words2 + w];
+        dst3[ring_row * words2 + w] = src3[(size_t)t * words2 + w];
     }
 }

@@ -1,6 +1,7 @@
 // rms_norm: out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w[:]      (float32, row-major (T, D))
 // Launch: grid (T), block 256 (any multiple of 32 up to 1024); each block reduces one row in float32.
 // Vectorized float4 path when D % 4 == 0 and pointers are 16-byte aligned (the launcher guarantees it).
+// add_rms_norm_f32: the residual add fused in front: sum = a + b (written), out = rms_norm(sum) * w.
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -57,4 +58,39 @@ extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float
 extern "C" __global__ void rms_norm_f32_vec4(const float* __restrict__ x, const float* __restrict__ w,
                                              float* __restrict__ out, int D, float eps) {
     rms_norm_row<true>(x, w, out, D, eps);
+}
+
+// sum[t, :] = a[t, :] + b[t, :]; out[t, :] = sum[t, :] / sqrt(mean(sum[t, :]^2) + eps) * w[:]   (D % 4 == 0)
+extern "C" __global__ void add_rms_norm_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                            const float* __restrict__ w, float* __restrict__ sum,
+                                            float* __restrict__ out, int D, float eps) {
+    __shared__ float partial[32];
+    __shared__ float s_inv;
+    const size_t row = (size_t)blockIdx.x * D;
+    const float4* a4 = reinterpret_cast<const float4*>(a + row);
+    const float4* b4 = reinterpret_cast<const float4*>(b + row);
+    float4* s4 = reinterpret_cast<float4*>(sum + row);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < D / 4; i += blockDim.x) {
+        const float4 x = a4[i], y = b4[i];
+        const float4 v = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+        s4[i] = v;
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) s_inv = 1.0f / sqrtf(v / (float)D + eps);
+    }
+    __syncthreads();
+    const float inv = s_inv;
+    const float4* w4 = reinterpret_cast<const float4*>(w);
+    float4* o4 = reinterpret_cast<float4*>(out + row);
+    for (int i = threadIdx.x; i < D / 4; i += blockDim.x) {
+        const float4 v = s4[i], g = w4[i];  // re-read this thread's own writes
+        o4[i] = make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w);
+    }
 }

@@ -7,6 +7,10 @@
 //     neox:                (x[i], x[i + n_rot/2])   -> same
 //   Dimensions >= n_rot are copied unchanged.
 // Launch: grid (T), block 256; threads stride over (head, pair) jobs.
+// rope_qk_f32 / rope_qk_neox_f32: the three rotations of an attention layer in one launch: q at p (q_out),
+// q at the sink position (qs_out) and k at p (k_out); same math as three rope_f32 calls. With k_st != 0 it
+// also stages the f16 KV rows (k_st = half(rotated k), v_st = half(v): kv_stage_f16 fused in).
+#include <cuda_fp16.h>
 
 template <bool NEOX>
 __device__ void rope_row(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ pos,
@@ -49,4 +53,83 @@ extern "C" __global__ void rope_neox_f32(const float* __restrict__ x, float* __r
                                          const int* __restrict__ pos, const double* __restrict__ inv_freq,
                                          int n_heads, int head_dim, int n_rot, int sink, int max_positions) {
     rope_row<true>(x, out, pos, inv_freq, n_heads, head_dim, n_rot, sink, max_positions);
+}
+
+template <bool NEOX>
+__device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict__ k, float* __restrict__ q_out,
+                            float* __restrict__ qs_out, float* __restrict__ k_out, const int* __restrict__ pos,
+                            const double* __restrict__ inv_freq, int n_heads, int n_kv_heads, int head_dim,
+                            int n_rot, int max_positions, const float* __restrict__ v, __half* __restrict__ k_st,
+                            __half* __restrict__ v_st) {
+    const int t = blockIdx.x;
+    const int p = pos[t];
+    const int ps = p > max_positions - 1 ? max_positions - 1 : p;
+    const int half = n_rot >> 1;
+    const int heads = n_heads + n_kv_heads;
+    for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
+        const int h = j / half, i = j - h * half;
+        const bool is_q = h < n_heads;
+        const float* src = is_q ? q + ((size_t)t * n_heads + h) * head_dim
+                                : k + ((size_t)t * n_kv_heads + (h - n_heads)) * head_dim;
+        float* dst = is_q ? q_out + ((size_t)t * n_heads + h) * head_dim
+                          : k_out + ((size_t)t * n_kv_heads + (h - n_heads)) * head_dim;
+        const int ia = NEOX ? i : 2 * i;
+        const int ib = NEOX ? i + half : 2 * i + 1;
+        const float a = src[ia], b = src[ib];
+        double sd, cd;
+        sincos((double)p * inv_freq[i], &sd, &cd);
+        float s = (float)sd, c = (float)cd;
+        dst[ia] = a * c - b * s;
+        dst[ib] = a * s + b * c;
+        if (!is_q && k_st != nullptr) {
+            const size_t o = ((size_t)t * n_kv_heads + (h - n_heads)) * head_dim;
+            k_st[o + ia] = __float2half_rn(a * c - b * s);
+            k_st[o + ib] = __float2half_rn(a * s + b * c);
+        }
+        if (is_q) {
+            float* dsts = qs_out + ((size_t)t * n_heads + h) * head_dim;
+            if (ps != p) {
+                sincos((double)ps * inv_freq[i], &sd, &cd);
+                s = (float)sd;
+                c = (float)cd;
+            }
+            dsts[ia] = a * c - b * s;
+            dsts[ib] = a * s + b * c;
+        }
+    }
+    const int rest = head_dim - n_rot;
+    if (rest > 0) {
+        for (int j = threadIdx.x; j < heads * rest; j += blockDim.x) {
+            const int h = j / rest, d = n_rot + (j - h * rest);
+            if (h < n_heads) {
+                const size_t o = ((size_t)t * n_heads + h) * head_dim + d;
+                q_out[o] = q[o];
+                qs_out[o] = q[o];
+            } else {
+                const size_t o = ((size_t)t * n_kv_heads + (h - n_heads)) * head_dim + d;
+                k_out[o] = k[o];
+                if (k_st != nullptr) k_st[o] = __float2half_rn(k[o]);
+            }
+        }
+    }
+    if (k_st != nullptr) {
+        const size_t row = (size_t)t * n_kv_heads * head_dim;
+        for (int j = threadIdx.x; j < n_kv_heads * head_dim; j += blockDim.x) v_st[row + j] = __float2half_rn(v[row + j]);
+    }
+}
+
+#define ROPE_QK_ARGS                                                                                          \
+    const float *__restrict__ q, const float *__restrict__ k, float *__restrict__ q_out,                        \
+        float *__restrict__ qs_out, float *__restrict__ k_out, const int *__restrict__ pos,                    \
+        const double *__restrict__ inv_freq, int n_heads, int n_kv_heads, int head_dim, int n_rot, int max_positions, \
+        const float *__restrict__ v, __half *__restrict__ k_st, __half *__restrict__ v_st
+
+extern "C" __global__ void rope_qk_f32(ROPE_QK_ARGS) {
+    rope_qk_row<false>(q, k, q_out, qs_out, k_out, pos, inv_freq, n_heads, n_kv_heads, head_dim, n_rot, max_positions,
+                       v, k_st, v_st);
+}
+
+extern "C" __global__ void rope_qk_neox_f32(ROPE_QK_ARGS) {
+    rope_qk_row<true>(q, k, q_out, qs_out, k_out, pos, inv_freq, n_heads, n_kv_heads, head_dim, n_rot, max_positions,
+                      v, k_st, v_st);
 }

@@ -12,12 +12,19 @@ Same semantics as `numpy_backend.py`, op for op (the parity tests in tests/gpu/ 
     (`kv_layout.py`); attention reads the ring plus the step's new K/V (staged in the storage format), and
     the survivors are appended after attention, exactly like the NumPy twin.
 Matrix products and embedding rows go through `CudaMatmul` (service/backends/cuda_matmul.py).
+
+Fewer launches (what a decode step's time is mostly made of at batch 1): `add`, `matmul` and `rope` return
+tensors whose launch is deferred to their first consumer (`Deferred`); then the residual add runs fused into
+the following rms_norm, the matmuls sharing one input (Q/K/V, gate/up) run as one multi-matrix launch over one
+int8 quantization of the input, and attention's three rotations (q, q at sink positions, k) run as one
+launch. Any other consumer (to_host, take_rows, ...) just issues the deferred op as it is.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -36,10 +43,11 @@ ATT_GROUPS = (1, 2, 3, 4, 8)
 class CudaTensor:
     """A (rows, cols) float32 activation in a pooled device buffer; the buffer returns to the pool on death."""
 
-    __slots__ = ("buf", "rows", "cols", "pool", "key", "__weakref__")
+    __slots__ = ("buf", "rows", "cols", "pool", "key", "pending", "__weakref__")
 
     def __init__(self, buf: DeviceBuffer, rows: int, cols: int, pool: "ActivationPool | None", key: Any):
         self.buf, self.rows, self.cols, self.pool, self.key = buf, rows, cols, pool, key
+        self.pending: Deferred | None = None  # the launch that will fill buf, not issued yet
 
     @property
     def ptr(self) -> int:
@@ -52,6 +60,15 @@ class CudaTensor:
     def __del__(self) -> None:
         if self.pool is not None:
             self.pool.release(self.key, self.buf)
+
+
+@dataclass
+class Deferred:
+    """An op whose launch waits for its first consumer, so it can be fused with its neighbours:
+    add -> add+rms_norm, matmuls of one input -> one multi-matrix launch, the three ropes of a layer -> one."""
+
+    kind: str  # "add" | "matmul" | "rope"
+    args: tuple
 
 
 class ActivationPool:
@@ -182,7 +199,7 @@ class CudaBackend:
         self.last_host_s = 0.0  # host time of the last graph-replayed step up to the replay's launch
         self._vec_max_rows = 0
         self._ws_x: CudaTensor | None = None  # the input whose int8 quantization the workspace holds
-        self._ws_k = 0
+        self._pending_mm: dict[int, list[weakref.ref]] = {}  # id(input) -> deferred matmul outputs on it
         self._weight_slab: Any = None
         self._preload()
 
@@ -316,6 +333,7 @@ class CudaBackend:
         T, S = batch.n_tokens, len(batch.seqs)
         if T > self.max_rows or S > self.max_seqs:
             raise ValueError(f"step of {T} rows / {S} sequences exceeds the backend's {self.max_rows} / {self.max_seqs}")
+        self._pending_mm.clear()  # outputs never consumed last step (none in the forward) are dropped
         self._stage_event.synchronize()  # the previous step's copy has left the staging buffer
         h, o = self._stage_host, self._off
         h[o["ids"]:o["ids"] + T] = batch.token_ids
@@ -337,8 +355,75 @@ class CudaBackend:
         self.mm.embedding(table.dw, self._ptr("ids"), step.n_tokens, out.ptr)
         return out
 
+    # -- deferred launches -------------------------------------------------------------------------
+    def _ready(self, *tensors: CudaTensor | None) -> None:
+        """Issue the deferred launches that fill these tensors."""
+        for t in tensors:
+            if t is not None and t.pending is not None:
+                self._flush(t)
+
+    def _flush(self, t: CudaTensor) -> None:
+        d = t.pending
+        assert d is not None
+        if d.kind == "matmul":
+            x = d.args[0]
+            group = [o for o in (r() for r in self._pending_mm.pop(id(x), []))
+                     if o is not None and o.pending is not None and o.pending.kind == "matmul" and o.pending.args[0] is x]
+            if t not in group:
+                group.append(t)
+            ws = [o.pending.args[1] for o in group]
+            for o in group:
+                o.pending = None
+            self._run_matmuls(x, ws, group)
+            return
+        t.pending = None
+        if d.kind == "add":
+            a, b = d.args
+            self._ready(a, b)
+            n = a.rows * a.cols
+            self._launch("elementwise", "add_f32", "PPPi", self._grid1d(n // 4 + 1), (256, 1, 1), a.ptr, b.ptr,
+                         t.ptr, np.int32(n))
+        elif d.kind == "rope":
+            x, step, n_heads, rope, sink = d.args
+            self._ready(x)
+            head_dim = x.cols // n_heads
+            name = "rope_f32" if rope.mode == "normal" else "rope_neox_f32"
+            self._launch("rope", name, "PPPPiiiii", (x.rows, 1, 1), (256, 1, 1), x.ptr, t.ptr, self._ptr("pos"),
+                         self._inv_freq_buf(rope).ptr, np.int32(n_heads), np.int32(head_dim), np.int32(rope.n_rot),
+                         np.int32(1 if sink else 0), np.int32(step.max_positions))
+        else:  # pragma: no cover
+            raise AssertionError(d.kind)
+
+    def _run_matmuls(self, x: CudaTensor, ws: list[MatWeight], outs: list[CudaTensor]) -> None:
+        """outs[i] = x @ ws[i].T, one multi-matrix launch per weight type on the vector path; x's int8
+        quantization is made once (and reused by a later group on the same x)."""
+        if self._workspace is None:
+            n = int(self.mm.workspace_bytes(self.max_rows, self._max_k))
+            self._workspace = self.rt.alloc(max(n, 16), "activations", "matmul.workspace")
+        q8 = any(str(getattr(w.dw.ggml_type, "name", w.dw.ggml_type)) not in ("F32", "F16") for w in ws)
+        small = x.rows <= self._vec_max_rows
+        pre = small and q8 and self._ws_x is x
+        if hasattr(self.mm, "matmul_multi"):
+            self.mm.matmul_multi(x.ptr, x.rows, [w.dw for w in ws], [o.ptr for o in outs], self._workspace.ptr,
+                                 prequantized=pre)
+        else:
+            for i, (w, o) in enumerate(zip(ws, outs)):
+                self.mm.matmul(x.ptr, x.rows, w.dw, o.ptr, self._workspace.ptr, prequantized=pre or (small and q8 and i > 0))
+        if small and q8:
+            self._ws_x = x  # held, so its buffer is not recycled while the workspace describes it
+
+    # -- ops ---------------------------------------------------------------------------------------
     def rms_norm(self, x: CudaTensor, weight: VecWeight, eps: float) -> CudaTensor:
         out = self.pool.get(x.rows, x.cols)  # (T, D)
+        d = x.pending
+        if d is not None and d.kind == "add" and x.cols % 4 == 0:  # residual add fused in front
+            x.pending = None
+            a, b = d.args
+            self._ready(a, b)
+            self._launch("norm", "add_rms_norm_f32", "PPPPPif", (x.rows, 1, 1), (256, 1, 1), a.ptr, b.ptr,
+                         weight.buf.ptr, x.ptr, out.ptr, np.int32(x.cols), np.float32(eps))
+            return out
+        self._ready(x)
         name = "rms_norm_f32_vec4" if x.cols % 4 == 0 else "rms_norm_f32"
         self._launch("norm", name, "PPPif", (x.rows, 1, 1), (256, 1, 1), x.ptr, weight.buf.ptr, out.ptr,
                      np.int32(x.cols), np.float32(eps))
@@ -346,18 +431,12 @@ class CudaBackend:
 
     def matmul(self, x: CudaTensor, w: MatWeight) -> CudaTensor:
         assert x.cols == w.cols, (x.shape, w.rows, w.cols)
+        self._ready(x)
         out = self.pool.get(x.rows, w.rows)  # (T, N)
-        if self._workspace is None:
-            n = int(self.mm.workspace_bytes(self.max_rows, self._max_k))
-            self._workspace = self.rt.alloc(max(n, 16), "activations", "matmul.workspace")
-        # Q/K/V (and gate/up) share one input: its int8 quantization in the workspace is reused. _ws_x holds
-        # the input tensor itself, so its buffer cannot be recycled while the workspace still describes it.
-        q8 = str(getattr(w.dw.ggml_type, "name", w.dw.ggml_type)) not in ("F32", "F16")
-        small = x.rows <= self._vec_max_rows
-        pre = small and q8 and self._ws_x is x and self._ws_k == w.cols
-        self.mm.matmul(x.ptr, x.rows, w.dw, out.ptr, self._workspace.ptr, prequantized=pre)
-        if small and q8:
-            self._ws_x, self._ws_k = x, w.cols
+        if x.rows == 0:
+            return out
+        out.pending = Deferred("matmul", (x, w))
+        self._pending_mm.setdefault(id(x), []).append(weakref.ref(out))
         return out
 
     def _inv_freq_buf(self, rope: Any) -> DeviceBuffer:
@@ -372,12 +451,28 @@ class CudaBackend:
 
     def rope(self, x: CudaTensor, step: CudaStep, n_heads: int, rope: Any, sink: bool = False) -> CudaTensor:
         out = self.pool.get(x.rows, x.cols)  # (T, n_heads * head_dim)
-        head_dim = x.cols // n_heads
-        name = "rope_f32" if rope.mode == "normal" else "rope_neox_f32"
-        self._launch("rope", name, "PPPPiiiii", (x.rows, 1, 1), (256, 1, 1), x.ptr, out.ptr, self._ptr("pos"),
-                     self._inv_freq_buf(rope).ptr, np.int32(n_heads), np.int32(head_dim), np.int32(rope.n_rot),
-                     np.int32(1 if sink else 0), np.int32(step.max_positions))
+        out.pending = Deferred("rope", (x, step, n_heads, rope, sink))
         return out
+
+    def _rope_qk(self, q_win: CudaTensor, q_sink: CudaTensor, k: CudaTensor, v: CudaTensor | None = None,
+                 kv: "CudaKVArena | None" = None) -> bool:
+        """The layer's three deferred rotations as one launch, when they are what attention gets; with an f16
+        arena given, the same launch also stages the new K/V rows in f16 (v must be ready)."""
+        dw, ds, dk = q_win.pending, q_sink.pending, k.pending
+        if not (dw and ds and dk and dw.kind == ds.kind == dk.kind == "rope"):
+            return False
+        (xq, step, n_heads, rope, sw), (xs, _, hs, rs, ss), (xk, _, n_kv, rk, sk) = dw.args, ds.args, dk.args
+        if sw or not ss or sk or xq is not xs or hs != n_heads or rope != rs or rope != rk or xq.rows != xk.rows:
+            return False
+        q_win.pending = q_sink.pending = k.pending = None
+        self._ready(xq, xk, v)
+        stage = kv is not None and v is not None
+        name = "rope_qk_f32" if rope.mode == "normal" else "rope_qk_neox_f32"
+        self._launch("rope", name, "PPPPPPPiiiii" + "PPP", (xq.rows, 1, 1), (256, 1, 1), xq.ptr, xk.ptr, q_win.ptr,
+                     q_sink.ptr, k.ptr, self._ptr("pos"), self._inv_freq_buf(rope).ptr, np.int32(n_heads),
+                     np.int32(n_kv), np.int32(xq.cols // n_heads), np.int32(rope.n_rot), np.int32(step.max_positions),
+                     v.ptr if stage else 0, kv.st_k.ptr if stage else 0, kv.st_v.ptr if stage else 0)
+        return True
 
     def n_splits(self, T: int, n_kv_heads: int, max_positions: int) -> int:
         """Key-range splits of attention: enough blocks for the SMs, at least 64 keys per split."""
@@ -409,12 +504,16 @@ class CudaBackend:
             raise NotImplementedError(f"attention kernel not built for head_dim {hd}, group {G}")
         kv_dim = n_kv_heads * hd
         q8 = lay.dtype == "q8"
-        # 1. the step's new K/V in the cache's storage format (what the NumPy twin's round_trip gives)
+        # 0. rotations (deferred ropes) + 1. the step's new K/V in the cache's storage format (what the NumPy
+        # twin's round_trip gives): one launch when the ropes are deferred and the cache is f16
+        staged = self._rope_qk(q, q_sink, k, v, None if q8 else kv)
+        if not staged:
+            self._ready(q, q_sink, k, v)
         if q8:
             nb = T * kv_dim // Q8_BLOCK
             self._launch("kv_store", "kv_stage_q8", "PPPPPPi", self._grid1d(nb * 32), (256, 1, 1), k.ptr, v.ptr,
                          kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr, kv.st_vs.ptr, np.int32(nb))
-        else:
+        elif not staged:
             self._launch("kv_store", "kv_stage_f16", "PPPPi", self._grid1d(T * kv_dim), (256, 1, 1), k.ptr, v.ptr,
                          kv.st_k.ptr, kv.st_v.ptr, np.int32(T * kv_dim))
         # 2. split-K partial softmax over ring + staged keys, 3. combine
@@ -428,20 +527,20 @@ class CudaBackend:
                      kv.vs[layer], kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0,
                      ml.ptr, acc.ptr, np.int32(n_kv_heads), np.int32(lay.sink_tokens), np.int32(lay.window),
                      np.int32(lay.max_positions), np.float32(1.0 / math.sqrt(hd)))
+        # 3. combine the splits + 4. append the survivors to the ring, one launch
         out = self.pool.get(T, n_heads * hd)  # (T, n_heads * head_dim)
-        self._launch("attention", "attention_combine", "PPPiii", (T, n_heads, 1), (hd, 1, 1), ml.ptr, acc.ptr,
-                     out.ptr, np.int32(n_heads), np.int32(hd), np.int32(splits))
-        # 4. append the survivors to the ring
         esize = 1 if q8 else 2
         words = kv_dim * esize // 4
         swords = (kv_dim // Q8_BLOCK * 2) // 4 if q8 else 0
-        self._launch("kv_store", "kv_append", "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP", (T, 4 if q8 else 2, 1),
-                     (128, 1, 1), *meta, np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
-                     kv.st_k.ptr, kv.k[layer], np.int32(words), kv.st_v.ptr, kv.v[layer],
+        self._launch("attention", "attention_combine_append", "PPPiii" + "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP",
+                     (T, n_heads, 1), (hd, 1, 1), ml.ptr, acc.ptr, out.ptr, np.int32(n_heads), np.int32(hd),
+                     np.int32(splits), *meta, np.int32(lay.sink_tokens), np.int32(lay.window),
+                     np.int32(lay.max_positions), kv.st_k.ptr, kv.k[layer], np.int32(words), kv.st_v.ptr, kv.v[layer],
                      kv.st_ks.ptr if q8 else 0, kv.ks[layer], np.int32(swords), kv.st_vs.ptr if q8 else 0, kv.vs[layer])
         return out
 
     def silu_mul(self, gate: CudaTensor, up: CudaTensor) -> CudaTensor:
+        self._ready(gate, up)
         out = self.pool.get(gate.rows, gate.cols)  # (T, F)
         n = gate.rows * gate.cols
         self._launch("elementwise", "silu_mul_f32", "PPPi", self._grid1d(n), (256, 1, 1), gate.ptr, up.ptr, out.ptr,
@@ -450,12 +549,11 @@ class CudaBackend:
 
     def add(self, a: CudaTensor, b: CudaTensor) -> CudaTensor:
         out = self.pool.get(a.rows, a.cols)  # (T, D)
-        n = a.rows * a.cols
-        self._launch("elementwise", "add_f32", "PPPi", self._grid1d(n // 4 + 1), (256, 1, 1), a.ptr, b.ptr, out.ptr,
-                     np.int32(n))
+        out.pending = Deferred("add", (a, b))  # fused into the next rms_norm, or issued by another consumer
         return out
 
     def take_rows(self, x: CudaTensor, step: CudaStep) -> CudaTensor:
+        self._ready(x)
         out = self.pool.get(step.n_logits, x.cols)  # (S', D)
         if step.n_logits:
             self._launch("elementwise", "take_rows_f32", "PPPi", (step.n_logits, 1, 1), (256, 1, 1), x.ptr,
@@ -464,6 +562,7 @@ class CudaBackend:
 
     def argmax(self, x: CudaTensor) -> np.ndarray:
         """(rows,) int32 greedy token of each row, computed on the device."""
+        self._ready(x)
         out = self.pool.get(max(1, x.rows), 1)  # (rows, 1) used as int32
         self._launch("argmax", "argmax_f32", "PPi", (x.rows, 1, 1), (1024, 1, 1), x.ptr, out.ptr, np.int32(x.cols))
         host = np.empty(x.rows, np.int32)  # (rows,)
@@ -472,6 +571,7 @@ class CudaBackend:
         return host
 
     def to_host(self, x: CudaTensor) -> np.ndarray:
+        self._ready(x)
         if self._capturing:
             self._captured = x  # the graph's output; read after each replay
             return None  # type: ignore[return-value]
