@@ -30,8 +30,8 @@ F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0
 SHAPES_7B = [(4096, 4096), (11008, 4096), (4096, 11008), (32000, 4096)]
 # vector-kernel configurations compiled in kernels/matmul_vec.cu (r<R>t<RT>u<UNR>)
 VARIANTS_C1 = ["r4t1u1", "r4t1u2", "r4t2u1", "r4t2u2", "r4t4u1", "r2t2u1", "r2t4u1", "r1t2u1", "r1t4u1", "r1t8u1"]
-VARIANTS_C1 += ["l1:" + v for v in VARIANTS_C1]  # Q4_K only: L1-allocating weight loads
-VARIANTS_CN = ["r4t2u1", "r4t4u1"]  # 2 / 4 / 8 columns
+VARIANTS_C1 += ["st:r4t2u1", "st:r4t2u2"]  # Q4_K only: L1-non-allocating weight loads
+VARIANTS_CN = {2: ["r4t2u1", "r4t4u1"], 4: ["r4t2u1", "r4t4u1"], 8: ["r4t2u1"]}  # Q4_K, 2 / 4 / 8 columns
 VARIANT_TYPES = (T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_1)
 
 
@@ -227,7 +227,7 @@ class Bench:
                 for r in (2, 4, 8):
                     add(self.vec(tp, n, k, r, None, True))
                     if not self.quick and tp == T.Q4_K:
-                        for v in VARIANTS_CN:
+                        for v in VARIANTS_CN[r]:
                             add(self.vec(tp, n, k, r, v, False))
             self.free_weights()
         add(self.step_7b(fused=False))
@@ -260,11 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"), help="folder for the JSON (e.g. $OUT)")
     args = ap.parse_args(argv)
     b = Bench(args.quick)
-    b.run()
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "matmul_bench.json"), "w") as f:
-        json.dump(dict(device=b.rt.name, copy_bw=b.copy_bw, rows=b.rows), f, indent=1)
-    print(b.table())
+    try:
+        b.run()
+    finally:  # what was measured survives a failing case
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "matmul_bench.json"), "w") as f:
+            json.dump(dict(device=b.rt.name, copy_bw=getattr(b, "copy_bw", None), rows=b.rows), f, indent=1)
+        if b.rows:
+            print(b.table())
     return 0
 
 

@@ -252,9 +252,10 @@ using TQ5_1 = TLegacy<true, true>;
 // Vector unit j (0..3) of a block: the 32 bytes qs[32j, 32j+32): low nibbles = the 32 values of sub-block
 // 2j, high nibbles = those of sub-block 2j+1. Q5_K adds qh[0..32): bit s of qh[i] is the 5th bit of value i
 // of sub-block s. The (scale, min) pair of both sub-blocks is decoded once per unit with 16-bit operations.
-// STREAM: weight quants through the non-allocating path (else L1-allocating __ldg; a benchmark variant: each
-// 16-byte load touches half of a 32-byte sector and the unit's second load the other half).
-template <bool HIGH, bool STREAM = true>
+// STREAM: weight quants through the L1-non-allocating path. Default off: a unit's two 16-byte loads each
+// touch half of the same 32-byte sectors across the warp, and with L1 allocation the second half is an L1 hit
+// (H200, bench/matmul_bench.py: 5-11 % faster on the 7B shapes than streaming; "st:" variants measure it).
+template <bool HIGH, bool STREAM = false>
 struct TQK45 {
     static constexpr int VU = 64, UPB = 4;
     static constexpr bool Q8 = true;
@@ -356,7 +357,7 @@ struct TQK45 {
 };
 using TQ4_K = TQK45<false>;
 using TQ5_K = TQK45<true>;
-using TQ4_K_L1 = TQK45<false, false>;
+using TQ4_K_ST = TQK45<false, true>;
 
 // ---------------------------------------------------------------------------------------------------
 // Q6_K (repacked 208-byte block ql[128] | qh[64] | scales[16], d apart). Value v = 128h + w (w in 0..127):

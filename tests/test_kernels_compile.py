@@ -6,11 +6,13 @@ broken kernel names itself.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -19,26 +21,60 @@ SOURCES = sorted(glob.glob(os.path.join(KERNEL_DIR, "*.cu")))
 NVCC = shutil.which("nvcc")
 
 
+@functools.lru_cache(maxsize=None)
+def _compile(source: str) -> tuple[int, str, int]:
+    """(return code, nvcc/ptxas -v messages, cubin bytes) with CudaRuntime's options; once per file per session."""
+    from service.backends.cuda_runtime import NVCC_OPTIONS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = os.path.join(tmp, "k.cubin")
+        proc = subprocess.run([NVCC, "-arch=sm_90", "-cubin", *NVCC_OPTIONS, "-I", KERNEL_DIR, "-Xptxas", "-v",
+                               "-o", cubin, source], capture_output=True, text=True, timeout=300)
+        size = os.path.getsize(cubin) if os.path.exists(cubin) else 0
+    return proc.returncode, proc.stderr, size
+
+
 NO_SPILL = {"matmul_vec.cu", "matmul_tiled.cu", "quantize_act.cu", "get_rows.cu"}  # hot loops: local memory is a bug
 
 
-@pytest.mark.slow  # ~45 s for all files on 2 busy cores
+@pytest.mark.slow  # ~45-80 s for all files on 2 busy cores (matmul_vec.cu alone ~30 s: 116 entries)
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("source", SOURCES, ids=os.path.basename)
-def test_kernel_compiles_for_sm90(source: str, tmp_path) -> None:
-    from service.backends.cuda_runtime import NVCC_OPTIONS
-
-    cubin = tmp_path / "k.cubin"
-    proc = subprocess.run([NVCC, "-arch=sm_90", "-cubin", *NVCC_OPTIONS, "-I", KERNEL_DIR, "-Xptxas", "-v",
-                           "-o", str(cubin), source], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert cubin.stat().st_size > 0
+def test_kernel_compiles_for_sm90(source: str) -> None:
+    rc, stderr, size = _compile(source)
+    assert rc == 0, stderr[-4000:]
+    assert size > 0
     if os.path.basename(source) in NO_SPILL:  # ptxas -v reports stack/spill bytes per entry
         # ptxas sometimes keeps one 8-byte spill slot (seen on one matmul_vec entry with 56 registers); an array
         # that went to local memory shows as hundreds of bytes
-        spills = [m.group(0) for m in re.finditer(r"(\d+) bytes spill stores", proc.stderr) if int(m.group(1)) > 16]
+        spills = [m.group(0) for m in re.finditer(r"(\d+) bytes spill stores", stderr) if int(m.group(1)) > 16]
         assert not spills, spills
 
 
 def test_there_are_kernels() -> None:
     assert SOURCES, f"no .cu files under {KERNEL_DIR}"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+def test_every_vector_configuration_the_launcher_picks_is_compiled() -> None:
+    """cuda_matmul chooses kernel names from tables (VEC_CONFIG, VEC_CONFIG_BY_TYPE, the benchmark's variants);
+    each must exist in matmul_vec.cu, or the first decode step on a GPU fails."""
+    from gguf import GGMLQuantizationType as T
+
+    from bench.matmul_bench import VARIANT_TYPES, VARIANTS_C1, VARIANTS_CN
+    from service.backends.cuda_matmul import _TYPES, VEC_COLS, CudaMatmul, DeviceWeight
+
+    rc, stderr, _ = _compile(os.path.join(KERNEL_DIR, "matmul_vec.cu"))
+    assert rc == 0, stderr[-4000:]
+    compiled = set(re.findall(r"Compiling entry function '(\w+)'", stderr))
+    mm = CudaMatmul(rt=None)
+    wanted = set()
+    for ggml_type in _TYPES:
+        w = DeviceWeight("w", ggml_type, 1, 256, 0, 0, 0, 0)
+        wanted |= {mm.vec_kernel(w, nc)[0] for nc in VEC_COLS}
+        if ggml_type in VARIANT_TYPES:
+            wanted |= {mm.vec_kernel(w, 1, v)[0] for v in VARIANTS_C1 if ggml_type == T.Q4_K or ":" not in v}
+        if ggml_type == T.Q4_K:
+            wanted |= {mm.vec_kernel(w, nc, v)[0] for nc, vs in VARIANTS_CN.items() for v in vs}
+    assert wanted - compiled == set()

@@ -28,11 +28,12 @@ VEC_COLS = (1, 2, 4, 8)  # compiled column counts of the vector kernel
 # vector-kernel configuration per column count: "r<R>t<RT>u<UNR>" = R row groups of 128/R threads per block,
 # RT rows per group, UNR units in flight per row (kernels/matmul_vec.cu instantiates these for every type)
 # Chosen from bench/matmul_bench.py on an H200 (2026-11-28): legacy 4/5-bit types are fastest with one warp per
-# row and one unit in flight (fewest registers, most warps); Q4_K/Q6_K with 2 rows x 2 units; Q8_0 with 2 rows
-# per 128-thread group; 2-4 columns with 4 rows per warp (activation reuse), 8 columns with 2.
+# row and one unit in flight (fewest registers, most warps); Q4_K with 2 rows per warp (L1-allocating loads);
+# Q6_K with 2 rows x 2 units; Q8_0 with 2 rows per 128-thread group; 2-4 columns with 4 rows per warp
+# (activation reuse), 8 columns with 2. Q5_K, F16, F32 were not tuned (Q5_K follows Q4_K).
 VEC_CONFIG = {1: "r4t1u1", 2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}
 VEC_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {
-    "q4_k": {1: "r4t2u2"}, "q5_k": {1: "r4t2u2"}, "q6_k": {1: "r4t2u2"}, "q8_0": {1: "r1t2u1"},
+    "q4_k": {1: "r4t2u1"}, "q5_k": {1: "r4t2u1"}, "q6_k": {1: "r4t2u2"}, "q8_0": {1: "r1t2u1"},
     "f16": {1: "r4t2u1"}, "f32": {1: "r4t2u1"},
 }
 MULTI_MAX = 3  # matrices one vector launch can serve
@@ -188,7 +189,7 @@ class CudaMatmul:
         overrides the configured one; the benchmark uses it)."""
         nc = next(c for c in VEC_COLS if c >= n_rows)
         suffix = w.suffix
-        if variant and ":" in variant:  # "<kernel flavour>:<config>", e.g. "l1:r4t2u2" -> matmul_vec_q4_kl1_...
+        if variant and ":" in variant:  # "<kernel flavour>:<config>", e.g. "st:r4t2u2" -> matmul_vec_q4_kst_...
             flavour, variant = variant.split(":")
             suffix += flavour
         cfg = variant or VEC_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or VEC_CONFIG[nc]
