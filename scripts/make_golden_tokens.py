@@ -10,8 +10,8 @@ its own virtual environment:
 
 Recorded per string: ids with add_special False and True (`Llama.tokenize(text, add_bos=..., special=True)`),
 and ids with special=False (special-token text tokenized as plain text). For the whole vocabulary:
-a SHA-256 over llama.cpp's piece bytes of every token (`Llama.detokenize([id])`, special tokens rendered
-empty), so the test can check `Tokenizer.token_bytes` for all ids without storing them.
+a SHA-256 over llama.cpp's piece bytes of every token (`llama_token_to_piece(..., special=False)`, special
+tokens rendered empty), so the test can check `Tokenizer.token_bytes` for all ids without storing them.
 """
 
 from __future__ import annotations
@@ -70,6 +70,20 @@ TEXTS = [
 ]
 
 
+def token_to_piece(llm, token_id: int) -> bytes:
+    """llama.cpp's llama_token_to_piece(special=False) with a buffer big enough for every piece
+    (`Llama.detokenize` uses 32 bytes and returns garbage for longer pieces, e.g. runs of 64 dashes)."""
+    import ctypes
+
+    import llama_cpp
+
+    buf = ctypes.create_string_buffer(1024)
+    n = llama_cpp.llama_token_to_piece(llm._model.vocab, token_id, buf, len(buf), 0, False)
+    if n < 0:
+        raise SystemExit(f"token {token_id}: piece longer than {len(buf)} bytes")
+    return buf.raw[:n]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default=os.path.expanduser(
@@ -92,7 +106,7 @@ def main() -> int:
     digest = hashlib.sha256()
     n_vocab = llm.n_vocab()
     for token_id in range(n_vocab):
-        piece = llm.detokenize([token_id], special=False)
+        piece = token_to_piece(llm, token_id)
         digest.update(len(piece).to_bytes(4, "little") + piece)
     out = {
         "model": os.path.basename(args.model),
@@ -101,7 +115,7 @@ def main() -> int:
         "n_vocab": n_vocab,
         "piece_bytes_sha256": digest.hexdigest(),
         "piece_bytes_sha256_rule": "sha256 over (len(piece) as u32 little-endian + piece) for id in range(n_vocab), "
-                                   "piece = Llama.detokenize([id], special=False)",
+                                   "piece = llama_token_to_piece(vocab, id, lstrip=0, special=false)",
         "cases": cases,
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -22,8 +22,9 @@ split a UTF-8 character (a character may span several tokens).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -87,10 +88,15 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 _BYTE_OF_CHAR = {c: b for b, c in _bytes_to_unicode().items()}
+_TO_LATIN1 = str.maketrans({c: chr(b) for c, b in _BYTE_OF_CHAR.items()})
 
 
 def _byte_level_bytes(piece: str) -> bytes:
     """The bytes a byte-level BPE piece stands for (characters outside the alphabet pass through as UTF-8)."""
+    try:
+        return piece.translate(_TO_LATIN1).encode("latin-1")
+    except UnicodeEncodeError:
+        pass
     out = bytearray()
     for ch in piece:
         b = _BYTE_OF_CHAR.get(ch)
@@ -122,13 +128,16 @@ class _Vocab:
 class Tokenizer:
     """Text <-> token ids for one model, equal to llama.cpp's tokenization of the same GGUF."""
 
-    def __init__(self, kind: str, vocab: _Vocab, parse_tok: HFTokenizer, plain_tok: HFTokenizer,
+    def __init__(self, kind: str, vocab: _Vocab, build: Callable[[], HFTokenizer],
                  bos_id: int | None, eos_id: int | None, eos_ids: frozenset[int], add_bos: bool, add_eos: bool,
                  add_space_prefix: bool):
         self.kind = kind  # "gpt2" (byte-level BPE) or "llama" (SentencePiece)
         self._vocab = vocab
-        self._parse_tok = parse_tok  # recognises control + user-defined tokens in text
-        self._plain_tok = plain_tok  # recognises only user-defined tokens
+        self._build = build  # makes a fresh `tokenizers.Tokenizer` without special tokens
+        self._parse_tok = build()  # recognises control + unknown + user-defined tokens in text
+        _add_specials(self._parse_tok, vocab, parse_special=True)
+        self._plain_tok: HFTokenizer | None = None  # recognises only user-defined tokens; built on first use
+        self._plain_lock = threading.Lock()
         self.vocab_size: int = len(vocab.tokens)
         self.bos_id = bos_id
         self.eos_id = eos_id
@@ -181,23 +190,19 @@ class Tokenizer:
         else:
             raise UnsupportedModelError(f"{model.path}: unsupported tokenizer model {kind!r} (supported: gpt2, llama)")
 
-        parse_tok, plain_tok = build(), build()
-        _add_specials(parse_tok, vocab, parse_special=True)
-        _add_specials(plain_tok, vocab, parse_special=False)
-
         eos_ids = {i for i in (eos_id, opt_id("tokenizer.ggml.eot_token_id"), opt_id("tokenizer.ggml.eom_token_id"))
                    if i is not None}
         eos_ids |= {i for i, (t, ty) in enumerate(zip(tokens, types))
                     if t in END_OF_TURN_PIECES and ty in (TOKEN_CONTROL, TOKEN_USER_DEFINED)}
         add_bos = bool(md.get("tokenizer.ggml.add_bos_token", add_bos_default)) and bos_id is not None
         add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False)) and eos_id is not None
-        return cls(kind, vocab, parse_tok, plain_tok, bos_id, eos_id, frozenset(eos_ids), add_bos, add_eos,
+        return cls(kind, vocab, build, bos_id, eos_id, frozenset(eos_ids), add_bos, add_eos,
                    add_space_prefix)
 
     # ------------------------------------------------------------------ interface
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         """Token ids of `text`; add_special adds bos/eos as the model asks (add_bos / add_eos flags)."""
-        tok = self._parse_tok if parse_special else self._plain_tok
+        tok = self._parse_tok if parse_special else self._plain()
         ids = tok.encode(text, add_special_tokens=False).ids if text else []
         if add_special and self.add_bos:
             ids = [self.bos_id] + ids
@@ -235,6 +240,14 @@ class Tokenizer:
         return self._piece_ids.get(piece)
 
     # ------------------------------------------------------------------ helpers
+    def _plain(self) -> HFTokenizer:
+        with self._plain_lock:
+            if self._plain_tok is None:
+                tok = self._build()
+                _add_specials(tok, self._vocab, parse_special=False)
+                self._plain_tok = tok
+            return self._plain_tok
+
     def _piece_bytes(self, i: int) -> bytes:
         ty, piece = self._vocab.types[i], self._vocab.tokens[i]
         if self._special[i]:
