@@ -238,3 +238,168 @@ extern "C" __global__ void attention_combine_append(
         dst3[ring_row * words2 + w] = src3[(size_t)t * words2 + w];
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// attention_prefill_*: one block per (tile of up to 16 consecutive rows of one sequence, kv head, row pass);
+// the block holds its query vectors (window and sink rotations) in shared memory and streams the keys in
+// tiles of PF_KT through shared memory, so K/V are read once per tile of queries instead of once per row.
+// QT = 16 / G rows per pass (G query heads each: at most 16 query vectors); pass p covers rows p*QT .. of
+// the tile; 8 lanes per query vector: lane l scores keys l, l+8, l+16 of a key tile and owns output dims
+// l, l+8, ...; no split, the output is written directly (same math as partial + combine).
+// Tile table (device, per step): tile_seq[i], tile_row[i] = first row. Launch: grid (n_tiles, kvh * passes),
+// block 128. Used for prefill-heavy steps; decode steps take the split-K kernels above.
+#define PF_KT 24
+#define PF_TILE 16
+
+template <int HD, int G, int KVT>
+__device__ void attention_prefill(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
+                                  const int* __restrict__ tile_seq, const int* __restrict__ tile_row,
+                                  const void* __restrict__ ring_k, const void* __restrict__ ring_v,
+                                  const __half* __restrict__ ring_ks, const __half* __restrict__ ring_vs,
+                                  const void* __restrict__ st_k, const void* __restrict__ st_v,
+                                  const __half* __restrict__ st_ks, const __half* __restrict__ st_vs,
+                                  float* __restrict__ out, int n_kv_heads, int sinks, int window, int max_positions,
+                                  float scale) {
+    constexpr int QT = PF_TILE / G;  // rows per pass
+    constexpr int NQ = QT * G;       // query vectors per block (<= 16)
+    constexpr int PASSES = (PF_TILE + QT - 1) / QT;
+    constexpr int EPL = HD / 8;      // output dims per lane
+    __shared__ float sq[16][HD + 1];
+    __shared__ float ss[16][HD + 1];
+    __shared__ float sk[PF_KT][HD + 1];
+    __shared__ float sv[PF_KT][HD];
+    __shared__ int spos[PF_KT];
+
+    const int tile = blockIdx.x;
+    const int kh = blockIdx.y / PASSES, pass = blockIdx.y % PASSES;
+    const int n_heads = n_kv_heads * G;
+    const int kv_dim = n_kv_heads * HD;
+    const int s = tile_seq[tile];
+    const int c = meta.seq_ncached[s];
+    const int r0 = meta.seq_row0[s];
+    const int seq_end = meta.seq_row0[s + 1];
+    const int slot = meta.seq_slot[s];
+    const int first = tile_row[tile] + pass * QT;  // first row of this pass
+    const int tile_end = min(tile_row[tile] + PF_TILE, seq_end);
+    const int last = min(first + QT, tile_end);      // rows first .. last-1
+    if (first >= last) return;
+    const int valid = c < max_positions ? c : max_positions;
+    const int nk = valid + (last - 1 - r0) + 1;      // keys the last row sees (causal)
+
+    // query vectors of this pass into shared memory: vector v = r * G + h
+    for (int j = threadIdx.x; j < NQ * HD; j += ATT_THREADS) {
+        const int vq = j / HD, d = j - vq * HD;
+        const int r = first + vq / G, h = kh * G + vq % G;
+        float a = 0.f, b = 0.f;
+        if (r < last) {
+            const size_t o = (size_t)r * n_heads * HD + (size_t)h * HD + d;
+            a = q[o];
+            b = q_sink[o];
+        }
+        sq[vq][d] = a;
+        ss[vq][d] = b;
+    }
+    const int qv = threadIdx.x >> 3, lane8 = threadIdx.x & 7;
+    const int my_row = first + qv / G;
+    const bool active = qv < NQ && my_row < last;
+    const int p = c + (my_row - r0);                 // my query's position
+    const int my_nk = valid + (my_row - r0) + 1;     // keys my row may see (causal)
+    float m = -INFINITY, l = 0.f, acc[EPL];
+#pragma unroll
+    for (int e = 0; e < EPL; ++e) acc[e] = 0.f;
+
+    for (int k0 = 0; k0 < nk; k0 += PF_KT) {
+        __syncthreads();  // previous tile consumed (and the query stores visible on the first pass)
+        for (int j = threadIdx.x; j < PF_KT * (HD / 8); j += ATT_THREADS) {
+            const int kj = j / (HD / 8), col8 = (j - kj * (HD / 8)) * 8;
+            const int kk = k0 + kj;
+            float kf[8], vf[8];
+            int pos = 0x7fffffff;
+            if (kk < nk) {
+                if (kk < valid) {
+                    pos = ring_position(kk, c, sinks, window, max_positions);
+                    const size_t row = (size_t)slot * max_positions + kk;
+                    load8<KVT>(ring_k, ring_ks, row, kv_dim, kh * HD + col8, kf);
+                    load8<KVT>(ring_v, ring_vs, row, kv_dim, kh * HD + col8, vf);
+                } else {
+                    const int u = kk - valid;
+                    pos = c + u;
+                    load8<KVT>(st_k, st_ks, (size_t)(r0 + u), kv_dim, kh * HD + col8, kf);
+                    load8<KVT>(st_v, st_vs, (size_t)(r0 + u), kv_dim, kh * HD + col8, vf);
+                }
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) { kf[e] = 0.f; vf[e] = 0.f; }
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e) { sk[kj][col8 + e] = kf[e]; sv[kj][col8 + e] = vf[e]; }
+            if (col8 == 0) spos[kj] = kk < nk ? pos : 0x7fffffff;
+        }
+        __syncthreads();
+        // scores of my query vector against keys lane8, lane8 + 8, lane8 + 16
+        float sc[PF_KT / 8];
+        float tmax = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < PF_KT / 8; ++u) {
+            const int kj = lane8 + 8 * u;
+            const int kk = k0 + kj;
+            const int pos = spos[kj];
+            const bool is_sink = pos < sinks;
+            const bool vis = active && kk < my_nk && (is_sink || pos > p - window);
+            float d = 0.f;
+            if (vis) {
+                const float* qq = is_sink ? ss[qv] : sq[qv];
+#pragma unroll 16
+                for (int e = 0; e < HD; ++e) d += qq[e] * sk[kj][e];
+            }
+            sc[u] = vis ? d * scale : -INFINITY;
+            tmax = fmaxf(tmax, sc[u]);
+        }
+#pragma unroll
+        for (int o = 4; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+        const float m_new = fmaxf(m, tmax);
+        float pw[PF_KT / 8], psum = 0.f;
+#pragma unroll
+        for (int u = 0; u < PF_KT / 8; ++u) {
+            pw[u] = m_new == -INFINITY ? 0.f : __expf(sc[u] - m_new);
+            psum += pw[u];
+        }
+#pragma unroll
+        for (int o = 4; o > 0; o >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, o);
+        const float corr = m == -INFINITY ? 0.f : __expf(m - m_new);
+        l = l * corr + psum;
+        m = m_new;
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) acc[e] *= corr;
+        const int base = threadIdx.x & 24;  // first lane of my 8-lane group within the warp
+#pragma unroll
+        for (int kj = 0; kj < PF_KT; ++kj) {
+            const float pj = __shfl_sync(0xffffffffu, pw[kj / 8], base + (kj & 7));
+#pragma unroll
+            for (int e = 0; e < EPL; ++e) acc[e] += pj * sv[kj][lane8 + 8 * e];
+        }
+    }
+    if (active) {
+        const int h = kh * G + qv % G;
+        float* o = out + (size_t)my_row * n_heads * HD + (size_t)h * HD;
+        const float inv = 1.0f / l;
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) o[lane8 + 8 * e] = acc[e] * inv;
+    }
+}
+
+#define PF_ENTRY(HD, G, KVT, SUFFIX)                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_prefill_##HD##_##G##_##SUFFIX(           \
+        const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,                          \
+        const int* __restrict__ tile_seq, const int* __restrict__ tile_row, const void* __restrict__ ring_k,   \
+        const void* __restrict__ ring_v, const __half* __restrict__ ring_ks, const __half* __restrict__ ring_vs, \
+        const void* __restrict__ st_k, const void* __restrict__ st_v, const __half* __restrict__ st_ks,        \
+        const __half* __restrict__ st_vs, float* __restrict__ out, int n_kv_heads, int sinks, int window,      \
+        int max_positions, float scale) {                                                                      \
+        attention_prefill<HD, G, KVT>(q, q_sink, meta, tile_seq, tile_row, ring_k, ring_v, ring_ks, ring_vs,    \
+                                      st_k, st_v, st_ks, st_vs, out, n_kv_heads, sinks, window, max_positions, \
+                                      scale);                                                                  \
+    }
+#define PF_ENTRIES(HD, G) PF_ENTRY(HD, G, 0, f16) PF_ENTRY(HD, G, 1, q8)
+PF_ENTRIES(64, 1) PF_ENTRIES(64, 2) PF_ENTRIES(64, 3) PF_ENTRIES(64, 4) PF_ENTRIES(64, 8)
+PF_ENTRIES(128, 1) PF_ENTRIES(128, 2) PF_ENTRIES(128, 3) PF_ENTRIES(128, 4) PF_ENTRIES(128, 8)

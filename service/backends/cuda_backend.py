@@ -38,6 +38,7 @@ from service.model.dequant import dequantize
 ATT_THREADS = 128
 ATT_HEAD_DIMS = (64, 128)  # compiled attention variants (kernels/attention.cu)
 ATT_GROUPS = (1, 2, 3, 4, 8)
+PF_TILE = 16  # rows per prefill-attention tile (kernels/attention.cu)
 
 
 class CudaTensor:
@@ -158,6 +159,7 @@ class CudaStep:
     n_seqs: int  # S
     n_logits: int  # S'
     max_positions: int
+    n_tiles: int = 0  # 16-row tiles of the sequences' rows (prefill attention)
 
 
 class CudaBackend:
@@ -172,6 +174,8 @@ class CudaBackend:
         self.max_seqs = int(max_seqs)  # S cap of a step
         self.pool = ActivationPool(self.rt, self.max_rows, min(self.max_rows, max(self.max_seqs, 64)))
         self.use_graphs = use_graphs
+        self.use_prefill_kernel = True  # tiled prefill attention for prefill-heavy steps (else split-K only)
+        self.defer = True  # deferred add/matmul/rope (fusions); False issues every op at once (profiling)
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
         self._max_k = 0
@@ -182,9 +186,12 @@ class CudaBackend:
         # per-step int32 block: ids, pos, row_seq (max_rows each), slot, ncached (max_seqs), row0 (max_seqs+1),
         # logits rows (max_seqs)
         R, S = self.max_rows, self.max_seqs
+        self._max_tiles = (R + PF_TILE - 1) // PF_TILE + S
+        NT = self._max_tiles
         self._off = {"ids": 0, "pos": R, "row_seq": 2 * R, "slot": 3 * R, "ncached": 3 * R + S,
-                     "row0": 3 * R + 2 * S, "logits": 3 * R + 3 * S + 1}
-        n_ints = 3 * R + 4 * S + 1
+                     "row0": 3 * R + 2 * S, "logits": 3 * R + 3 * S + 1, "tile_seq": 3 * R + 4 * S + 1,
+                     "tile_row": 3 * R + 4 * S + 1 + NT}
+        n_ints = 3 * R + 4 * S + 1 + 2 * NT
         self._stage_host = self.rt.pinned((n_ints,), np.int32, "step.staging")  # (n_ints,) int32
         self._stage_dev = self.rt.alloc(4 * n_ints, "activations", "step.meta")
         self._stage_event = self.rt._cuda.Event()
@@ -344,9 +351,13 @@ class CudaBackend:
         h[o["row0"]:o["row0"] + S + 1] = batch.row_starts
         rows = batch.logits_rows
         h[o["logits"]:o["logits"] + len(rows)] = rows
+        starts = batch.row_starts
+        tiles = [(i, r) for i, ch in enumerate(batch.seqs) for r in range(int(starts[i]), int(starts[i]) + ch.n_new, PF_TILE)]
+        h[o["tile_seq"]:o["tile_seq"] + len(tiles)] = [t[0] for t in tiles]
+        h[o["tile_row"]:o["tile_row"] + len(tiles)] = [t[1] for t in tiles]
         self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr, h, self.rt.stream)
         self._stage_event.record(self.rt.stream)
-        self._step = CudaStep(batch, T, S, int(len(rows)), batch.max_positions)
+        self._step = CudaStep(batch, T, S, int(len(rows)), batch.max_positions, len(tiles))
         return self._step
 
     # -- ops ---------------------------------------------------------------------------------------
@@ -437,6 +448,8 @@ class CudaBackend:
             return out
         out.pending = Deferred("matmul", (x, w))
         self._pending_mm.setdefault(id(x), []).append(weakref.ref(out))
+        if not self.defer:
+            self._flush(out)
         return out
 
     def _inv_freq_buf(self, rope: Any) -> DeviceBuffer:
@@ -452,6 +465,8 @@ class CudaBackend:
     def rope(self, x: CudaTensor, step: CudaStep, n_heads: int, rope: Any, sink: bool = False) -> CudaTensor:
         out = self.pool.get(x.rows, x.cols)  # (T, n_heads * head_dim)
         out.pending = Deferred("rope", (x, step, n_heads, rope, sink))
+        if not self.defer:
+            self._flush(out)
         return out
 
     def _rope_qk(self, q_win: CudaTensor, q_sink: CudaTensor, k: CudaTensor, v: CudaTensor | None = None,
@@ -475,8 +490,8 @@ class CudaBackend:
         return True
 
     def n_splits(self, T: int, n_kv_heads: int, max_positions: int) -> int:
-        """Key-range splits of attention: enough blocks for the SMs, at least 64 keys per split."""
-        want = math.ceil(4 * self.rt.sm_count / max(1, T * n_kv_heads))
+        """Key-range splits of attention: ~8 blocks per SM (loads in flight), at least 64 keys per split."""
+        want = math.ceil(8 * self.rt.sm_count / max(1, T * n_kv_heads))
         return max(1, min(want, math.ceil((max_positions + T) / 64), 64))
 
     def _partial_bufs(self, n_heads: int, head_dim: int, max_positions: int, n_kv_heads: int) -> tuple[DeviceBuffer, DeviceBuffer]:
@@ -516,27 +531,38 @@ class CudaBackend:
         elif not staged:
             self._launch("kv_store", "kv_stage_f16", "PPPPi", self._grid1d(T * kv_dim), (256, 1, 1), k.ptr, v.ptr,
                          kv.st_k.ptr, kv.st_v.ptr, np.int32(T * kv_dim))
-        # 2. split-K partial softmax over ring + staged keys, 3. combine
-        splits = self.n_splits(T, n_kv_heads, lay.max_positions)
-        ml, acc = self._partial_bufs(n_heads, hd, lay.max_positions, n_kv_heads)
-        assert T * splits * n_heads * hd <= self._partials["rows"]
         meta = (self._ptr("row_seq"), self._ptr("slot"), self._ptr("ncached"), self._ptr("row0"))
-        name = f"attention_partial_{hd}_{G}_{'q8' if q8 else 'f16'}"
-        self._launch("attention", name, "PP" + "PPPP" + "PPPPPPPP" + "PP" + "iiiif", (splits, n_kv_heads, T),
-                     (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta, kv.k[layer], kv.v[layer], kv.ks[layer],
-                     kv.vs[layer], kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0,
-                     ml.ptr, acc.ptr, np.int32(n_kv_heads), np.int32(lay.sink_tokens), np.int32(lay.window),
-                     np.int32(lay.max_positions), np.float32(1.0 / math.sqrt(hd)))
-        # 3. combine the splits + 4. append the survivors to the ring, one launch
-        out = self.pool.get(T, n_heads * hd)  # (T, n_heads * head_dim)
+        kvs = (kv.k[layer], kv.v[layer], kv.ks[layer], kv.vs[layer], kv.st_k.ptr, kv.st_v.ptr,
+               kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0)
+        tail = (np.int32(n_kv_heads), np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
+                np.float32(1.0 / math.sqrt(hd)))
         esize = 1 if q8 else 2
         words = kv_dim * esize // 4
         swords = (kv_dim // Q8_BLOCK * 2) // 4 if q8 else 0
+        append = (np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
+                  kv.st_k.ptr, kv.k[layer], np.int32(words), kv.st_v.ptr, kv.v[layer],
+                  kv.st_ks.ptr if q8 else 0, kv.ks[layer], np.int32(swords), kv.st_vs.ptr if q8 else 0, kv.vs[layer])
+        out = self.pool.get(T, n_heads * hd)  # (T, n_heads * head_dim)
+        if self.use_prefill_kernel and T >= 32 and T >= 4 * step.n_seqs:
+            # prefill-heavy step: 16-row query tiles share each K/V tile; then append the survivors
+            passes = -(-PF_TILE // (PF_TILE // G))
+            name = f"attention_prefill_{hd}_{G}_{'q8' if q8 else 'f16'}"
+            self._launch("attention", name, "PP" + "PPPP" + "PP" + "PPPPPPPP" + "P" + "iiiif",
+                         (step.n_tiles, n_kv_heads * passes, 1), (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta,
+                         self._ptr("tile_seq"), self._ptr("tile_row"), *kvs, out.ptr, *tail)
+            self._launch("kv_store", "kv_append", "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP", (T, 4 if q8 else 2, 1),
+                         (128, 1, 1), *meta, *append)
+            return out
+        # 2. split-K partial softmax over ring + staged keys, 3. combine the splits + 4. append, one launch
+        splits = self.n_splits(T, n_kv_heads, lay.max_positions)
+        ml, acc = self._partial_bufs(n_heads, hd, lay.max_positions, n_kv_heads)
+        assert T * splits * n_heads * hd <= self._partials["rows"]
+        name = f"attention_partial_{hd}_{G}_{'q8' if q8 else 'f16'}"
+        self._launch("attention", name, "PP" + "PPPP" + "PPPPPPPP" + "PP" + "iiiif", (splits, n_kv_heads, T),
+                     (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta, *kvs, ml.ptr, acc.ptr, *tail)
         self._launch("attention", "attention_combine_append", "PPPiii" + "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP",
                      (T, n_heads, 1), (hd, 1, 1), ml.ptr, acc.ptr, out.ptr, np.int32(n_heads), np.int32(hd),
-                     np.int32(splits), *meta, np.int32(lay.sink_tokens), np.int32(lay.window),
-                     np.int32(lay.max_positions), kv.st_k.ptr, kv.k[layer], np.int32(words), kv.st_v.ptr, kv.v[layer],
-                     kv.st_ks.ptr if q8 else 0, kv.ks[layer], np.int32(swords), kv.st_vs.ptr if q8 else 0, kv.vs[layer])
+                     np.int32(splits), *meta, *append)
         return out
 
     def silu_mul(self, gate: CudaTensor, up: CudaTensor) -> CudaTensor:
@@ -550,6 +576,8 @@ class CudaBackend:
     def add(self, a: CudaTensor, b: CudaTensor) -> CudaTensor:
         out = self.pool.get(a.rows, a.cols)  # (T, D)
         out.pending = Deferred("add", (a, b))  # fused into the next rms_norm, or issued by another consumer
+        if not self.defer:
+            self._flush(out)
         return out
 
     def take_rows(self, x: CudaTensor, step: CudaStep) -> CudaTensor:

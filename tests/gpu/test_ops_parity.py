@@ -5,7 +5,9 @@ comparison. Tolerances (max |cuda - numpy| / max |numpy| unless stated):
   rms_norm, silu_mul, add, take_rows, rope: 2e-6 (float32, different summation order / libm)
   attention: 2e-5 (float32 online softmax over splits vs NumPy's two-pass softmax); KV ring bytes: f16 equal,
   q8 equal except <= 0.1 % of int8 values off by one (rint of products computed in a different order); with
-  the rotation fused in (GPU FMAs): 5e-5, and f16 values / q8 scales equal except <= 0.1 % one rounding apart.
+  the rotation fused in (GPU FMAs round k differently in the last f32 bit, which can move one f16 or int8
+  rounding step): 1e-4 (f16 KV) / 1e-3 (q8 KV: one int8 step of a key is 1/127 of its block's max), and f16
+  values / q8 scales equal except <= 0.1 % one rounding apart.
 """
 
 from __future__ import annotations
@@ -192,13 +194,20 @@ def _run_scenario(cuda_be, rng, steps, layout, n_heads, rope=None):
     return worst
 
 
+@pytest.mark.parametrize("kernel", ["tiled", "split"])
 @pytest.mark.parametrize("dtype", ["f16", "q8"])
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 @pytest.mark.parametrize("hd,n_heads,n_kv", [(64, 9, 3), (128, 8, 2), (128, 3, 3), (64, 8, 1)],
                          ids=["hd64-g3", "hd128-g4", "hd128-g1", "hd64-g8"])
-def test_attention(cuda_be, rng, dtype, scenario, hd, n_heads, n_kv):
+def test_attention(cuda_be, rng, dtype, scenario, hd, n_heads, n_kv, kernel):
+    """kernel "tiled": steps with >= 32 rows and >= 4 rows per sequence take the tiled prefill kernel (the
+    others split-K); "split": every step takes split-K."""
     layout = KVLayout(n_layers=2, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
-    worst = _run_scenario(cuda_be, rng, SCENARIOS[scenario], layout, n_heads)
+    cuda_be.use_prefill_kernel = kernel == "tiled"
+    try:
+        worst = _run_scenario(cuda_be, rng, SCENARIOS[scenario], layout, n_heads)
+    finally:
+        cuda_be.use_prefill_kernel = True
     assert worst < 2e-5, worst
 
 
@@ -214,4 +223,4 @@ def test_attention_no_sinks_long_context(cuda_be, rng):
 def test_attention_with_fused_rope(cuda_be, rng, dtype, rope):
     """attention on deferred ropes: one rope launch for q, q_sink, k (+ f16 staging) == NumPy rope + attention."""
     layout = KVLayout(n_layers=1, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=3, head_dim=64, dtype=dtype)
-    assert _run_scenario(cuda_be, rng, SCENARIOS["wrap"], layout, 9, rope=rope) < 5e-5
+    assert _run_scenario(cuda_be, rng, SCENARIOS["wrap"], layout, 9, rope=rope) < (1e-4 if dtype == "f16" else 1e-3)
