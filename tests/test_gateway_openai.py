@@ -26,10 +26,10 @@ def test_models_list(oai, llm_server):
 
 def test_chat_plain_equals_stream_with_usage(oai, llm_server):
     model = llm_server.engine.model_name
-    plain = oai.chat.completions.create(model=model, messages=CHAT, max_tokens=3, temperature=0)
+    plain = oai.chat.completions.create(model=model, messages=CHAT, max_tokens=2, temperature=0)
     assert plain.object == "chat.completion" and plain.choices[0].message.role == "assistant"
     assert plain.choices[0].finish_reason in ("stop", "length")
-    stream = oai.chat.completions.create(model=model, messages=CHAT, max_tokens=3, temperature=0, stream=True,
+    stream = oai.chat.completions.create(model=model, messages=CHAT, max_tokens=2, temperature=0, stream=True,
                                          stream_options={"include_usage": True})
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -75,7 +75,7 @@ ERRORS = [
 
 @pytest.mark.parametrize("name,change,exc,status,param", ERRORS, ids=[e[0] for e in ERRORS])
 def test_errors_are_openai_errors(oai, llm_server, name, change, exc, status, param):
-    kwargs = dict(model=llm_server.engine.model_name, messages=CHAT, max_tokens=2, **{})
+    kwargs = dict(model=llm_server.engine.model_name, messages=CHAT, max_tokens=2)
     kwargs.update(change)
     for stream in (False, True):
         with pytest.raises(exc) as info:
@@ -98,3 +98,16 @@ def test_bad_key_is_401(llm_server, server_loop):
         assert good.models.list().data[0].id == llm_server.engine.model_name
     finally:
         keyed.stop(0.5)
+
+
+def test_token_list_prompt_equals_text_prompt(oai, llm_server):
+    """OpenAI's union prompt: a list of token ids means the same prompt as its text."""
+    from service.client import Client
+    with Client(llm_server.target) as c:
+        ids = list(c.tokenize("The capital of France is").tokens)
+    model = llm_server.engine.model_name
+    by_text = oai.completions.create(model=model, prompt="The capital of France is", max_tokens=2, temperature=0,
+                                     stop="\n")
+    by_ids = oai.completions.create(model=model, prompt=ids, max_tokens=2, temperature=0, stop="\n")
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    assert by_ids.usage.prompt_tokens == by_text.usage.prompt_tokens == len(ids)
