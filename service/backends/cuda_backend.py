@@ -174,7 +174,9 @@ class CudaBackend:
         self.max_seqs = int(max_seqs)  # S cap of a step
         self.pool = ActivationPool(self.rt, self.max_rows, min(self.max_rows, max(self.max_seqs, 64)))
         self.use_graphs = use_graphs
-        self.use_prefill_kernel = True  # tiled prefill attention for prefill-heavy steps (else split-K only)
+        # Tiled prefill attention for prefill-heavy steps. Off: on an H100 (bench/gpu_bench.py, 7B Q4_K_M, 512-token
+        # prefill) split-K alone gave 8382 tok/s and the tiled kernel 8075; kept (and parity-tested) to improve.
+        self.use_prefill_kernel = False
         self.defer = True  # deferred add/matmul/rope (fusions); False issues every op at once (profiling)
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)

@@ -112,7 +112,7 @@ def dummy_gguf_model(shape: str, seed: int = 0) -> GGUFModel:
     tensors["output_norm.weight"] = QTensor("output_norm.weight", GGMLType.F32, (s.dim,), ones)
     tensors["output.weight"] = pools.tensor("output.weight", Q6, s.vocab, s.dim)
     hp = LlamaHParams(n_layers=s.n_layers, dim=s.dim, ffn_dim=s.ffn_dim, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads,
-                      head_dim=head_dim, vocab_size=s.vocab, context_length=s.context, norm_eps=1e-5,
+                      head_dim=head_dim, vocab_size=s.vocab, context_length=s.context, norm_eps=float(np.float32(1e-5)),
                       rope=RopeConfig(n_rot=head_dim, theta=10000.0), tied_output=False)
     metadata = {"general.architecture": "llama", "general.name": f"dummy-{shape}", "general.file_type": 15}
     return GGUFModel(path=f"dummy-{shape}.gguf", architecture="llama", metadata=metadata, hparams=hp, tensors=tensors)
