@@ -30,23 +30,20 @@ def memory_stats_pb(model_name: str, stats: dict[str, Any]) -> memory_pb2.Memory
         category, layer = _get(rec, "category"), _get(rec, "layer")
         if category == "weights" and layer is not None:
             layers[int(layer)].weights.append(_tensor(rec))
-        elif category == "weights":
-            (out.embeddings if "token_embd" in str(_get(rec, "name")) else out.output_head).append(_tensor(rec))
+        elif category == "weights" and "token_embd" in str(_get(rec, "name")):
+            out.embeddings.append(_tensor(rec))
+        elif category == "weights" and str(_get(rec, "name")).startswith("output"):
+            out.output_head.append(_tensor(rec))
         elif category == "kv" and layer is not None:
             layers[int(layer)].kv_bytes_allocated += int(_get(rec, "nbytes"))
-        elif category == "kv":  # one arena for all layers: split it evenly (every layer has the same shape)
-            per = int(_get(rec, "nbytes")) // max(1, n_layers)
-            for lay in layers:
-                lay.kv_bytes_allocated += per
-            out.other_bytes += int(_get(rec, "nbytes")) - per * n_layers
         elif category == "activations":
             out.workspaces.append(_tensor(rec))
         elif category == "pinned_host":
             out.pinned_host.append(_tensor(rec))
-        else:  # "context" and anything else the backend accounts
-            out.other_bytes += int(_get(rec, "nbytes"))
-    if not any(_get(r, "category") == "kv" for r in records) and kv:
-        for lay in layers:  # the backend did not account the arena: take the cache's own figure
+        else:  # the CUDA context, slab space not handed out, allocator rounding, ...
+            out.other.append(_tensor(rec))
+    if not any(_get(r, "category") == "kv" and _get(r, "layer") is not None for r in records) and kv:
+        for lay in layers:  # the backend did not account the arena per layer: take the cache's own figure
             lay.kv_bytes_allocated = int(kv.get("bytes_allocated_per_layer", 0))
     in_use_per_layer = int(kv.get("bytes_in_use_per_layer", 0))
     for lay in layers:
@@ -60,12 +57,15 @@ def memory_stats_pb(model_name: str, stats: dict[str, Any]) -> memory_pb2.Memory
     out.kv_bytes_in_use = sum(lay.kv_bytes_in_use for lay in layers)
     out.activations_bytes = sum(t.nbytes for t in out.workspaces)
     out.pinned_host_bytes = sum(t.nbytes for t in out.pinned_host)
+    out.other_bytes = sum(t.nbytes for t in out.other)
     out.total_bytes = (out.weights_bytes + out.kv_bytes_allocated + out.activations_bytes + out.pinned_host_bytes
                        + out.other_bytes)
     if device.get("total_bytes") is not None:
         out.device_total_bytes = int(device["total_bytes"])
     if device.get("free_bytes") is not None:
         out.device_free_bytes = int(device["free_bytes"])
+    if device.get("process_used_bytes") is not None:
+        out.device_process_used_bytes = int(device["process_used_bytes"])
     positions = kv.get("slot_positions") or {}
     max_positions = int(kv.get("max_positions", 0))
     out.kv_cache.CopyFrom(memory_pb2.KVCacheStats(

@@ -65,7 +65,7 @@ class KVCacheStats(_message.Message):
     def __init__(self, slots_total: _Optional[int] = ..., slots_in_use: _Optional[int] = ..., max_positions: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., dtype: _Optional[str] = ..., slots: _Optional[_Iterable[_Union[SlotUsage, _Mapping]]] = ...) -> None: ...
 
 class MemoryStatsResponse(_message.Message):
-    __slots__ = ("model", "backend", "device", "layers", "embeddings", "output_head", "workspaces", "pinned_host", "embeddings_bytes", "output_head_bytes", "weights_bytes", "kv_bytes_allocated", "kv_bytes_in_use", "activations_bytes", "pinned_host_bytes", "other_bytes", "total_bytes", "device_total_bytes", "device_free_bytes", "kv_cache", "queue_depth")
+    __slots__ = ("model", "backend", "device", "layers", "embeddings", "output_head", "workspaces", "pinned_host", "embeddings_bytes", "output_head_bytes", "weights_bytes", "kv_bytes_allocated", "kv_bytes_in_use", "activations_bytes", "pinned_host_bytes", "other_bytes", "total_bytes", "device_total_bytes", "device_free_bytes", "kv_cache", "queue_depth", "other", "device_process_used_bytes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,8 @@ class MemoryStatsResponse(_message.Message):
     DEVICE_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     KV_CACHE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    OTHER_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_PROCESS_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     model: str
     backend: str
     device: str
@@ -108,4 +110,6 @@ class MemoryStatsResponse(_message.Message):
     device_free_bytes: int
     kv_cache: KVCacheStats
     queue_depth: int
-    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerMemory, _Mapping]]] = ..., embeddings: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., output_head: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., workspaces: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., pinned_host: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., embeddings_bytes: _Optional[int] = ..., output_head_bytes: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., kv_bytes_allocated: _Optional[int] = ..., kv_bytes_in_use: _Optional[int] = ..., activations_bytes: _Optional[int] = ..., pinned_host_bytes: _Optional[int] = ..., other_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., device_total_bytes: _Optional[int] = ..., device_free_bytes: _Optional[int] = ..., kv_cache: _Optional[_Union[KVCacheStats, _Mapping]] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    other: _containers.RepeatedCompositeFieldContainer[TensorMemory]
+    device_process_used_bytes: int
+    def __init__(self, model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., layers: _Optional[_Iterable[_Union[LayerMemory, _Mapping]]] = ..., embeddings: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., output_head: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., workspaces: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., pinned_host: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., embeddings_bytes: _Optional[int] = ..., output_head_bytes: _Optional[int] = ..., weights_bytes: _Optional[int] = ..., kv_bytes_allocated: _Optional[int] = ..., kv_bytes_in_use: _Optional[int] = ..., activations_bytes: _Optional[int] = ..., pinned_host_bytes: _Optional[int] = ..., other_bytes: _Optional[int] = ..., total_bytes: _Optional[int] = ..., device_total_bytes: _Optional[int] = ..., device_free_bytes: _Optional[int] = ..., kv_cache: _Optional[_Union[KVCacheStats, _Mapping]] = ..., queue_depth: _Optional[int] = ..., other: _Optional[_Iterable[_Union[TensorMemory, _Mapping]]] = ..., device_process_used_bytes: _Optional[int] = ...) -> None: ...
