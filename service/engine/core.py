@@ -82,7 +82,6 @@ class LLMEngine:
         self._lock = threading.RLock()
         self._requests: dict[str, Request] = {}
         self._in_flight: set[int] = set()  # seq_ids in the forward pass now
-        self._deferred: list[EngineOutput] = []  # outputs produced between steps (deadlines, aborts)
         self._accepting = True
         self.steps = 0
 
@@ -162,7 +161,7 @@ class LLMEngine:
     # -- state -------------------------------------------------------------------------------------
     def has_work(self) -> bool:
         with self._lock:
-            return bool(self.scheduler.running or self.scheduler.waiting or self._deferred)
+            return bool(self.scheduler.running or self.scheduler.waiting)
 
     def next_deadline(self) -> float | None:
         with self._lock:
@@ -190,8 +189,7 @@ class LLMEngine:
     def step(self) -> list[EngineOutput]:
         """Run one engine step; returns what it produced (deltas and errors)."""
         with self._lock:
-            outputs = self._deferred + self._expire_deadlines()
-            self._deferred = []
+            outputs = self._expire_deadlines()
             plan = self.scheduler.schedule()
             self._in_flight = {c.seq.seq_id for c in plan.chunks}
         if plan.empty:
@@ -201,7 +199,7 @@ class LLMEngine:
             with self._lock:
                 outputs += self._update(plan, logits)
         except Exception as exc:  # a fault: fail this step's requests, keep the engine serving the rest
-            log.exception("engine step failed; ending the %d requests in it", len({id(c.seq.request) for c in plan.chunks}))
+            log.exception("engine step failed; ending the requests in it")
             with self._lock:
                 outputs += self._fail_plan(plan, exc)
         with self._lock:

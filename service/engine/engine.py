@@ -81,7 +81,7 @@ class AsyncEngine:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             self._thread = None
-        while self.core.has_work():  # drain deferred outputs / frees left by the aborts
+        while self.core.has_work():  # frees left by aborts of sequences that were in the last step
             self._dispatch(self.core.step())
 
     def health(self) -> str:
