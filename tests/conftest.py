@@ -81,12 +81,16 @@ class ServerHandle:
         self.run(self.running.stop(grace_s))
 
 
-def start_server(loop_thread: LoopThread, config: cfg.Config, engine: Any = None, **kwargs: Any) -> ServerHandle:
-    """Start a server on the loop thread (port 0 / free ports); `engine` shares an already loaded model."""
+def start_server(loop_thread: LoopThread, config: cfg.Config, engine: Any = None, http: bool = True,
+                 **kwargs: Any) -> ServerHandle:
+    """Start a server on the loop thread (free ports); `engine` shares an already loaded model; http=False
+    leaves the OpenAI gateway off (no FastAPI needed)."""
     from service.api.serve import serve
-    http = 0 if config.server.http_port == 0 else None
     metrics = 0 if config.server.metrics_port == 0 else None
-    running = loop_thread.run(serve(config, engine=engine, http_port=http, metrics_port=metrics, **kwargs))
+    if not http:
+        config = cfg.replace(config, server__http_port=0)
+    running = loop_thread.run(serve(config, engine=engine, http_port=0 if http else None, metrics_port=metrics,
+                                    **kwargs))
     return ServerHandle(running, loop_thread)
 
 

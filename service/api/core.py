@@ -149,6 +149,8 @@ class ApiCore:
     def tokenize(self, req: tokenize_pb2.TokenizeRequest) -> tokenize_pb2.TokenizeResponse:
         self.admit()
         self._model(req.model)
+        if self.engine.tokenizer is None:
+            raise InvalidRequestError.field("prompt", "this model has no tokenizer")
         add_special = req.add_special_tokens if req.HasField("add_special_tokens") else True
         if req.messages:
             text = self.engine.render_chat(convert.chat_messages(req.messages), add_generation_prompt=True)
@@ -165,6 +167,8 @@ class ApiCore:
         for i, t in enumerate(req.tokens):
             if not 0 <= t < vocab:
                 raise InvalidRequestError.field(f"tokens[{i}]", f"token id {t} is not in [0, {vocab})")
+        if self.engine.tokenizer is None:
+            raise InvalidRequestError.field("tokens", "this model has no tokenizer")
         return tokenize_pb2.DetokenizeResponse(prompt=self.engine.tokenizer.decode(list(req.tokens)))
 
     def memory_stats(self, req: memory_pb2.MemoryStatsRequest) -> memory_pb2.MemoryStatsResponse:

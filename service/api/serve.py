@@ -22,13 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service import config as cfg
 from service.api.core import ApiCore
-from service.api.gateway import create_app
 from service.api.gen.llm.v1 import llm_service_pb2, llm_service_pb2_grpc
 from service.api.metrics import Metrics
 from service.api.servicer import LLMServicer
@@ -36,14 +34,6 @@ from service.api.servicer import LLMServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = llm_service_pb2.DESCRIPTOR.services_by_name["LLMService"].full_name  # "llm.v1.LLMService"
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: this module owns SIGTERM and the shutdown order."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
 
 
 @dataclass
@@ -58,7 +48,7 @@ class RunningServer:
     metrics_port: int | None = None
     load_task: asyncio.Task | None = None
     owns_engine: bool = True  # False when the caller passed an engine in (it stays running after stop)
-    _http: _Uvicorn | None = None
+    _http: Any = None  # uvicorn.Server
     _http_task: asyncio.Task | None = None
     _stopped: bool = field(default=False)
 
@@ -113,7 +103,16 @@ def _bind_grpc(server: grpc.aio.Server, sc: cfg.ServerConfig) -> int:
     return server.add_insecure_port(address)
 
 
-async def _start_http(app: Any, sc: cfg.ServerConfig, port: int) -> tuple[_Uvicorn, asyncio.Task, int]:
+async def _start_http(app: Any, sc: cfg.ServerConfig, port: int) -> tuple[Any, asyncio.Task, int]:
+    import uvicorn
+
+    class _Uvicorn(uvicorn.Server):
+        """uvicorn without its own signal handling: this module owns SIGTERM and the shutdown order."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
     sock = socket.socket(socket.AF_INET6 if ":" in sc.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((sc.host, port))
@@ -165,6 +164,7 @@ async def serve(config: cfg.Config, engine: Any = None, *, wait_loaded: bool = T
     running = RunningServer(config, server, port, health_servicer, core, metrics, owns_engine=engine is None)
     http = sc.http_port if http_port is None else http_port
     if http_port is not None or sc.http_port:
+        from service.api.gateway import create_app  # FastAPI only when the gateway is on
         running._http, running._http_task, running.http_port = await _start_http(
             create_app(core, sc.api_keys, metrics), sc, http)
     mport = sc.metrics_port if metrics_port is None else metrics_port
