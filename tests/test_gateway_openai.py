@@ -111,3 +111,17 @@ def test_token_list_prompt_equals_text_prompt(oai, llm_server):
     by_ids = oai.completions.create(model=model, prompt=ids, max_tokens=2, temperature=0, stop="\n")
     assert by_ids.choices[0].text == by_text.choices[0].text
     assert by_ids.usage.prompt_tokens == by_text.usage.prompt_tokens == len(ids)
+
+
+def test_sse_client_that_disconnects_frees_its_slot(llm_server):
+    import time
+    body = {"prompt": "Count: 1, 2,", "max_tokens": 200, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=120) as http:
+        with http.stream("POST", f"{llm_server.http_base}/completions", json=body) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # generating now
+            assert llm_server.engine.core.cache.slots_in_use == 1
+    end = time.monotonic() + 10  # the connection is closed: the engine request must be aborted
+    while llm_server.engine.core.cache.slots_in_use and time.monotonic() < end:
+        time.sleep(0.02)
+    assert llm_server.engine.core.cache.slots_in_use == 0
