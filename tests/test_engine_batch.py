@@ -227,9 +227,7 @@ def test_async_overload_fails_at_once_and_deadline_is_enforced(model):
     assert slots == 0 and stats["requests"] == 0
 
 
-def test_async_shutdown_aborts_running_work_and_frees_everything(tmp_path):
-    model = tiny_llama(str(tmp_path), seed=4)  # a fresh backend: its records hold exactly one KV arena
-
+def test_async_shutdown_aborts_running_work_and_frees_everything(model):
     async def main():
         core = engine(model)
         eng = AsyncEngine(core, "tiny")

@@ -116,6 +116,8 @@ class NumpyBackend:
 
     def alloc_kv(self, layout: KVLayout) -> NumpyKVArena:
         arena = NumpyKVArena(layout)
+        # the model holds one arena at a time (LlamaModel.alloc_kv replaces it): account only the live one
+        self._mem.records = [r for r in self._mem.records if r.category != "kv"]
         for layer in range(layout.n_layers):
             self._mem.add("kv", f"blk.{layer}.kv", layout.bytes_per_layer, layer, layout.dtype, device=False)
         return arena
