@@ -5,6 +5,7 @@ model without a template."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
 
 import pytest
@@ -130,3 +131,21 @@ def test_bos_is_not_doubled(smol) -> None:
         assert ids2[0] == tok.bos_id and ids2[1:] == tok.encode("hi", add_special=False)
     finally:
         object.__setattr__(tok, "add_bos", False)
+
+
+def test_renders_equal_transformers() -> None:
+    """Every golden case rendered by transformers' render_jinja_template (scripts/make_golden_chat.py) renders
+    identically here, and every conversation transformers refused is refused with ChatTemplateError."""
+    with open(os.path.join(os.path.dirname(__file__), "golden", "chat_template_renders.json"), encoding="utf-8") as f:
+        golden = json.load(f)
+    assert len(golden["cases"]) >= 30 and any("error" in c for c in golden["cases"])
+    for case in golden["cases"]:
+        t = golden["templates"][case["template"]]
+        template = ChatTemplate(t["source"], None, bos_token=t["bos_token"], eos_token=t["eos_token"])
+        messages = golden["conversations"][case["conversation"]]
+        render = lambda: template.render(messages, case["add_generation_prompt"], tools=case["tools"])  # noqa: E731
+        if "error" in case:
+            with pytest.raises(ChatTemplateError, match=case["error"].split(": ", 1)[1][:30].replace(".", r"\.")):
+                render()
+        else:
+            assert render() == case["rendered"], case
