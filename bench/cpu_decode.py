@@ -80,9 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t
     engine = LLMEngine(loaded.model, loaded.tokenizer, config)
     run_batch(engine, loaded.tokenizer, 1, 8, 4)  # warm-up
+    load_before = os.getloadavg()[0]
     rows = [run_batch(engine, loaded.tokenizer, b, args.prompt_tokens, args.decode_tokens) for b in batches]
+    load_after = os.getloadavg()[0]
     print(f"\nCPU engine throughput, {loaded.name} on the numpy backend, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}), load {load_s:.1f} s")
+          f"({platform.processor() or platform.machine()}), model load {load_s:.1f} s, "
+          f"1-min load average {load_before:.1f} -> {load_after:.1f} (other processes share these cores)")
     print(f"{'batch':>5} {'prompt':>6} {'TTFT s':>7} {'prefill tok/s':>13} {'decode tok/s':>12} {'ms/step':>8}")
     for r in rows:
         print(f"{r['batch']:>5} {r['prompt_tokens']:>6} {r['ttft_s']:>7} {r['prefill_tok_s']:>13} "
@@ -90,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"model": loaded.name, "backend": "numpy", "cpus": os.cpu_count(), "load_s": round(load_s, 1),
+                   "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
                    "decode_tokens": args.decode_tokens, "results": rows}, f, indent=2)
     return 0
 
