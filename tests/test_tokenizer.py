@@ -52,13 +52,19 @@ def _gemma3_tokenizer() -> Tokenizer:
     return Tokenizer.from_metadata(read_metadata(GGUFReader(path, "r")), path)  # gemma3 arch: metadata only
 
 
-@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+# Tiny byte-level BPE GGUFs, one per llama.cpp pre-tokenizer family (scripts/make_golden_tokens.py --tiny-bpe).
+TINY_BPE = ["tiny_bpe_llama-bpe", "tiny_bpe_qwen2", "tiny_bpe_gpt-2", "tiny_bpe_default", "tiny_bpe_falcon"]
+
+
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"] + TINY_BPE)
 def reference(request) -> tuple[Tokenizer, dict]:
     """(our tokenizer, llama.cpp's golden tokenization) for each reference model."""
     if request.param == "smollm2":
         tok = request.getfixturevalue("smollm2")
-    else:
+    elif request.param == "gemma3":
         tok = _gemma3_tokenizer()
+    else:
+        tok = Tokenizer.from_gguf(open_gguf(os.path.join(GOLDEN_DIR, f"{request.param}.gguf")))
     with open(os.path.join(GOLDEN_DIR, f"{request.param}_tokens.json"), encoding="utf-8") as f:
         return tok, json.load(f)
 
