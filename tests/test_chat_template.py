@@ -149,3 +149,15 @@ def test_renders_equal_transformers() -> None:
                 render()
         else:
             assert render() == case["rendered"], case
+
+
+def test_namespace_refuses_private_attributes(smol) -> None:
+    ok = ChatTemplate("{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}"
+                      "{{ ns.n }}", _tok(smol))
+    assert ok.render([{"role": "user", "content": "a"}] * 3) == "3"
+    bad = ChatTemplate("{% set ns = namespace(_x=1) %}{{ ns._x }}", _tok(smol))
+    with pytest.raises(ChatTemplateError):
+        bad.render([])
+    bad2 = ChatTemplate("{% set ns = namespace() %}{% set ns._x = 1 %}x", _tok(smol))
+    with pytest.raises(ChatTemplateError):
+        bad2.render([])

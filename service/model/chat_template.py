@@ -2,7 +2,8 @@
 
 Same environment as transformers' `apply_chat_template`: an ImmutableSandboxedEnvironment with
 trim_blocks, lstrip_blocks and the loopcontrols extension; a `tojson` filter that keeps non-ASCII text
-(ensure_ascii=False); globals `raise_exception(msg)` (raises ChatTemplateError) and `strftime_now(fmt)`;
+(ensure_ascii=False); globals `raise_exception(msg)` (raises ChatTemplateError), `strftime_now(fmt)` and a
+`namespace` that refuses underscore-prefixed attributes;
 variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`, `tools` (None), and any extra
 keyword arguments of `render`.
 
@@ -45,11 +46,32 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+class _Namespace(jinja2.utils.Namespace):
+    """jinja's namespace() refusing underscore-prefixed attributes, as transformers' TemplateNamespace does."""
+
+    def __init__(*args: Any, **kwargs: Any) -> None:  # same signature trick as jinja's Namespace
+        self, args = args[0], args[1:]
+        attrs = dict(*args, **kwargs)
+        for name in attrs:
+            _Namespace._check(name)
+        jinja2.utils.Namespace.__init__(self, attrs)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        _Namespace._check(name)
+        jinja2.utils.Namespace.__setitem__(self, name, value)
+
+    @staticmethod
+    def _check(name: Any) -> None:
+        if isinstance(name, str) and name.startswith("_"):
+            raise jinja2.exceptions.SecurityError(f"chat templates cannot set namespace attribute {name!r}")
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
+    env.globals["namespace"] = _Namespace
     return env
 
 
