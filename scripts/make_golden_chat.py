@@ -12,7 +12,6 @@ whitespace control and tojson. (The Gemma 3 270M GGUF carries no chat template.)
 from __future__ import annotations
 
 import json
-import os
 import sys
 from importlib.metadata import version
 
