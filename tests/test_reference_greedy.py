@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from service.backends.base import SeqChunk, StepBatch
 from service.backends.numpy_backend import NumpyBackend
@@ -35,6 +36,11 @@ def golden() -> dict:
 @pytest.fixture(scope="module")
 def run(golden) -> dict:
     """Greedy-decode every golden prompt with our model; returns ids, margins and first-step logits."""
+    with threadpool_limits(limits=1, user_api="blas"):  # one BLAS thread, as service.model.loader runs NumPy
+        return _greedy(golden)
+
+
+def _greedy(golden: dict) -> dict:
     model = LlamaModel(open_gguf(resolve_model_path(None)), NumpyBackend())
     cases = golden["cases"]
     model.alloc_kv(model.kv_layout(len(cases), MAX_POSITIONS, SINK_TOKENS))
