@@ -119,9 +119,10 @@ def test_sse_client_that_disconnects_frees_its_slot(llm_server):
     with httpx.Client(timeout=120) as http:
         with http.stream("POST", f"{llm_server.http_base}/completions", json=body) as r:
             assert r.status_code == 200
-            next(r.iter_lines())  # generating now
-            assert llm_server.engine.core.cache.slots_in_use == 1
-    end = time.monotonic() + 10  # the connection is closed: the engine request must be aborted
-    while llm_server.engine.core.cache.slots_in_use and time.monotonic() < end:
+            lines = r.iter_lines()  # keep a reference: a dropped httpx iterator closes the connection
+            first = next(lines)  # generating now
+            assert llm_server.engine.core.cache.slots_in_use == 1, first
+    t0 = time.monotonic()  # the connection is closed: the engine request is aborted, its slot freed after the
+    while llm_server.engine.core.cache.slots_in_use and time.monotonic() < t0 + 30:  # step in flight
         time.sleep(0.02)
-    assert llm_server.engine.core.cache.slots_in_use == 0
+    assert llm_server.engine.core.cache.slots_in_use == 0, f"slot still held after {time.monotonic() - t0:.1f} s"

@@ -14,6 +14,7 @@ import json
 import re
 from typing import Any, AsyncIterator
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from google.protobuf import json_format
@@ -117,7 +118,11 @@ def create_app(core: ApiCore, api_keys: tuple[str, ...] = (), metrics: Metrics |
                 code = errors.kind_of(exc).grpc_code.name
                 yield _sse(errors.to_openai_error(exc)[1])
             finally:
-                await chunks.aclose()
+                # A client that disconnects cancels this generator through an anyio cancel scope, which would
+                # cancel this await too and leave the engine request running until garbage collection:
+                # shield it, so the core's cleanup aborts the request (and frees its KV slot) now.
+                with anyio.CancelScope(shield=True):
+                    await chunks.aclose()
                 count(method, code)
 
         return StreamingResponse(events(), media_type="text/event-stream",
