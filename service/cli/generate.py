@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
             raise ChatTemplateError("this model has no chat template; drop --chat")
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
             [{"role": "user", "content": prompt}]
-        prompt = loaded.chat_template.render(messages, add_generation_prompt=True)
+        prompt = loaded.chat_template.encode(messages, add_generation_prompt=True)  # ids: BOS never doubled
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
                             max_tokens=args.max_tokens)
     start = time.perf_counter()

@@ -227,7 +227,8 @@ class LLMEngine:
         batch = StepBatch(token_ids=token_ids,
                           seqs=tuple(SeqChunk(c.seq.slot, c.start, c.n_new, c.want_logits) for c in plan.chunks),
                           max_positions=self.cache.layout.max_positions)
-        logits = self.model.forward(batch)  # (S', vocab)
+        run = getattr(self.model, "step", self.model.forward)  # LlamaModel.step may replay a CUDA graph
+        logits = run(batch)  # (S', vocab)
         for c in plan.chunks:
             self.cache.advance(c.seq.slot, c.n_new)
             c.seq.n_cached += c.n_new

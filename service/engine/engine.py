@@ -93,6 +93,13 @@ class AsyncEngine:
             raise ChatTemplateError("this model has no chat template")
         return self.chat_template.render(messages, add_generation_prompt=add_generation_prompt)
 
+    def chat_prompt_ids(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """The chat prompt as token ids: special tokens parsed, BOS per the model's flag and never doubled
+        when the template writes it itself (ChatTemplate.encode). Use this, not render_chat + encode."""
+        if self.chat_template is None:
+            raise ChatTemplateError("this model has no chat template")
+        return self.chat_template.encode(messages, add_generation_prompt=add_generation_prompt)
+
     async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
                        deadline: float | None = None) -> AsyncIterator[Delta]:
         """Stream the deltas of every choice (interleaved; `delta.index` says which). The final delta of the

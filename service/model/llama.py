@@ -66,6 +66,12 @@ class LlamaModel:
         self.kv = self.backend.alloc_kv(layout)
         return self.kv
 
+    def step(self, batch: StepBatch) -> np.ndarray:
+        """One engine step. A backend with its own `forward(model, batch)` (CUDA: replays a captured graph for
+        decode-only steps) runs it; otherwise this is `forward`."""
+        run = getattr(self.backend, "forward", None)
+        return run(self, batch) if run is not None else self.forward(batch)
+
     def forward(self, batch: StepBatch) -> np.ndarray:
         """Run one step; returns logits (S', vocab) float32 for the sequences that want them.
         The caller (engine) advances its cache bookkeeping by each chunk's n_new afterwards."""

@@ -75,6 +75,8 @@ def load_model(config: Config, progress: Callable[[int, int], None] | None = Non
     backend = make_backend(config.model.backend, config)
     if getattr(backend, "name", "") == "numpy":
         limit_blas_threads()
+    if hasattr(backend, "reserve_weights"):  # CUDA: one device slab for all weights (no per-tensor rounding)
+        backend.reserve_weights(gguf_model)
     model = LlamaModel(gguf_model, backend, progress)
     tokenizer, chat_template = load_tokenizer(gguf_model)
     name = config.model.name or (f"dummy-{config.model.dummy_weights}" if config.model.dummy_weights else gguf_model.name)
