@@ -336,6 +336,7 @@ class CudaBackend:
         kv.layers.clear()
 
     def begin_step(self, batch: StepBatch) -> CudaStep:
+        self.rt.ensure_current()  # the engine steps on its own thread
         if self._capturing:
             assert self._step is not None
             return self._step  # staged before the capture began

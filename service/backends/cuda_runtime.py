@@ -162,6 +162,8 @@ class CudaRuntime:
         nvml = _nvml_memory(device)  # before our context exists
         self.context = self.device.retain_primary_context()
         self.context.push()
+        self._thread = threading.local()  # .current: this thread has our context pushed
+        self._thread.current = True
         atexit.register(self.shutdown)  # like pycuda.autoinit: pop before PyCUDA's module cleanup
         major, minor = self.device.compute_capability()
         self.arch = f"sm_{major}{minor}"  # "sm_90" on Hopper
@@ -185,6 +187,14 @@ class CudaRuntime:
             _, cuda_total = self.mem_get_info()
             self.baseline_used_bytes = max(0, nvml[1] - (nvml[0] - cuda_total))
         self.context_bytes = self.process_used_bytes()  # the context alone; measure_context() after module loads
+
+    def ensure_current(self) -> None:
+        """Make our context current in the calling thread. The model loads on one thread, the engine steps on
+        its own and MemoryStats runs on the event loop's: each pushes the (primary) context once. Cheap
+        enough to call at every entry point (a thread-local attribute read)."""
+        if not getattr(self._thread, "current", False):
+            self.context.push()
+            self._thread.current = True
 
     def measure_context(self) -> int:
         """Record the context's device memory now (call once kernel modules are loaded and before big
@@ -260,6 +270,7 @@ class CudaRuntime:
         """Device memory, accounted under `category` (weights | kv | activations): carved from `slab` (or
         the category's open slab when it fits), else its own driver allocation."""
         assert category in CATEGORIES and category != "pinned_host", category
+        self.ensure_current()
         nbytes = int(nbytes)
         rec = MemoryRecord(category, name, nbytes, layer, ggml_type, device=True)
         with self._lock:
@@ -298,6 +309,7 @@ class CudaRuntime:
 
     def pinned(self, shape: Any, dtype: Any, name: str) -> np.ndarray:
         """Page-locked host array (fast async copies), accounted as pinned_host."""
+        self.ensure_current()
         arr = self._cuda.pagelocked_empty(shape, dtype)  # shape as asked
         with self._lock:
             self._records.append(MemoryRecord("pinned_host", name, int(arr.nbytes), None, None, device=False))
@@ -325,6 +337,7 @@ class CudaRuntime:
 
     def mem_get_info(self) -> tuple[int, int]:
         """(free, total) device bytes from the driver (cuMemGetInfo)."""
+        self.ensure_current()
         free, total = self._cuda.mem_get_info()
         return int(free), int(total)
 
@@ -346,6 +359,7 @@ class CudaRuntime:
         self._cuda.memset_d8_async(int(buf), value, nbytes, self.stream)
 
     def synchronize(self) -> None:
+        self.ensure_current()
         self.stream.synchronize()
 
     def shutdown(self) -> None:
