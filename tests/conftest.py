@@ -101,9 +101,18 @@ def server_loop() -> Any:
     loop_thread.close()
 
 
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption("--backend", default="numpy", choices=("numpy", "cuda"),
+                     help="backend of the shared test server (cuda: the API tests on the GPU machine)")
+
+
 @pytest.fixture(scope="session")
-def llm_server(server_loop: LoopThread) -> Any:
-    """The shared server: default model, NumPy backend, TEST_SETTINGS."""
-    handle = start_server(server_loop, make_test_config())
+def llm_server(server_loop: LoopThread, request: Any) -> Any:
+    """The shared server: default model, TEST_SETTINGS, the NumPy backend unless --backend cuda. The OpenAI
+    gateway runs when FastAPI is installed (the GPU machine has none: gRPC only there)."""
+    import importlib.util
+    http = importlib.util.find_spec("fastapi") is not None
+    handle = start_server(server_loop, make_test_config(model__backend=request.config.getoption("--backend")),
+                          http=http)
     yield handle
     handle.stop(1.0)

@@ -106,7 +106,7 @@ class ApiCore:
         self.admit()
         header = convert.StreamHeader(convert.new_id("chatcmpl"), self._model(req.model))
         params = convert.chat_params(req)
-        prompt = self.engine.render_chat(convert.chat_messages(req.messages), add_generation_prompt=True)
+        prompt = self.engine.chat_prompt_ids(convert.chat_messages(req.messages), add_generation_prompt=True)
         return (convert.ChatStream(header, req.stream_options.include_usage),
                 self._deltas(prompt, params, header.id, deadline), params.n)
 
@@ -153,10 +153,9 @@ class ApiCore:
             raise InvalidRequestError.field("prompt", "this model has no tokenizer")
         add_special = req.add_special_tokens if req.HasField("add_special_tokens") else True
         if req.messages:
-            text = self.engine.render_chat(convert.chat_messages(req.messages), add_generation_prompt=True)
+            ids = [int(t) for t in self.engine.chat_prompt_ids(convert.chat_messages(req.messages))]
         else:
-            text = req.prompt
-        ids = [int(t) for t in self.engine.tokenizer.encode(text, add_special=add_special)]
+            ids = [int(t) for t in self.engine.tokenizer.encode(req.prompt, add_special=add_special)]
         return tokenize_pb2.TokenizeResponse(tokens=ids, count=len(ids),
                                              max_model_len=int(self.engine.context_length))
 
