@@ -117,6 +117,16 @@ def scrape_codes(url: str) -> dict[str, float]:
     return dict(out)
 
 
+def rss_trend(timeline: list[dict], since: float, n: int = 12) -> float | None:
+    """RSS under load: median of the last n samples of the main phase vs its first n, in % (a leak grows
+    steadily; the allocator's churn moves single samples by a percent or two either way)."""
+    samples = [e["rss"] for e in timeline if e["t"] >= since]
+    if len(samples) < 2 * n:
+        return None
+    first, last = sorted(samples[:n])[n // 2], sorted(samples[-n:])[n // 2]
+    return round(100.0 * (last - first) / first, 3)
+
+
 async def memory(stub) -> memory_pb2.MemoryStatsResponse:
     return await stub.MemoryStats(memory_pb2.MemoryStatsRequest(), timeout=30)
 
@@ -384,6 +394,7 @@ async def soak(args) -> dict:
         main_s = max(0.0, args.duration_s - (time.monotonic() - start))
         stop_at = time.time() + main_s + args.fuzz_extra_s  # fuzz may go on alone after the load, bounded
         t_fuzz = time.monotonic()
+        t_main = time.time()
         per = -(-args.fuzz_requests // args.fuzz_procs)
         fuzzers = [ctx.Process(target=fuzz_process, args=(target, per, args.seed + i, args.fuzz_deadline_s,
                                                           args.fuzz_senders, stop_at, out)) for i in range(args.fuzz_procs)]
@@ -421,6 +432,7 @@ async def soak(args) -> dict:
             "server_codes": server_codes,
             "kv_after_warmup": idle_a, "kv_at_end": idle_b,
             "rss_after_warmup": rss_a, "rss_at_end": rss_b, "rss_drift_pct": round(100.0 * (rss_b - rss_a) / rss_a, 3),
+            "rss_trend_pct": rss_trend(timeline, t_main),
             "timeline": timeline,
         })
         report["drain"] = await drain_test(stub, proc, args)
