@@ -142,6 +142,22 @@ def _nvml_memory(device: int) -> tuple[int, int] | None:
         return None
 
 
+class _ContextPush:
+    """One push of a context on the creating thread, popped when the object dies. Kept in a thread-local, it
+    dies when its thread ends (CPython clears a thread's locals on that thread as it exits), so no thread
+    leaves PyCUDA a non-empty context stack (which aborts the process at exit)."""
+
+    def __init__(self, context: Any):
+        self.context = context
+        context.push()
+
+    def __del__(self) -> None:
+        try:
+            self.context.pop()
+        except Exception:  # noqa: BLE001 - interpreter shutdown or a context already gone
+            pass
+
+
 class CudaRuntime:
     """The process's CUDA state: primary context, the one stream, kernel modules, accounted memory."""
 
@@ -161,9 +177,8 @@ class CudaRuntime:
         self.device_index = device
         nvml = _nvml_memory(device)  # before our context exists
         self.context = self.device.retain_primary_context()
-        self.context.push()
-        self._thread = threading.local()  # .current: this thread has our context pushed
-        self._thread.current = True
+        self._thread = threading.local()  # .holder: this thread's push of our context (see ensure_current)
+        self.ensure_current()
         atexit.register(self.shutdown)  # like pycuda.autoinit: pop before PyCUDA's module cleanup
         major, minor = self.device.compute_capability()
         self.arch = f"sm_{major}{minor}"  # "sm_90" on Hopper
@@ -192,9 +207,8 @@ class CudaRuntime:
         """Make our context current in the calling thread. The model loads on one thread, the engine steps on
         its own and MemoryStats runs on the event loop's: each pushes the (primary) context once. Cheap
         enough to call at every entry point (a thread-local attribute read)."""
-        if not getattr(self._thread, "current", False):
-            self.context.push()
-            self._thread.current = True
+        if getattr(self._thread, "holder", None) is None:
+            self._thread.holder = _ContextPush(self.context)
 
     def measure_context(self) -> int:
         """Record the context's device memory now (call once kernel modules are loaded and before big
@@ -369,9 +383,9 @@ class CudaRuntime:
         self._popped = True
         try:
             self.synchronize()
-            self.context.pop()
         except Exception:  # noqa: BLE001 - best effort at shutdown
             pass
+        self._thread.holder = None  # pops this thread's push (other threads pop theirs as they end)
 
 
 # -- CUDA graphs through the driver API (PyCUDA has no graph capture) --------------------------------

