@@ -26,6 +26,7 @@ class ModelConfig:
     dummy_weights: str | None = None  # e.g. "7b", "7b-gqa": random weights in the Q4_K_M layout, no file
     cache_dir: str | None = None  # model cache for `pull`; default ~/.cache/llm-grpc-server/models
     kernel_cache_dir: str | None = None  # compiled CUDA modules
+    decode_activations: str = "int8"  # CUDA decode matmuls: int8 (dp4a, fastest) | f16 (tensor cores, precise)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ _OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--dummy-weights", "model", "dummy_weights", str, "random Q4_K_M weights at a named shape (7b, 7b-gqa)"),
     ("--model-cache-dir", "model", "cache_dir", str, "where `pull` puts models"),
     ("--kernel-cache-dir", "model", "kernel_cache_dir", str, "where compiled CUDA modules are cached"),
+    ("--decode-activations", "model", "decode_activations", str, "CUDA decode matmul activations: int8 | f16"),
     ("--max-positions", "cache", "max_positions", int, "KV positions per sequence (ring size)"),
     ("--sink-tokens", "cache", "sink_tokens", int, "attention-sink positions kept forever"),
     ("--kv-slots", "cache", "slots", int, "sequences the KV arena holds"),
@@ -152,6 +154,8 @@ def validate(config: Config) -> None:
     problems = []
     if config.model.backend not in ("auto", "numpy", "cuda"):
         problems.append(f"--backend must be auto, numpy or cuda, not {config.model.backend!r}")
+    if config.model.decode_activations not in ("int8", "f16"):
+        problems.append(f"--decode-activations must be int8 or f16, not {config.model.decode_activations!r}")
     if c.kv_dtype not in ("f16", "q8"):
         problems.append(f"--kv-dtype must be f16 or q8, not {c.kv_dtype!r}")
     if c.max_positions < 16:

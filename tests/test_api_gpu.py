@@ -19,7 +19,9 @@ SHAPE = "7b-gqa"  # random weights in the Llama-2-7B Q4_K_M layout, 8 KV heads
 PROMPT_IDS = list(range(100, 140))  # the dummy model has no vocabulary: prompts are token ids
 SLOTS, POSITIONS = 4, 2048
 CONTEXT_OVERHEAD = 1024 * 2 ** 20  # stated bound: driver-reported process usage minus accounted bytes
-FREE_JITTER = 8 * 2 ** 20  # driver free-memory movement tolerated while a request runs
+# driver free-memory movement tolerated while a request runs: seen 2 MiB on an H200 and 10 MiB on an H100
+# (2026-11-28); the bound stays far below one slot's KV (256 MiB), which is what the test separates
+FREE_JITTER = 32 * 2 ** 20
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_kv_in_use_follows_a_request_and_free_memory_does_not_move(client):
     per_position = idle.kv_bytes_allocated // (SLOTS * POSITIONS)
     assert busy.kv_bytes_in_use == slot.valid_positions * per_position
     # the request's KV (one slot: 256 MiB here) comes from the arena allocated at start, not from the driver;
-    # a 2 MiB driver-side difference while a step runs was seen on an H200 (2026-11-28), hence the bound
+    # driver-side differences of 2-10 MiB while a step runs were seen (see FREE_JITTER)
     slot_bytes = idle.kv_bytes_allocated // SLOTS
     assert abs(busy.device_free_bytes - idle.device_free_bytes) <= FREE_JITTER < slot_bytes
     end = time.monotonic() + 10

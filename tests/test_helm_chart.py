@@ -84,6 +84,7 @@ FLAG_VALUES: dict[str, object] = {
     "--dummy-weights": "7b",
     "--model-cache-dir": "/var/models-cache",
     "--kernel-cache-dir": "/var/cache/kernels",
+    "--decode-activations": "f16",
     "--max-positions": 4096,
     "--sink-tokens": 8,
     "--kv-slots": 3,
