@@ -148,14 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--batches", default="8,32,64")
+    ap.add_argument("--decode-activations", default="int8", choices=("int8", "f16"),
+                    help="decode matmul activations: int8 (dp4a vector path) or f16 (tiled tensor-core path)")
     args = ap.parse_args(argv)
 
     from service.backends.cuda_backend import CudaBackend
     from service.model.dummy import dummy_gguf_model
 
     rng = np.random.default_rng(0)
-    res: dict = {"shape": args.shape}
-    be = CudaBackend(max_rows=512, max_seqs=64)
+    res: dict = {"shape": args.shape, "decode_activations": args.decode_activations}
+    be = CudaBackend(max_rows=512, max_seqs=64, int8_decode=args.decode_activations == "int8")
     res["device"] = be.rt.name
     res["copy_bw_gbs"] = copy_bandwidth(be) / 1e9
     t0 = time.time()
