@@ -101,6 +101,9 @@ def test_bad_files_raise_named_errors(tmp_path, default_path, case, exc, needle)
 
 @pytest.mark.parametrize("args,needle", [
     (["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi"], "model file not found"),
+    (["generate", "--model", "/etc/hostname", "--prompt", "hi"], "not a GGUF file"),
+    (["generate", "--max-positions", "64", "--prompt", "word " * 200], "prompt has 201 tokens; the context limit is 64"),
+    (["generate", "--backend", "tpu", "--prompt", "hi"], "--backend must be auto, numpy or cuda"),
 ])
 def test_cli_reports_one_line_error_without_traceback(args, needle):
     proc = subprocess.run([sys.executable, "-m", "service", *args], cwd=ROOT, capture_output=True, text=True,

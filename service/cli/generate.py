@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _progress_bar():
     from tqdm import tqdm
-    bar = tqdm(total=1, desc="loading", unit="layer", file=sys.stderr, leave=False)
+    bar = tqdm(total=1, desc="loading", unit="layer", file=sys.stderr, leave=False, disable=None)  # no bar off a TTY
 
     def update(done: int, total: int) -> None:
         bar.total = total
