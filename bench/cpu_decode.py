@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--batches", default="1,4")
     ap.add_argument("--out", default=os.path.join("bench", "out", "cpu_decode.json"))
+    ap.add_argument("--blas-threads", type=int, default=1, help="as the server's --blas-threads")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
-    config = replace(Config(), model__path=args.model, model__backend="numpy", cache__slots=max(batches),
+    config = replace(Config(), model__path=args.model, model__backend="numpy", model__blas_threads=args.blas_threads, cache__slots=max(batches),
                      cache__max_positions=args.prompt_tokens + args.decode_tokens + 16,
                      engine__max_running=max(batches), engine__step_token_budget=max(512, args.prompt_tokens + 8))
     t = time.perf_counter()
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [run_batch(engine, loaded.tokenizer, b, args.prompt_tokens, args.decode_tokens) for b in batches]
     load_after = os.getloadavg()[0]
     print(f"\nCPU engine throughput, {loaded.name} on the numpy backend, {os.cpu_count()} CPUs "
-          f"({platform.processor() or platform.machine()}), model load {load_s:.1f} s, "
+          f"({platform.processor() or platform.machine()}), {args.blas_threads} BLAS thread(s), model load {load_s:.1f} s, "
           f"1-min load average {load_before:.1f} -> {load_after:.1f} (other processes share these cores)")
     print(f"{'batch':>5} {'prompt':>6} {'TTFT s':>7} {'prefill tok/s':>13} {'decode tok/s':>12} {'ms/step':>8}")
     for r in rows:
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['decode_tok_s']:>12} {r['decode_ms_per_step']:>8}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"model": loaded.name, "backend": "numpy", "cpus": os.cpu_count(), "load_s": round(load_s, 1),
+        json.dump({"model": loaded.name, "backend": "numpy", "cpus": os.cpu_count(), "blas_threads": args.blas_threads, "load_s": round(load_s, 1),
                    "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
                    "decode_tokens": args.decode_tokens, "results": rows}, f, indent=2)
     return 0

@@ -85,6 +85,7 @@ FLAG_VALUES: dict[str, object] = {
     "--model-cache-dir": "/var/models-cache",
     "--kernel-cache-dir": "/var/cache/kernels",
     "--decode-activations": "f16",
+    "--blas-threads": 2,
     "--max-positions": 4096,
     "--sink-tokens": 8,
     "--kv-slots": 3,

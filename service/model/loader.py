@@ -19,7 +19,7 @@ from service.model.registry import resolve_model_path
 
 log = logging.getLogger(__name__)
 
-NUMPY_BLAS_THREADS = 1  # see limit_blas_threads
+NUMPY_BLAS_THREADS = 1  # default of --blas-threads; see limit_blas_threads
 
 
 @dataclass
@@ -59,9 +59,11 @@ def load_tokenizer(gguf_model: GGUFModel) -> tuple[Any, Any]:
 
 
 def limit_blas_threads(n: int = NUMPY_BLAS_THREADS) -> None:
-    """Cap OpenBLAS/MKL threads for the NumPy backend. Its matmuls are one small gemv per row (for batch
-    invariance); BLAS threads only add synchronisation to each call. Measured on the 2-core CI machine
-    (SmolLM2-135M decode step, same process, alternating): 136 ms with 1 thread vs 1141 ms with 2."""
+    """Cap OpenBLAS/MKL threads for the NumPy backend (--blas-threads). Its matmuls are one gemv per row (for
+    batch invariance). Measured on the 2-core machine (SmolLM2-135M decode step, same process, alternating):
+    with the cores shared by other jobs, 136 ms with 1 thread vs 1141 ms with 2 (threads spin-wait); on idle
+    cores, 68 ms with 1 vs 48-55 ms with 2. One thread is the default because a server's cores are shared
+    with its own gRPC/HTTP threads."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # optional: without it BLAS keeps its default thread count
@@ -74,7 +76,7 @@ def load_model(config: Config, progress: Callable[[int, int], None] | None = Non
     gguf_model = _gguf_for(config)
     backend = make_backend(config.model.backend, config)
     if getattr(backend, "name", "") == "numpy":
-        limit_blas_threads()
+        limit_blas_threads(config.model.blas_threads)
     if hasattr(backend, "reserve_weights"):  # CUDA: one device slab for all weights (no per-tensor rounding)
         backend.reserve_weights(gguf_model)
     model = LlamaModel(gguf_model, backend, progress)
