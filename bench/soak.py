@@ -74,8 +74,8 @@ MALFORMED = {  # name -> (request, why it is invalid per the proto docs)
     "logit_bias_150": chat_pb2.ChatCompletionRequest(messages=_user("hi"), logit_bias={5: 150.0}, max_tokens=4),
     "logit_bias_bad_token": chat_pb2.ChatCompletionRequest(messages=_user("hi"), logit_bias={10**9: 1.0}, max_tokens=4),
     "top_logprobs_25": chat_pb2.ChatCompletionRequest(messages=_user("hi"), logprobs=True, top_logprobs=25, max_tokens=4),
-    # the proto says "up to 4"; service/engine/request.py deliberately accepts up to 8 (MAX_STOP_STRINGS)
-    "nine_stops": chat_pb2.ChatCompletionRequest(messages=_user("hi"), stop=list("abcdefghi"), max_tokens=4),
+    # at most 4 stop strings (OpenAI's limit; service/engine/request.py MAX_STOP_STRINGS)
+    "five_stops": chat_pb2.ChatCompletionRequest(messages=_user("hi"), stop=list("abcde"), max_tokens=4),
     "min_p_1.5": chat_pb2.ChatCompletionRequest(messages=_user("hi"), min_p=1.5, max_tokens=4),
     "repetition_penalty_0": chat_pb2.ChatCompletionRequest(messages=_user("hi"), repetition_penalty=0.0, max_tokens=4),
     "unknown_model": chat_pb2.ChatCompletionRequest(model="no-such-model", messages=_user("hi"), max_tokens=4),

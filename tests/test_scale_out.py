@@ -65,6 +65,14 @@ def test_round_robin_spreads_calls_across_replicas(llm_server, server_loop):
         assert sum(rr) == CALLS
         assert min(rr) >= CALLS // 4, f"round_robin left a replica idle: {rr}"
 
+        before = [_served(r) for r in replicas]  # the SDK's option does the same
+        from service.client import Client
+        with Client(target, load_balancing="round_robin", timeout=30) as client:
+            for i in range(CALLS):
+                client.tokenize(f"call {i}")
+        sdk = [_served(r) - b for r, b in zip(replicas, before)]
+        assert sum(sdk) == CALLS and min(sdk) >= CALLS // 4, f"SDK round_robin left a replica idle: {sdk}"
+
         before = [_served(r) for r in replicas]
         _spread(target, [])  # gRPC's default policy: pick_first
         pf = [_served(r) - b for r, b in zip(replicas, before)]

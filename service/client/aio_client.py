@@ -24,9 +24,10 @@ _UNSET: Any = object()
 class AsyncClient:
     def __init__(self, target: str = "localhost:50051", *, api_key: str | None = None, tls: bool = False,
                  root_certificates: bytes | None = None, server_name: str | None = None,
-                 timeout: float | None = 600.0, max_retries: int = 3, backoff_s: float = 0.5):
+                 timeout: float | None = 600.0, max_retries: int = 3, backoff_s: float = 0.5,
+                 load_balancing: str | None = None):
         self.options = ClientOptions(target, api_key, tls, root_certificates, server_name, timeout, max_retries,
-                                     backoff_s)
+                                     backoff_s, load_balancing=load_balancing)
         creds = self.options.credentials()
         args = self.options.channel_args()
         self._channel = (grpc.aio.secure_channel(target, creds, args) if creds

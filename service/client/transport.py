@@ -3,6 +3,7 @@ server's RetryInfo on RESOURCE_EXHAUSTED / UNAVAILABLE."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import grpc
@@ -24,12 +25,15 @@ class ClientOptions:
     backoff_s: float = 0.5  # first back-off when the server sends no RetryInfo (doubles each retry)
     max_backoff_s: float = 10.0
     max_message_bytes: int = 16 * 1024 * 1024
+    load_balancing: str | None = None  # e.g. "round_robin" over every address of a dns:/// target (replicas)
 
     def channel_args(self) -> list[tuple[str, object]]:
         args: list[tuple[str, object]] = [("grpc.max_send_message_length", self.max_message_bytes),
                                           ("grpc.max_receive_message_length", self.max_message_bytes)]
         if self.server_name:
             args.append(("grpc.ssl_target_name_override", self.server_name))
+        if self.load_balancing:
+            args.append(("grpc.service_config", json.dumps({"loadBalancingConfig": [{self.load_balancing: {}}]})))
         return args
 
     def credentials(self) -> grpc.ChannelCredentials | None:

@@ -17,7 +17,7 @@ from service.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 MAX_N = 16
-MAX_STOP_STRINGS = 8  # OpenAI allows up to 4; we are a little more generous
+MAX_STOP_STRINGS = 4  # as OpenAI (and the proto) say
 
 
 @dataclass(frozen=True)
