@@ -44,6 +44,7 @@ class EngineConfig:
     max_running: int = 8  # cap on sequences decoding at once (<= cache slots)
     max_waiting: int = 64  # bounded waiting queue; beyond it submit() raises Overloaded
     step_token_budget: int = 512  # tokens per engine step (decode rows + prefill chunk rows)
+    prefill_chunk: int | None = None  # prompt tokens per chunk; None = auto (64 on NumPy, else what fits the budget)
     max_tokens_default: int = 256  # max_tokens when a request leaves it unset
     allow_streaming_past_context: bool = True  # generation may run past max_positions (ring + sinks)
     retry_after_s: float = 1.0  # hint carried by an overload error
@@ -89,6 +90,7 @@ _OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--max-running", "engine", "max_running", int, "sequences decoding at once"),
     ("--max-waiting", "engine", "max_waiting", int, "waiting-queue bound"),
     ("--step-token-budget", "engine", "step_token_budget", int, "tokens per engine step"),
+    ("--prefill-chunk", "engine", "prefill_chunk", int, "prompt tokens per prefill chunk (default: auto)"),
     ("--max-tokens-default", "engine", "max_tokens_default", int, "max_tokens when unset"),
     ("--host", "server", "host", str, "bind address"),
     ("--port", "server", "port", int, "gRPC port"),
@@ -166,6 +168,8 @@ def validate(config: Config) -> None:
         problems.append("--max-positions must be at least 16")
     if not 0 <= c.sink_tokens < c.max_positions // 2:
         problems.append("--sink-tokens must be >= 0 and below half of --max-positions")
+    if e.prefill_chunk is not None and e.prefill_chunk < 1:
+        problems.append("--prefill-chunk must be positive")
     if c.slots < 1 or e.max_running < 1 or e.max_waiting < 0 or e.step_token_budget < 1:
         problems.append("--kv-slots, --max-running and --step-token-budget must be positive")
     if bool(config.server.tls_cert) != bool(config.server.tls_key):

@@ -86,6 +86,7 @@ FLAG_VALUES: dict[str, object] = {
     "--kernel-cache-dir": "/var/cache/kernels",
     "--decode-activations": "f16",
     "--blas-threads": 2,
+    "--prefill-chunk": 48,
     "--max-positions": 4096,
     "--sink-tokens": 8,
     "--kv-slots": 3,
