@@ -139,37 +139,35 @@ def create_app(core: ApiCore, api_keys: tuple[str, ...] = (), metrics: Metrics |
         count("ListModels", "OK")
         return out
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
+    async def openai_call(request: Request, normalise: Any, message: Any, unary: tuple[str, Any],
+                          streaming: tuple[str, Any]) -> Any:
+        """One POST endpoint: parse the OpenAI JSON into `message`, then the unary or the SSE call."""
+        name = unary[0]
         try:
             body = await body_of(request)
             stream = bool(body.pop("stream", False)) if isinstance(body, dict) else False
-            req = _parse(_normalise_completion(body) if isinstance(body, dict) else body,
-                         completions_pb2.CompletionRequest())
+            req = _parse(normalise(body) if isinstance(body, dict) else body, message)
             if stream:
-                return await streamed("StreamCompletion", core.stream_completion(req))
-            out = to_json(await core.create_completion(req))
+                name = streaming[0]
+                return await streamed(name, streaming[1](req))
+            out = to_json(await unary[1](req))
         except Exception as exc:  # noqa: BLE001
-            count("CreateCompletion", errors.kind_of(exc).grpc_code.name)
+            count(name, errors.kind_of(exc).grpc_code.name)
             return _error_response(exc)
-        count("CreateCompletion", "OK")
+        count(name, "OK")
         return out
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await openai_call(request, _normalise_completion, completions_pb2.CompletionRequest(),
+                                 ("CreateCompletion", core.create_completion),
+                                 ("StreamCompletion", core.stream_completion))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        try:
-            body = await body_of(request)
-            stream = bool(body.pop("stream", False)) if isinstance(body, dict) else False
-            req = _parse(_normalise_chat(body) if isinstance(body, dict) else body,
-                         chat_pb2.ChatCompletionRequest())
-            if stream:
-                return await streamed("StreamChatCompletion", core.stream_chat_completion(req))
-            out = to_json(await core.create_chat_completion(req))
-        except Exception as exc:  # noqa: BLE001
-            count("CreateChatCompletion", errors.kind_of(exc).grpc_code.name)
-            return _error_response(exc)
-        count("CreateChatCompletion", "OK")
-        return out
+        return await openai_call(request, _normalise_chat, chat_pb2.ChatCompletionRequest(),
+                                 ("CreateChatCompletion", core.create_chat_completion),
+                                 ("StreamChatCompletion", core.stream_chat_completion))
 
     @app.get("/health")
     async def health_check() -> Any:
