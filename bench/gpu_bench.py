@@ -148,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--batches", default="8,32,64")
-    ap.add_argument("--decode-activations", default="int8", choices=("int8", "f16"),
-                    help="decode matmul activations: int8 (dp4a vector path) or f16 (tiled tensor-core path)")
+    ap.add_argument("--decode-activations", default="int8", choices=("int8", "int8x2", "f16"),
+                    help="decode matmul activations: int8 / int8x2 (dp4a vector path, one or two passes) or f16 "
+                         "(tiled tensor-core path)")
     args = ap.parse_args(argv)
 
     from service.backends.cuda_backend import CudaBackend
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(0)
     res: dict = {"shape": args.shape, "decode_activations": args.decode_activations}
-    be = CudaBackend(max_rows=512, max_seqs=64, int8_decode=args.decode_activations == "int8")
+    be = CudaBackend(max_rows=512, max_seqs=64, int8_decode=args.decode_activations != "f16",
+                     int8x2=args.decode_activations == "int8x2")
     res["device"] = be.rt.name
     res["copy_bw_gbs"] = copy_bandwidth(be) / 1e9
     t0 = time.time()

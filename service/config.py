@@ -27,7 +27,7 @@ class ModelConfig:
     cache_dir: str | None = None  # model cache for `pull`; default ~/.cache/llm-grpc-server/models
     kernel_cache_dir: str | None = None  # compiled CUDA modules
     blas_threads: int = 1  # NumPy backend: BLAS threads per gemv (1 is robust when cores are shared)
-    decode_activations: str = "int8"  # CUDA decode matmuls: int8 (dp4a, fastest) | f16 (tensor cores, precise)
+    decode_activations: str = "int8"  # CUDA decode matmuls: int8 (dp4a, fastest) | int8x2 (+ residual pass) | f16
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ _OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--model-cache-dir", "model", "cache_dir", str, "where `pull` puts models"),
     ("--kernel-cache-dir", "model", "kernel_cache_dir", str, "where compiled CUDA modules are cached"),
     ("--blas-threads", "model", "blas_threads", int, "NumPy backend BLAS threads (1 = robust on shared cores)"),
-    ("--decode-activations", "model", "decode_activations", str, "CUDA decode matmul activations: int8 | f16"),
+    ("--decode-activations", "model", "decode_activations", str, "CUDA decode matmul activations: int8 | int8x2 | f16"),
     ("--max-positions", "cache", "max_positions", int, "KV positions per sequence (ring size)"),
     ("--sink-tokens", "cache", "sink_tokens", int, "attention-sink positions kept forever"),
     ("--kv-slots", "cache", "slots", int, "sequences the KV arena holds"),
@@ -160,8 +160,8 @@ def validate(config: Config) -> None:
         problems.append(f"--backend must be auto, numpy or cuda, not {config.model.backend!r}")
     if config.model.blas_threads < 1:
         problems.append("--blas-threads must be at least 1")
-    if config.model.decode_activations not in ("int8", "f16"):
-        problems.append(f"--decode-activations must be int8 or f16, not {config.model.decode_activations!r}")
+    if config.model.decode_activations not in ("int8", "int8x2", "f16"):
+        problems.append(f"--decode-activations must be int8, int8x2 or f16, not {config.model.decode_activations!r}")
     if c.kv_dtype not in ("f16", "q8"):
         problems.append(f"--kv-dtype must be f16 or q8, not {c.kv_dtype!r}")
     if c.max_positions < 16:

@@ -168,9 +168,11 @@ class CudaBackend:
     name = "cuda"
 
     def __init__(self, rt: CudaRuntime | None = None, max_rows: int = 512, max_seqs: int = 64,
-                 kernel_cache_dir: str | None = None, use_graphs: bool = True, int8_decode: bool = True):
+                 kernel_cache_dir: str | None = None, use_graphs: bool = True, int8_decode: bool = True,
+                 int8x2: bool = False):
         self.rt = rt or CudaRuntime(0, kernel_cache_dir)
         self.int8_decode = int8_decode  # False: decode matmuls take the f16 tiled path (precise, slower)
+        self.int8x2 = int8x2  # int8 decode with a second int8 pass for the activations' residual (precise)
         self.max_rows = int(max_rows)  # T cap of a step (prefill chunk + decode rows)
         self.max_seqs = int(max_seqs)  # S cap of a step
         self.pool = ActivationPool(self.rt, self.max_rows, min(self.max_rows, max(self.max_seqs, 64)))
@@ -246,7 +248,8 @@ class CudaBackend:
         if self._mm is None:
             from service.backends import cuda_matmul
 
-            self._mm = cuda_matmul.CudaMatmul(self.rt, cuda_matmul.VEC_MAX_ROWS if self.int8_decode else 0)
+            self._mm = cuda_matmul.CudaMatmul(self.rt, cuda_matmul.VEC_MAX_ROWS if self.int8_decode else 0,
+                                              int8x2=self.int8x2)
             self._vec_max_rows = self._mm.vec_max_rows
         return self._mm
 

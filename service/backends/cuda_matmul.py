@@ -124,11 +124,18 @@ def repack(ggml_type: GGMLType, shape: tuple[int, ...], data: np.ndarray) -> tup
 class CudaMatmul:
     """Uploads weights and launches the matmul / embedding kernels on rt.stream."""
 
-    def __init__(self, rt: Any, vec_max_rows: int = VEC_MAX_ROWS):
+    def __init__(self, rt: Any, vec_max_rows: int = VEC_MAX_ROWS, int8x2: bool = False):
         self.rt = rt
         # rows up to this take the int8/dp4a vector path; 0 sends everything through the f16 tiled path
         # (about 5x less activation rounding error per matmul, slower at batch 1)
         self.vec_max_rows = min(int(vec_max_rows), VEC_MAX_ROWS)
+        # int8x2: quantized activations get a second int8 pass for the residual (quantize_act_q8x2), run as extra
+        # columns of the same vector kernel and summed; n rows need 2n columns, so the vector path stops at 4 rows
+        self.int8x2 = int8x2
+        if int8x2:
+            self.vec_max_rows = min(self.vec_max_rows, VEC_MAX_ROWS // 2)
+        self._max_n = 0  # largest output width uploaded (sizes the int8x2 scratch)
+        self._scratch: Any = None  # int8x2: (MULTI_MAX, VEC_MAX_ROWS, max N) f32 products before the halves add
         self._fns: dict[str, Any] = {}
 
     # -- kernels -------------------------------------------------------------------------------------
@@ -162,6 +169,7 @@ class CudaMatmul:
         self.rt.htod(buf, host)
         self.rt.synchronize()  # `host` must outlive the copy
         n, k = (int(s) for s in tensor.shape)
+        self._max_n = max(self._max_n, n)
         ptr = lambda r: buf.ptr + offsets[r] if r in offsets else 0  # noqa: E731
         return DeviceWeight(tensor.name, ktype, n, k, ptr("q"), ptr("s"), ptr("h"), total, buf)
 
@@ -186,6 +194,21 @@ class CudaMatmul:
         fn = self._fn("quantize_act", "quantize_act_q8", "PPPi")
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
                                x_ptr, xq, xds, np.int32(nblocks))
+
+    def quantize_act_x2(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int) -> None:
+        """x (n_rows, K) f32 -> (2 n_rows, K) int8 + scales: the int8 pass, then the int8 pass of its residual."""
+        assert 2 * n_rows <= VEC_MAX_ROWS and k % 32 == 0
+        xq, xds = self._ws_parts(workspace_ptr, 2 * n_rows, k)
+        nblocks = n_rows * k // 32
+        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPi")
+        fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
+                               x_ptr, xq, xds, np.int32(nblocks))
+
+    def _scratch_ptr(self, i: int) -> int:
+        if self._scratch is None:  # first use: before any graph capture (the first step runs eagerly)
+            self._scratch = self.rt.alloc(4 * MULTI_MAX * VEC_MAX_ROWS * max(self._max_n, 1), "activations",
+                                          "matmul.int8x2_products")
+        return self._scratch.ptr + 4 * i * VEC_MAX_ROWS * self._max_n
 
     def vec_kernel(self, w: DeviceWeight, n_rows: int, variant: str | None = None) -> tuple[str, int]:
         """(kernel name, rows per block) of the vector kernel for n_rows columns (variant "r<R>t<RT>u<UNR>"
@@ -218,15 +241,26 @@ class CudaMatmul:
             for w, o in zip(ws, outs):
                 self._tiled(x_ptr, n_rows, w, o, tile_m)
             return
+        x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
         if not prequantized and any(_TYPES[w.ggml_type].q8_act for w in ws):
-            self.quantize_act(x_ptr, n_rows, k, workspace_ptr)
-        xq, xds = self._ws_parts(workspace_ptr, n_rows, k)
+            (self.quantize_act_x2 if x2 else self.quantize_act)(x_ptr, n_rows, k, workspace_ptr)
+        xq, xds = self._ws_parts(workspace_ptr, 2 * n_rows if x2 else n_rows, k)
         groups: dict[GGMLType, list[tuple[DeviceWeight, int]]] = {}
         for w, o in zip(ws, outs):
             groups.setdefault(w.ggml_type, []).append((w, o))
         for members in groups.values():
             for i in range(0, len(members), MULTI_MAX):
-                self._vec_launch(x_ptr, xq, xds, n_rows, members[i:i + MULTI_MAX], variant)
+                part = members[i:i + MULTI_MAX]
+                if not (x2 and _TYPES[part[0][0].ggml_type].q8_act):
+                    self._vec_launch(x_ptr, xq, xds, n_rows, part, variant)
+                    continue
+                # both passes as 2 n_rows columns into scratch, then out = pass 1 + pass 2 per matrix
+                tmp = [(w, self._scratch_ptr(j)) for j, (w, _) in enumerate(part)]
+                self._vec_launch(x_ptr, xq, xds, 2 * n_rows, tmp, variant)
+                add = self._fn("quantize_act", "add_row_halves", "PPi")
+                for (w, o), (_, t) in zip(part, tmp):
+                    n = n_rows * w.n
+                    add.prepared_async_call(((n + 255) // 256, 1), (256, 1, 1), self.rt.stream, t, o, np.int32(n))
 
     def _vec_launch(self, x_ptr: int, xq: int, xds: int, n_rows: int, members: list[tuple[DeviceWeight, int]],
                     variant: str | None) -> None:

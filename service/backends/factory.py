@@ -41,7 +41,8 @@ def _sizes(config: Any) -> dict[str, Any]:
         "max_rows": max(1, budget),
         "max_seqs": max(1, min(int(config.engine.max_running), int(config.cache.slots), budget)),
         "kernel_cache_dir": config.model.kernel_cache_dir,
-        "int8_decode": config.model.decode_activations == "int8",
+        "int8_decode": config.model.decode_activations != "f16",
+        "int8x2": config.model.decode_activations == "int8x2",
     }
 
 

@@ -217,12 +217,12 @@ def _save(key: str, value: dict) -> None:
         json.dump(data, f, indent=1)
 
 
-@pytest.mark.parametrize("mode", ["sequential", "sequential-f16", "batched", "batched-graphs"])
+@pytest.mark.parametrize("mode", ["sequential", "sequential-int8x2", "sequential-f16", "batched", "batched-graphs"])
 def test_real_weights_teacher_forced(real, mode):
     """sequential: one decode row per step, the int8-activation (dp4a) vector path the server uses at small
     batch; sequential-f16: the same steps through the f16 tiled path; batched: 3 rows per step."""
     g, prompts, ref_logits, ref_tokens = real
-    m, be = _model(g, "f16", int8_decode=mode != "sequential-f16")
+    m, be = _model(g, "f16", int8_decode=mode != "sequential-f16", int8x2=mode == "sequential-int8x2")
     fwd = (lambda b: be.forward(m, b)) if mode == "batched-graphs" else None
     logits, _ = run_sequences(m, prompts, forced=ref_tokens, batched=mode.startswith("batched"), forward=fwd)
     res = compare(logits, ref_logits)

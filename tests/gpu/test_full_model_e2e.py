@@ -49,11 +49,11 @@ def results():
         json.dump(data, f, indent=1)
 
 
-@pytest.mark.parametrize("precision", ["f16", "int8"])
+@pytest.mark.parametrize("precision", ["f16", "int8x2", "int8"])
 @pytest.mark.parametrize("which", ["Q4_1 (original)", "Q4_K_M (requantized)"])
 def test_full_model_teacher_forced_and_greedy(which, precision, results):
-    """precision: the decode matmuls' activations, f16 (tiled tensor-core path) or int8 (dp4a vector path,
-    the fast default)."""
+    """precision: the decode matmuls' activations: f16 (tiled tensor-core path), int8 (dp4a vector path, the
+    fast default) or int8x2 (dp4a with a second int8 pass for the residual)."""
     from service.backends.numpy_backend import NumpyBackend
     from service.model.gguf_file import open_gguf
     from service.model.tokenizer import Tokenizer
@@ -68,7 +68,7 @@ def test_full_model_teacher_forced_and_greedy(which, precision, results):
         _REFERENCE[which] = run_sequences(ref_model, prompts, max_positions=RING["max_positions"])
     ref_logits, ref_tokens = _REFERENCE[which]
 
-    be = _cuda_backend(max_rows=64, max_seqs=4, int8_decode=precision == "int8")
+    be = _cuda_backend(max_rows=64, max_seqs=4, int8_decode=precision != "f16", int8x2=precision == "int8x2")
     m = LlamaModel(g, be)
     m.alloc_kv(m.kv_layout(slots=3, dtype="f16", **RING))
     logits, _ = run_sequences(m, prompts, forced=ref_tokens, forward=m.step, max_positions=RING["max_positions"])

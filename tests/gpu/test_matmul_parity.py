@@ -163,6 +163,37 @@ def test_vector_path_matches_float64(gpu, ggml_type: T) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_1, T.Q5_0], ids=lambda t: t.name)
+def test_vector_path_int8x2_matches_float64(gpu, ggml_type: T) -> None:
+    """--decode-activations int8x2: x ~ d1 q1 + d2 q2 (the residual's int8 pass as extra columns, summed):
+    vs float64 of the same two-pass rounding <= 1e-4; vs exact x <= 1e-4 (the rounding itself is ~3e-5)."""
+    rt, _ = gpu
+    mm = CudaMatmul(rt, int8x2=True)
+    rng = np.random.default_rng(int(ggml_type) + 300)
+    t = random_weight(ggml_type, N, K, rng)
+    w = mm.upload(t)
+    w64 = dequant64(t)  # (N, K)
+    try:
+        for n_rows in (1, 3, 4):
+            x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
+            x[:, 7] *= 60.0  # an outlier channel, as real residual streams have
+            bufs = _Bufs(rt, mm, x, N)
+            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr)
+            out = bufs.result()
+            bufs.free()
+            assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written (n_rows={n_rows})"
+            ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
+            x1 = q8_simulated(x)  # (n_rows, K) float64
+            x2 = x1 + q8_simulated((x.astype(np.float64) - x1).astype(np.float32))  # the residual pass
+            ref_q = x2 @ w64.T  # (n_rows, N)
+            single = rel(x1 @ w64.T, ref)  # what one int8 pass costs on this input
+            assert rel(out, ref_q) <= 1e-4, (n_rows, rel(out, ref_q))
+            assert rel(out, ref) <= 1e-4 < single, (n_rows, rel(out, ref), single)
+    finally:
+        rt.free(w.buffer)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
 def test_tiled_path_matches_float64(gpu, ggml_type: T) -> None:
     rt, mm = gpu
