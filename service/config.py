@@ -27,7 +27,7 @@ class ModelConfig:
     cache_dir: str | None = None  # model cache for `pull`; default ~/.cache/llm-grpc-server/models
     kernel_cache_dir: str | None = None  # compiled CUDA modules
     blas_threads: int = 1  # NumPy backend: BLAS threads per gemv (1 is robust when cores are shared)
-    decode_activations: str = "int8"  # CUDA decode matmuls: int8 (dp4a, fastest) | int8x2 (+ residual pass) | f16
+    decode_activations: str = "int8x2"  # CUDA decode matmuls: int8 (dp4a, fastest) | int8x2 (+ residual pass) | f16
 
 
 @dataclass(frozen=True)

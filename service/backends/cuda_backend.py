@@ -169,7 +169,7 @@ class CudaBackend:
 
     def __init__(self, rt: CudaRuntime | None = None, max_rows: int = 512, max_seqs: int = 64,
                  kernel_cache_dir: str | None = None, use_graphs: bool = True, int8_decode: bool = True,
-                 int8x2: bool = False):
+                 int8x2: bool = True):
         self.rt = rt or CudaRuntime(0, kernel_cache_dir)
         self.int8_decode = int8_decode  # False: decode matmuls take the f16 tiled path (precise, slower)
         self.int8x2 = int8x2  # int8 decode with a second int8 pass for the activations' residual (precise)
