@@ -31,7 +31,8 @@ def test_strategies_cover_every_method_and_field():
     """The strategy can set every field of every request type (so a new proto field is fuzzed too)."""
     seen: dict[str, set[str]] = {m.input_type.name: set() for m in fz.SERVICE.methods}
 
-    @settings(max_examples=250, database=None, phases=[Phase.generate], deadline=None,
+    # derandomized: a fixed example sequence, so the coverage claim cannot pass or fail by the draw
+    @settings(max_examples=600, database=None, phases=[Phase.generate], deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(fz.fuzz_calls())
     def collect(call):

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -39,8 +40,18 @@ def stream_ok_requests(metrics: dict[str, float]) -> float:
                and 'transport="grpc"' in k and 'code="OK"' in k)
 
 
+def wait_idle(engine, timeout_s: float = 120.0) -> None:
+    """The shared server also serves other tests' requests (short deadlines, cancels); start from idle so
+    its small test queue (2 waiting) is this run's alone."""
+    end = time.monotonic() + timeout_s
+    while engine.stats()["requests"] and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not engine.stats()["requests"], engine.stats()
+
+
 @pytest.mark.slow
 def test_locust_headless_smoke_and_plot(llm_server, tmp_path):
+    wait_idle(llm_server.engine)
     before = scrape(llm_server.metrics_url)
     prefix = str(tmp_path / f"u{USERS}")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
