@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from service.backends.base import SeqChunk, StepBatch  # noqa: E402
 from service.backends.numpy_backend import NumpyBackend, NumpyStep  # noqa: E402
+from service.config import Config  # noqa: E402
 from service.model.gguf_file import open_gguf  # noqa: E402
 from service.model.llama import LlamaModel  # noqa: E402
 from service.model.loader import limit_blas_threads, load_tokenizer  # noqa: E402
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join("bench", "out", "streaming_ppl.json"))
     args = ap.parse_args(argv)
 
-    limit_blas_threads()  # as the server does for the NumPy backend
+    limit_blas_threads(Config().model.blas_threads)  # as the server does for the NumPy backend
     gguf_model = open_gguf(resolve_model_path(args.model))
     tokenizer, _ = load_tokenizer(gguf_model)
     model = LlamaModel(gguf_model, AllRowsGemmBackend())

@@ -123,31 +123,10 @@ dummy_gguf = dummy_gguf_model  # the name service/model/loader.py looks for
 
 def write_gguf(model: GGUFModel, path: str) -> None:
     """Write an in-memory (dummy) model as a GGUF file the loader can open."""
-    import gguf
+    from service.model.gguf_writer import write_llama_gguf
 
-    hp = model.hparams
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_name(model.metadata.get("general.name", "dummy"))
-    w.add_block_count(hp.n_layers)
-    w.add_context_length(hp.context_length)
-    w.add_embedding_length(hp.dim)
-    w.add_feed_forward_length(hp.ffn_dim)
-    w.add_head_count(hp.n_heads)
-    w.add_head_count_kv(hp.n_kv_heads)
-    w.add_layer_norm_rms_eps(hp.norm_eps)
-    w.add_rope_freq_base(hp.rope.theta)
-    w.add_rope_dimension_count(hp.rope.n_rot)
-    w.add_vocab_size(hp.vocab_size)
-    w.add_file_type(int(model.metadata.get("general.file_type", 15)))
-    for t in model.tensors.values():
-        if t.ggml_type in (GGMLType.F32, GGMLType.F16):
-            w.add_tensor(t.name, np.asarray(t.data))
-        else:
-            w.add_tensor(t.name, np.ascontiguousarray(t.data), raw_dtype=t.ggml_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_llama_gguf(path, model.hparams, [(t.name, t.ggml_type, t.data) for t in model.tensors.values()],
+                     model.metadata.get("general.name", "dummy"), int(model.metadata.get("general.file_type", 15)))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -27,7 +27,7 @@ from gguf import GGUFValueType, GGUFWriter
 
 from service.errors import ConfigError, ModelFileError
 from service.model.dequant import block_shape, dequantize
-from service.model.gguf_file import QTensor, open_gguf
+from service.model.gguf_file import LlamaHParams, QTensor, open_gguf
 from service.model.quantize import QUANTIZABLE, quantize
 
 
@@ -256,3 +256,32 @@ def requantize_file(src: str, dst: str, type_name: str, keep_layers: int | None 
         in_bytes=sum(t.n_bytes for t in order), out_bytes=sum(p.n_bytes for p in plan),
         file_bytes=os.path.getsize(dst), seconds=time.perf_counter() - start,
     )
+
+
+def write_llama_gguf(path: str, hp: "LlamaHParams", tensors: list[tuple[str, GGMLType, np.ndarray]], name: str,
+                     file_type: int | None = None) -> None:
+    """A llama GGUF from hyper-parameters and (name, type, storage) tensors, storage as QTensor.data holds it
+    (typed arrays for F32/F16, raw block bytes otherwise). For models made in memory (dummy weights, cuts)."""
+    w = GGUFWriter(path, "llama")
+    w.add_name(name)
+    w.add_block_count(hp.n_layers)
+    w.add_context_length(hp.context_length)
+    w.add_embedding_length(hp.dim)
+    w.add_feed_forward_length(hp.ffn_dim)
+    w.add_head_count(hp.n_heads)
+    w.add_head_count_kv(hp.n_kv_heads)
+    w.add_layer_norm_rms_eps(hp.norm_eps)
+    w.add_rope_freq_base(hp.rope.theta)
+    w.add_rope_dimension_count(hp.rope.n_rot)
+    w.add_vocab_size(hp.vocab_size)
+    if file_type is not None:
+        w.add_file_type(file_type)
+    for tensor_name, ggml_type, data in tensors:
+        if ggml_type in (GGMLType.F32, GGMLType.F16):
+            w.add_tensor(tensor_name, np.ascontiguousarray(data))
+        else:
+            w.add_tensor(tensor_name, np.ascontiguousarray(data), raw_dtype=ggml_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

@@ -19,8 +19,6 @@ from service.model.registry import resolve_model_path
 
 log = logging.getLogger(__name__)
 
-NUMPY_BLAS_THREADS = 1  # default of --blas-threads; see limit_blas_threads
-
 
 @dataclass
 class LoadedModel:
@@ -30,12 +28,6 @@ class LoadedModel:
     chat_template: Any  # service.model.chat_template.ChatTemplate, or None
     backend: Any  # service.backends.base.Backend
     name: str  # model id for ListModels
-
-
-def make_backend(kind: str, config: Config | None = None) -> Any:
-    """The backend named by `kind` ("auto" | "numpy" | "cuda"): service.backends.factory decides."""
-    from service.backends.factory import create_backend
-    return create_backend(kind, config)
 
 
 def _gguf_for(config: Config) -> GGUFModel:
@@ -58,7 +50,7 @@ def load_tokenizer(gguf_model: GGUFModel) -> tuple[Any, Any]:
     return tokenizer, ChatTemplate.from_gguf(gguf_model, tokenizer)
 
 
-def limit_blas_threads(n: int = NUMPY_BLAS_THREADS) -> None:
+def limit_blas_threads(n: int) -> None:
     """Cap OpenBLAS/MKL threads for the NumPy backend (--blas-threads). Its matmuls are one gemv per row (for
     batch invariance). Measured on the 2-core machine (SmolLM2-135M decode step, same process, alternating):
     with the cores shared by other jobs, 136 ms with 1 thread vs 1141 ms with 2 (threads spin-wait); on idle
@@ -74,7 +66,8 @@ def limit_blas_threads(n: int = NUMPY_BLAS_THREADS) -> None:
 
 def load_model(config: Config, progress: Callable[[int, int], None] | None = None) -> LoadedModel:
     gguf_model = _gguf_for(config)
-    backend = make_backend(config.model.backend, config)
+    from service.backends.factory import create_backend  # pycuda, where present, is imported only there
+    backend = create_backend(config.model.backend, config)
     if getattr(backend, "name", "") == "numpy":
         limit_blas_threads(config.model.blas_threads)
     if hasattr(backend, "reserve_weights"):  # CUDA: one device slab for all weights (no per-tensor rounding)

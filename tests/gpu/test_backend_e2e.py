@@ -83,38 +83,19 @@ def greedy_agreement(a: np.ndarray, b: np.ndarray) -> dict:
 # -- the real-weights cut -----------------------------------------------------------------------------
 def make_cut(src: str, dst: str, n_layers: int = CUT_LAYERS, vocab: int = CUT_VOCAB) -> None:
     """First n_layers blocks and first `vocab` embedding rows of a llama GGUF, bytes copied unchanged."""
-    import gguf
+    import dataclasses
 
     from service.model.gguf_file import open_gguf
+    from service.model.gguf_writer import write_llama_gguf
 
     g = open_gguf(src)
-    hp = g.hparams
-    w = gguf.GGUFWriter(dst, "llama")
-    w.add_name("smollm2-cut")
-    w.add_block_count(n_layers)
-    w.add_context_length(hp.context_length)
-    w.add_embedding_length(hp.dim)
-    w.add_feed_forward_length(hp.ffn_dim)
-    w.add_head_count(hp.n_heads)
-    w.add_head_count_kv(hp.n_kv_heads)
-    w.add_layer_norm_rms_eps(hp.norm_eps)
-    w.add_rope_freq_base(hp.rope.theta)
-    w.add_rope_dimension_count(hp.rope.n_rot)
-    w.add_vocab_size(vocab)
+    tensors = []
     for name, t in g.tensors.items():
         if name.startswith("blk.") and int(name.split(".")[1]) >= n_layers:
             continue
         data = np.asarray(t.data)
-        if name in ("token_embd.weight", "output.weight"):
-            data = data[:vocab]
-        if t.ggml_type in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
-            w.add_tensor(name, np.ascontiguousarray(data))
-        else:
-            w.add_tensor(name, np.ascontiguousarray(data), raw_dtype=t.ggml_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        tensors.append((name, t.ggml_type, data[:vocab] if name in ("token_embd.weight", "output.weight") else data))
+    write_llama_gguf(dst, dataclasses.replace(g.hparams, n_layers=n_layers, vocab_size=vocab), tensors, "smollm2-cut")
 
 
 def make_reference() -> None:
