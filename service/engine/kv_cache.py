@@ -27,7 +27,7 @@ import threading
 
 import numpy as np
 
-from service.backends.kv_layout import KVLayout, attention_mask  # noqa: F401  (re-exported)
+from service.backends.kv_layout import KVLayout
 from service.errors import OverloadedError
 
 
