@@ -99,6 +99,10 @@ class NumpyKVArena:
 
 class NumpyBackend:
     name = "numpy"
+    # Prompt tokens per prefill chunk the engine uses by default: matmuls here are one gemv per row, so chunk size
+    # costs no throughput, and short steps let cancels free slots and running streams decode between chunks
+    # (a 504-token chunk is a ~5 s step on 2 cores).
+    preferred_prefill_chunk = 64
 
     def __init__(self) -> None:
         self._mem = WeightRecorder()

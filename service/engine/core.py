@@ -37,8 +37,6 @@ from service.errors import (CancelledError, ContextOverflowError, DeadlineExceed
 
 log = logging.getLogger(__name__)
 
-NUMPY_PREFILL_CHUNK = 64  # see LLMEngine._auto_prefill_chunk
-
 
 @dataclass
 class EngineOutput:
@@ -76,7 +74,9 @@ class LLMEngine:
         layout = kv_layout_for(model, config.cache)
         self.cache = StreamingKVCache(layout, model.alloc_kv(layout))  # the arena: allocated once, here
         if prefill_chunk is None:
-            prefill_chunk = config.engine.prefill_chunk or self._auto_prefill_chunk(model)
+            # the backend's preference (NumPy: short chunks, see NumpyBackend), else what fits the step budget
+            prefill_chunk = config.engine.prefill_chunk or getattr(getattr(model, "backend", None),
+                                                                   "preferred_prefill_chunk", None)
         self.scheduler = Scheduler(self.cache, config.engine.max_running, config.engine.max_waiting,
                                    config.engine.step_token_budget, prefill_chunk, config.engine.retry_after_s)
         self.vocab_size = int(model.hp.vocab_size)
@@ -88,14 +88,6 @@ class LLMEngine:
         self._in_flight: set[int] = set()  # seq_ids in the forward pass now
         self._accepting = True
         self.steps = 0
-
-    @staticmethod
-    def _auto_prefill_chunk(model: Any) -> int | None:
-        """64 tokens on the NumPy backend: its matmuls are one gemv per row, so chunk size costs no throughput,
-        and short steps let cancels free slots and running streams decode between chunks (a 504-token chunk
-        is a ~5 s step on 2 cores). None elsewhere: the largest chunk that fits the step budget."""
-        backend = getattr(getattr(model, "backend", None), "name", None)
-        return NUMPY_PREFILL_CHUNK if backend == "numpy" else None
 
     @classmethod
     def from_config(cls, config: Config) -> "LLMEngine":
