@@ -57,7 +57,7 @@ def random_tensor(ggml_type: T, n: int, k: int, rng: np.random.Generator) -> _Te
 
 
 class Bench:
-    def __init__(self, quick: bool):
+    def __init__(self, quick: bool, only: str = "all"):
         import pycuda.driver as cuda
 
         from service.backends.cuda_runtime import CudaGraph, CudaRuntime
@@ -68,7 +68,7 @@ class Bench:
         t0 = time.time()
         self.mm.warm_up()
         self.compile_s = time.time() - t0
-        self.quick = quick
+        self.quick, self.only = quick, only
         self.rng = np.random.default_rng(0)
         self.rows: list[dict[str, Any]] = []
         self._orig: dict[tuple, DeviceWeight] = {}
@@ -78,6 +78,7 @@ class Bench:
         self.rt.htod(self.x, self.rng.standard_normal((max_rows, max_k), np.float32))
         self.out = self.rt.alloc(4 * max_rows * max_n, "activations", "out")
         self.ws = self.rt.alloc(self.mm.workspace_bytes(8, max_k), "activations", "ws")
+        self.mm.reserve(max_rows, max_k, max_n)
         self.rt.synchronize()
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -156,17 +157,28 @@ class Bench:
         return dict(path="vec", type=ggml_type.name, n=n, k=k, n_rows=n_rows, variant=variant or f"={cfg}",
                     with_quant=with_quant, us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
 
-    def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int) -> dict:
-        ws = self.weights(ggml_type, n, k, 1)
-        launches = [(lambda w=w: self.mm.matmul(self.x.ptr, m, w, self.out.ptr, self.ws.ptr, tile_m=tile_m))
-                    for w in ws * 4]
-        s = self.timed(launches, reps=3 if self.quick else 8)
-        return dict(path="tiled", type=ggml_type.name, n=n, k=k, n_rows=m, variant=f"m{tile_m}", us=s * 1e6,
-                    tflops=2 * m * n * k / s / 1e12)
+    def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int, splits: int | None = None) -> dict:
+        """Tiled path at m rows (f16 conversion of x included). Few rows are bandwidth-bound: weights then rotate
+        past the L2 like the vector cases."""
+        ws = self.weights(ggml_type, n, k, 3 * self.rt.l2_bytes if m <= 64 else 1)
+        passes = max(1, (48 if m <= 64 else 4) // len(ws))
+        self.mm.split_override = splits
+        try:
+            chosen = splits or self.mm.split_k(m, n, k, tile_m)
+            launches = [(lambda w=w: self.mm.matmul(self.x.ptr, m, w, self.out.ptr, self.ws.ptr, tile_m=tile_m))
+                        for _ in range(passes) for w in ws]
+            s = self.timed(launches, reps=3 if self.quick else 8)
+        finally:
+            self.mm.split_override = None
+        wb = ws[0].nbytes
+        return dict(path="tiled", type=ggml_type.name, n=n, k=k, n_rows=m, variant=f"m{tile_m}s{chosen}" +
+                    ("" if splits else "="), us=s * 1e6, tflops=2 * m * n * k / s / 1e12, gbps=wb / s / 1e9,
+                    pct_copy=100 * wb / s / self.copy_bw)
 
-    def step_7b(self, fused: bool) -> dict:
-        """The 225 matmuls of one Llama-2-7B Q4_K_M decode token (+ 4 activation quantizations per layer) as one
-        graph; fused: Q/K/V and gate/up through matmul_multi (same-type matrices share a launch).
+    def step_7b(self, fused: bool, n_rows: int = 1, tiled: bool = False) -> dict:
+        """The 225 matmuls of one Llama-2-7B Q4_K_M decode step of n_rows sequences (+ the activation
+        quantizations / f16 conversions per layer) as one graph; fused: Q/K/V and gate/up through matmul_multi
+        (same-type matrices share a launch).
         Q4_K_M mix (llama.cpp): attn_v and ffn_down are Q6_K in layers i < n/8, i >= 7n/8, (i - n/8) % 3 == 2."""
         n_layers, dim, ffn, vocab = 32, 4096, 11008, 32000
         more_bits = lambda i: i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2  # noqa: E731
@@ -196,19 +208,47 @@ class Bench:
                 name = plan[i][0]
                 group = 3 if (fused and name == "q") else 2 if (fused and name == "gate") else 1
                 ws = [pool[key][idx] for _, key, idx in plan[i:i + group]]
-                mm.matmul_multi(x, 1, ws, [out] * group, wsp, prequantized=name in ("k", "v", "up"))
+                mm.matmul_multi(x, n_rows, ws, [out] * group, wsp, prequantized=name in ("k", "v", "up"))
                 i += group
 
-        s = self.timed([step], reps=10 if self.quick else 30)
-        return dict(path="step7b", type="Q4_K_M" + ("/fused" if fused else ""), n_matmuls=len(plan),
+        vec_max = mm.vec_max_rows
+        mm.vec_max_rows = 0 if tiled else vec_max  # tiled: every row count takes the tensor-core path
+        try:
+            s = self.timed([step], reps=10 if self.quick else 30)
+        finally:
+            mm.vec_max_rows = vec_max
+        return dict(path="step7b", type="Q4_K_M" + ("/fused" if fused else "") + ("/tiled" if tiled else ""), n_matmuls=len(plan), n_rows=n_rows,
                     weight_bytes=total_bytes, us=s * 1e6,
-                    tok_s=1 / s, gbps=total_bytes / s / 1e9, pct_copy=100 * total_bytes / s / self.copy_bw)
+                    tok_s=n_rows / s, gbps=total_bytes / s / 1e9, pct_copy=100 * total_bytes / s / self.copy_bw)
 
     # -- run -----------------------------------------------------------------------------------------
+    def run_tiled(self) -> None:
+        """The tiled path at decode batch sizes (M tiles x K splits) and at 512 rows, and whole 7B steps."""
+        add = lambda r: (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        for n, k in SHAPES_7B[:3]:
+            for m in (8, 16, 32, 64):
+                for tm in sorted({32 if m <= 32 else 64, 64}):
+                    add(self.tiled(T.Q4_K, n, k, m, tm))
+                    for sp in (1, 2, 4, 8):
+                        add(self.tiled(T.Q4_K, n, k, m, tm, sp))
+            self.free_weights()
+        for tp in (T.Q4_K, T.Q6_K):
+            for n, k in SHAPES_7B[:3]:
+                for tm, sp in ((64, None), (64, 2), (128, None), (128, 2)):
+                    add(self.tiled(tp, n, k, 512, tm, sp))
+            self.free_weights()
+        for m in (1, 2, 4, 8, 16, 32, 64):
+            if m <= self.mm.vec_max_rows:
+                add(self.step_7b(fused=True, n_rows=m))
+            add(self.step_7b(fused=True, n_rows=m, tiled=True))
+            self.free_weights()
+
     def run(self) -> None:
         self.copy_bw = self.copy_bandwidth()
         print(f"device {self.rt.name}  copy {self.copy_bw / 1e12:.2f} TB/s  kernel build {self.compile_s:.1f} s", flush=True)
         add = lambda r: (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        if self.only == "tiled":
+            return self.run_tiled()
         shapes = SHAPES_7B
         for tp in VARIANT_TYPES:
             for n, k in shapes:
@@ -240,6 +280,8 @@ class Bench:
             self.free_weights()
         for tm in (64, 128):
             add(self.tiled(T.Q4_K, 4096, 4096, 64, tm))
+        self.free_weights()
+        self.run_tiled()
 
     def table(self) -> str:
         lines = [f"device: {self.rt.name}   copy bandwidth: {self.copy_bw / 1e12:.2f} TB/s (read+write)",
@@ -258,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, no tuning variants")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"), help="folder for the JSON (e.g. $OUT)")
+    ap.add_argument("--only", default="all", choices=("all", "tiled"), help="tiled: only the tiled-path sweep")
     args = ap.parse_args(argv)
-    b = Bench(args.quick)
+    b = Bench(args.quick, args.only)
     try:
         b.run()
     finally:  # what was measured survives a failing case

@@ -14,12 +14,17 @@
 // row ranges of W_0, W_1, W_2: grid.x = sum_m ceil(N_m / (R*RT)). Unused matrix slots have N_m = 0.
 // Weights are read through the non-allocating read-only path, activations through L1 (every row reuses them).
 //
-// Entries: matmul_vec_<type>_c<NC>_r<R>t<RT>u<UNR>; cuda_matmul.py picks one configuration per (type, NC).
+// Paired columns (--decode-activations int8x2, entries matmul_vec_<type>_c<NC>p_...): the NC columns are two int8
+// passes of n_rows <= NC/2 rows, pass 1 of row r in column r, pass 2 (its residual) in column NC/2 + r
+// (quantize_act_q8x2 with a residual offset of NC/2 rows); the kernel stores out row r = column r + column
+// NC/2 + r, so W.x = W.(d1 q1) + W.(d2 q2) leaves the kernel summed.
+//
+// Entries: matmul_vec_<type>_c<NC>[p]_r<R>t<RT>u<UNR>; cuda_matmul.py picks one configuration per (type, NC).
 // Signature: (q0, s0, h0, out0, N0, q1, s1, h1, out1, N1, q2, s2, h2, out2, N2, K,
 //             xq int8 (n_rows, K), xds float2 (n_rows, K/32), xf f32 (n_rows, K), n_rows)
 #include "quant_blocks.cuh"
 
-template <class T, int NC, int R, int RT, int UNR>
+template <class T, int NC, int R, int RT, int UNR, bool PAIR>
 __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* __restrict__ xq,
                                          const float2* __restrict__ xds, const float* __restrict__ xf,
                                          float* __restrict__ out, int n_rows) {
@@ -29,6 +34,9 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* 
     const int K = w.K;
     const int units = K / T::VU;
     const int sub = gt % T::UPB;  // = u % UPB for every unit this thread visits
+    constexpr int NO = PAIR ? NC / 2 : NC;  // output rows per column set
+    // column c holds data: row c (< n_rows), or with PAIR pass c / NO of row c % NO
+    auto live = [&](int c) { return (PAIR ? c % NO : c) < n_rows; };
     float acc[RT][NC];
 #pragma unroll
     for (int t = 0; t < RT; ++t)
@@ -53,7 +61,7 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* 
                 if (u < units) {
 #pragma unroll
                     for (int c = 0; c < NC; ++c) {
-                        if (c < n_rows) {
+                        if (live(c)) {
                             const XCol x{xq + (size_t)c * K, xds + (size_t)c * (K / 32), xf + (size_t)c * K};
                             const typename T::A a = T::load_a(x, u);
 #pragma unroll
@@ -64,32 +72,38 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* 
             }
         }
     }
+    if (PAIR) {  // column c += its residual column (the sums are linear: add before reducing)
+#pragma unroll
+        for (int t = 0; t < RT; ++t)
+#pragma unroll
+            for (int c = 0; c < NO; ++c) acc[t][c] += acc[t][c + NO];
+    }
 #pragma unroll
     for (int t = 0; t < RT; ++t)
 #pragma unroll
-        for (int c = 0; c < NC; ++c) acc[t][c] = warp_sum(acc[t][c]);
+        for (int c = 0; c < NO; ++c) acc[t][c] = warp_sum(acc[t][c]);
 
     if (G == 32) {
         if (gt == 0) {
 #pragma unroll
             for (int t = 0; t < RT; ++t)
 #pragma unroll
-                for (int c = 0; c < NC; ++c)
+                for (int c = 0; c < NO; ++c)
                     if (c < n_rows && row0 + t < w.N) out[(size_t)c * w.N + row0 + t] = acc[t][c];
         }
     } else {
         constexpr int WPG = G / 32;  // warps per row group
-        __shared__ float part[R][WPG][RT * NC];
+        __shared__ float part[R][WPG][RT * NO];
         const int wig = gt >> 5, lane = gt & 31;
         if (lane == 0) {
 #pragma unroll
             for (int t = 0; t < RT; ++t)
 #pragma unroll
-                for (int c = 0; c < NC; ++c) part[group][wig][t * NC + c] = acc[t][c];
+                for (int c = 0; c < NO; ++c) part[group][wig][t * NO + c] = acc[t][c];
         }
         __syncthreads();
-        if (gt < RT * NC) {
-            const int t = gt / NC, c = gt % NC;
+        if (gt < RT * NO) {
+            const int t = gt / NO, c = gt % NO;
             if (c < n_rows && row0 + t < w.N) {
                 float s = 0.f;
 #pragma unroll
@@ -100,8 +114,8 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* 
     }
 }
 
-#define MMV_ENTRY(suffix, T, NC, R, RT, UNR)                                                                    \
-    extern "C" __global__ void __launch_bounds__(128) matmul_vec_##suffix##_c##NC##_r##R##t##RT##u##UNR(        \
+#define MMV_ENTRY_(suffix, T, NC, P, PAIR, R, RT, UNR)                                                         \
+    extern "C" __global__ void __launch_bounds__(128) matmul_vec_##suffix##_c##NC##P##_r##R##t##RT##u##UNR(     \
         const uint8_t* q0, const uint8_t* s0, const uint8_t* h0, float* o0, int N0, const uint8_t* q1,         \
         const uint8_t* s1, const uint8_t* h1, float* o1, int N1, const uint8_t* q2, const uint8_t* s2,         \
         const uint8_t* h2, float* o2, int N2, int K, const int8_t* xq, const float2* xds, const float* xf,      \
@@ -122,8 +136,10 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* 
             }                                                                                                  \
         }                                                                                                      \
         const WPtrs w{q, s, h, N, K};                                                                          \
-        mmv_body<T, NC, R, RT, UNR>(w, blk, xq, xds, xf, o, n_rows);                                           \
+        mmv_body<T, NC, R, RT, UNR, PAIR>(w, blk, xq, xds, xf, o, n_rows);                                     \
     }
+#define MMV_ENTRY(suffix, T, NC, R, RT, UNR) MMV_ENTRY_(suffix, T, NC, , false, R, RT, UNR)
+#define MMV_PAIRED(suffix, T, NC, R, RT, UNR) MMV_ENTRY_(suffix, T, NC, p, true, R, RT, UNR)
 
 // configurations every type has (cuda_matmul.VEC_CONFIG picks among them; H200 numbers in bench/matmul_bench.py)
 #define MMV_COMMON(suffix, T)              \
@@ -137,6 +153,21 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* 
     MMV_ENTRY(suffix, T, 4, 4, 4, 1)       \
     MMV_ENTRY(suffix, T, 8, 4, 2, 1)
 FOR_EACH_WTYPE(MMV_COMMON)
+
+// paired (int8x2) configurations of the int8 types: 1 / 2 / 4 output rows
+#define MMV_PAIRS(suffix, T)               \
+    MMV_PAIRED(suffix, T, 2, 4, 4, 1)      \
+    MMV_PAIRED(suffix, T, 2, 4, 2, 1)      \
+    MMV_PAIRED(suffix, T, 4, 4, 4, 1)      \
+    MMV_PAIRED(suffix, T, 8, 4, 2, 1)
+MMV_PAIRS(q8_0, TQ8_0)
+MMV_PAIRS(q4_0, TQ4_0)
+MMV_PAIRS(q4_1, TQ4_1)
+MMV_PAIRS(q5_0, TQ5_0)
+MMV_PAIRS(q5_1, TQ5_1)
+MMV_PAIRS(q4_k, TQ4_K)
+MMV_PAIRS(q5_k, TQ5_K)
+MMV_PAIRS(q6_k, TQ6_K)
 
 // tuning variants (benchmark)
 #define MMV_TUNE1(suffix, T)               \

@@ -33,12 +33,13 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8(const float* _
 
 // Two-pass variant for the precise int8 path (--decode-activations int8x2): x ~ d1*q1 + d2*q2, where q1 is the
 // block's int8 quantization above and q2 quantizes the residual r = x - d1*q1 the same way. The residual rows are
-// written after the n_rows first-pass rows (xq (2*n_rows, K), xds (2*n_rows, K/32)), so the vector matmul treats
-// them as n_rows extra columns: W.x = W.(d1 q1) + W.(d2 q2), summed by add_row_halves. Integer work doubles,
+// written res_blocks blocks (res_rows >= n_rows rows) after the first-pass rows, so the vector matmul treats them
+// as extra columns and its paired entries store W.(d1 q1) + W.(d2 q2) (matmul_vec.cu). Integer work doubles,
 // weight bytes read do not; the rounding error falls ~100x (bench/int8_activation_error.py). Same launch shape.
 extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2(const float* __restrict__ x,
                                                                    int8_t* __restrict__ xq,
-                                                                   float2* __restrict__ xds, int nblocks) {
+                                                                   float2* __restrict__ xds, int nblocks,
+                                                                   int res_blocks) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;  // float4 index
     const int b = t >> 3;
     const bool ok = b < nblocks;
@@ -58,19 +59,12 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2(const float*
 #pragma unroll
         for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
         if (ok) {
-            const size_t at = (size_t)pass * nblocks * 8 + t;  // pass 1 lands n_rows rows further on
+            const size_t at = (size_t)pass * res_blocks * 8 + t;  // the residual pass lands res_blocks further on
             reinterpret_cast<char4*>(xq)[at] = make_char4(static_cast<signed char>(q[0]), static_cast<signed char>(q[1]),
                                                           static_cast<signed char>(q[2]), static_cast<signed char>(q[3]));
-            if ((t & 7) == 0) xds[(size_t)pass * nblocks + b] = make_float2(d, d * static_cast<float>(sum));
+            if ((t & 7) == 0) xds[(size_t)pass * res_blocks + b] = make_float2(d, d * static_cast<float>(sum));
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) r[i] -= d * static_cast<float>(q[i]);  // the residual for pass 1
     }
-}
-
-// out (n_rows, N) = tmp[0:n_rows] + tmp[n_rows:2*n_rows], tmp (2*n_rows, N) f32: the two passes' products.
-extern "C" __global__ void __launch_bounds__(256) add_row_halves(const float* __restrict__ tmp,
-                                                                float* __restrict__ out, int n) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // n = n_rows * N
-    if (i < n) out[i] = tmp[i] + tmp[i + n];
 }

@@ -418,6 +418,7 @@ class CudaBackend:
         if self._workspace is None:
             n = int(self.mm.workspace_bytes(self.max_rows, self._max_k))
             self._workspace = self.rt.alloc(max(n, 16), "activations", "matmul.workspace")
+            self.mm.reserve(self.max_rows, self._max_k)
         q8 = any(str(getattr(w.dw.ggml_type, "name", w.dw.ggml_type)) not in ("F32", "F16") for w in ws)
         small = x.rows <= self._vec_max_rows
         pre = small and q8 and self._ws_x is x

@@ -4,13 +4,17 @@ launches the kernels of kernels/matmul_vec.cu, matmul_tiled.cu, quantize_act.cu 
     mm = CudaMatmul(rt)
     w = mm.upload(qtensor, layer=3)                     # DeviceWeight, accounted as rt "weights"
     ws = rt.alloc(mm.workspace_bytes(max_rows, max_k), "activations", "matmul_workspace")
+    mm.reserve(max_rows, max_k)                         # the tiled path's own buffers (f16 x, split-K partials)
     mm.matmul(x_ptr, n_rows, w, out_ptr, ws.ptr)        # out (n_rows, N) f32 = x (n_rows, K) f32 @ W.T
     mm.embedding(table, ids_ptr, n_rows, out_ptr)       # out (n_rows, K) f32 = dequant(table[ids])
 
 Paths: n_rows <= VEC_MAX_ROWS takes the bandwidth-bound vector kernel (quantized types: x is first quantized
 to int8 per 32 values into the workspace, then __dp4a on the weight quants); more rows take the tensor-core
-tiled kernel (f16 MMA on tiles dequantized in shared memory; no workspace). Every launch goes on rt.stream,
-allocates nothing and reads only device memory, so a step can be captured in a CUDA graph.
+tiled kernel (x converted once to f16, f16 MMA on weight tiles dequantized in shared memory; split over K
+into partials + a fixed-order reduction when the output tiles alone would leave SMs idle, as in batched
+decode). Buffers beyond the caller's workspace (f16 x, split-K partials) are allocated by
+`reserve` before the first step. Every launch goes on rt.stream, allocates nothing and reads only device
+memory, so a step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ VEC_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {
     "q4_k": {1: "r4t2u1"}, "q5_k": {1: "r4t2u1"}, "q6_k": {1: "r4t2u2"}, "q8_0": {1: "r1t2u1"},
     "f16": {1: "r4t2u1"}, "f32": {1: "r4t2u1"},
 }
+PAIRED_CONFIG = {2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}  # int8x2 (paired) entries, by column count
 MULTI_MAX = 3  # matrices one vector launch can serve
+TILE_N, TILE_K = 128, 64  # output columns per tiled block, K values per tiled step (kernels/matmul_tiled.cu)
+SPLIT_MAX = 8  # most K splits of one tiled matmul
+SPLIT_MIN_STEPS = 4  # fewest K steps (of TILE_K values) a split may get
+SPLIT_CAP_BYTES = 24 << 20  # bound of the split-K partials buffer (S x M x N f32)
+BLOCKS_PER_SM = {32: 2, 64: 2, 128: 1}  # resident tiled blocks per SM by M tile (registers: 128 / 128 / ~200)
 _ALIGN = 256
 
 
@@ -134,8 +144,11 @@ class CudaMatmul:
         self.int8x2 = int8x2
         if int8x2:
             self.vec_max_rows = min(self.vec_max_rows, VEC_MAX_ROWS // 2)
-        self._max_n = 0  # largest output width uploaded (sizes the int8x2 scratch)
-        self._scratch: Any = None  # int8x2: (MULTI_MAX, VEC_MAX_ROWS, max N) f32 products before the halves add
+        self._max_n = 0  # largest output width uploaded (sizes the split-K partials)
+        self._xh: Any = None  # tiled path: x as f16 (max_rows, max_k)
+        self._part: Any = None  # tiled path: split-K partials (S, M, N) f32, SPLIT_CAP_BYTES at most
+        self._part_cap = 0
+        self.split_override: int | None = None  # force the K-split count (benchmark)
         self._fns: dict[str, Any] = {}
 
     # -- kernels -------------------------------------------------------------------------------------
@@ -174,6 +187,22 @@ class CudaMatmul:
         return DeviceWeight(tensor.name, ktype, n, k, ptr("q"), ptr("s"), ptr("h"), total, buf)
 
     # -- workspace -----------------------------------------------------------------------------------
+    def reserve(self, max_rows: int, max_k: int, max_n: int | None = None) -> None:
+        """Allocate the tiled path's f16 copy of x and split-K partials for
+        inputs up to max_rows x max_k and the widest weight uploaded so far. Call after the uploads and before
+        any graph capture (the backend does, with its first matmul workspace); max_n overrides the widest
+        weight (for callers that upload later)."""
+        if self._xh is None or self._xh.nbytes < 2 * max_rows * max_k:
+            if self._xh is not None:
+                self.rt.free(self._xh)
+            self._xh = self.rt.alloc(_align(2 * max_rows * max_k), "activations", "matmul.x_f16")
+        part = min(SPLIT_CAP_BYTES, _align(4 * SPLIT_MAX * max_rows * max(max_n or self._max_n, 1)))
+        if max_rows > self.vec_max_rows and part > self._part_cap:
+            if self._part is not None:
+                self.rt.free(self._part)
+            self._part = self.rt.alloc(part, "activations", "matmul.splitk_partials")
+            self._part_cap = part
+
     @staticmethod
     def workspace_bytes(max_rows: int, max_k: int) -> int:
         """Bytes of the workspace matmul needs for up to max_rows x max_k inputs (int8 quants + block scales)."""
@@ -195,33 +224,36 @@ class CudaMatmul:
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
                                x_ptr, xq, xds, np.int32(nblocks))
 
-    def quantize_act_x2(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int) -> None:
-        """x (n_rows, K) f32 -> (2 n_rows, K) int8 + scales: the int8 pass, then the int8 pass of its residual."""
-        assert 2 * n_rows <= VEC_MAX_ROWS and k % 32 == 0
-        xq, xds = self._ws_parts(workspace_ptr, 2 * n_rows, k)
+    def quantize_act_x2(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int, res_rows: int | None = None) -> None:
+        """x (n_rows, K) f32 -> int8 + scales of x in rows [0, n_rows) and of its residual in rows
+        [res_rows, res_rows + n_rows) of a (2 res_rows, K) workspace array (res_rows defaults to n_rows)."""
+        res_rows = res_rows or n_rows
+        assert n_rows <= res_rows and 2 * res_rows <= VEC_MAX_ROWS and k % 32 == 0
+        xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows, k)
         nblocks = n_rows * k // 32
-        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPi")
+        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPii")
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
-                               x_ptr, xq, xds, np.int32(nblocks))
+                               x_ptr, xq, xds, np.int32(nblocks), np.int32(res_rows * k // 32))
 
-    def _scratch_ptr(self, i: int) -> int:
-        if self._scratch is None:  # first use: before any graph capture (the first step runs eagerly)
-            self._scratch = self.rt.alloc(4 * MULTI_MAX * VEC_MAX_ROWS * max(self._max_n, 1), "activations",
-                                          "matmul.int8x2_products")
-        return self._scratch.ptr + 4 * i * VEC_MAX_ROWS * self._max_n
+    @staticmethod
+    def paired_cols(n_rows: int) -> int:
+        """Columns of the paired (int8x2) vector kernel for n_rows rows: 2 x n_rows rounded up to a compiled count."""
+        return next(c for c in VEC_COLS if c >= 2 * n_rows)
 
-    def vec_kernel(self, w: DeviceWeight, n_rows: int, variant: str | None = None) -> tuple[str, int]:
-        """(kernel name, rows per block) of the vector kernel for n_rows columns (variant "r<R>t<RT>u<UNR>"
-        overrides the configured one; the benchmark uses it)."""
-        nc = next(c for c in VEC_COLS if c >= n_rows)
+    def vec_kernel(self, w: DeviceWeight, n_rows: int, variant: str | None = None,
+                   paired: bool = False) -> tuple[str, int]:
+        """(kernel name, rows per block) of the vector kernel for n_rows columns, or with `paired` for n_rows
+        rows of int8x2 (2 columns each; variant "r<R>t<RT>u<UNR>" overrides the configured one; the benchmark
+        uses it)."""
+        nc = self.paired_cols(n_rows) if paired else next(c for c in VEC_COLS if c >= n_rows)
         suffix = w.suffix
         if variant and ":" in variant:  # "<kernel flavour>:<config>", e.g. "st:r4t2u2" -> matmul_vec_q4_kst_...
             flavour, variant = variant.split(":")
             suffix += flavour
-        cfg = variant or VEC_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or VEC_CONFIG[nc]
+        cfg = variant or (PAIRED_CONFIG[nc] if paired else VEC_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or VEC_CONFIG[nc])
         r, rest = cfg[1:].split("t")
         rt = rest.split("u")[0]
-        return f"matmul_vec_{suffix}_c{nc}_{cfg}", int(r) * int(rt)
+        return f"matmul_vec_{suffix}_c{nc}{'p' if paired else ''}_{cfg}", int(r) * int(rt)
 
     def matmul(self, x_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, workspace_ptr: int,
                prequantized: bool = False, variant: str | None = None, tile_m: int | None = None) -> None:
@@ -238,35 +270,31 @@ class CudaMatmul:
         k = ws[0].k
         assert all(w.k == k for w in ws) and len(outs) == len(ws)
         if n_rows > self.vec_max_rows:
+            xh = self._to_f16(x_ptr, n_rows, k)
             for w, o in zip(ws, outs):
-                self._tiled(x_ptr, n_rows, w, o, tile_m)
+                self._tiled(xh, n_rows, w, o, tile_m)
             return
         x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
+        res_rows = self.paired_cols(n_rows) // 2
         if not prequantized and any(_TYPES[w.ggml_type].q8_act for w in ws):
-            (self.quantize_act_x2 if x2 else self.quantize_act)(x_ptr, n_rows, k, workspace_ptr)
-        xq, xds = self._ws_parts(workspace_ptr, 2 * n_rows if x2 else n_rows, k)
+            if x2:
+                self.quantize_act_x2(x_ptr, n_rows, k, workspace_ptr, res_rows)
+            else:
+                self.quantize_act(x_ptr, n_rows, k, workspace_ptr)
+        xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows if x2 else n_rows, k)
         groups: dict[GGMLType, list[tuple[DeviceWeight, int]]] = {}
         for w, o in zip(ws, outs):
             groups.setdefault(w.ggml_type, []).append((w, o))
         for members in groups.values():
+            paired = x2 and _TYPES[members[0][0].ggml_type].q8_act  # both int8 passes, summed in the kernel
             for i in range(0, len(members), MULTI_MAX):
-                part = members[i:i + MULTI_MAX]
-                if not (x2 and _TYPES[part[0][0].ggml_type].q8_act):
-                    self._vec_launch(x_ptr, xq, xds, n_rows, part, variant)
-                    continue
-                # both passes as 2 n_rows columns into scratch, then out = pass 1 + pass 2 per matrix
-                tmp = [(w, self._scratch_ptr(j)) for j, (w, _) in enumerate(part)]
-                self._vec_launch(x_ptr, xq, xds, 2 * n_rows, tmp, variant)
-                add = self._fn("quantize_act", "add_row_halves", "PPi")
-                for (w, o), (_, t) in zip(part, tmp):
-                    n = n_rows * w.n
-                    add.prepared_async_call(((n + 255) // 256, 1), (256, 1, 1), self.rt.stream, t, o, np.int32(n))
+                self._vec_launch(x_ptr, xq, xds, n_rows, members[i:i + MULTI_MAX], variant, paired)
 
     def _vec_launch(self, x_ptr: int, xq: int, xds: int, n_rows: int, members: list[tuple[DeviceWeight, int]],
-                    variant: str | None) -> None:
+                    variant: str | None, paired: bool = False) -> None:
         w0 = members[0][0]
         q8 = _TYPES[w0.ggml_type].q8_act
-        name, rpb = self.vec_kernel(w0, n_rows, variant)
+        name, rpb = self.vec_kernel(w0, n_rows, variant, paired)
         fn = self._fn("matmul_vec", name, "PPPPi" * MULTI_MAX + "iPPPi")
         args: list[Any] = []
         blocks = 0
@@ -282,15 +310,47 @@ class CudaMatmul:
 
     @staticmethod
     def tile_m_for(n_rows: int) -> int:
-        """M tile of the tiled kernel (H200, bench/matmul_bench.py: m128 is 6-60 % faster at 512 rows, m64 at 64)."""
-        return 128 if n_rows > 64 else 64
+        """M tile of the tiled kernel: the smallest of 32 / 64 / 128 rows that holds the rows, 128 above."""
+        return 32 if n_rows <= 32 else 64 if n_rows <= 64 else 128
 
-    def _tiled(self, x_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, tile_m: int | None) -> None:
+    def split_k(self, n_rows: int, n: int, k: int, bm: int) -> int:
+        """K splits of a tiled matmul: the count that finishes the blocks in the fewest block-waves per unit of
+        work, ceil(tiles * S / slots) / S, slots = resident blocks per SM x SMs (smaller S on ties); each split keeps at
+        least SPLIT_MIN_STEPS K steps and the partials fit the reserved buffer."""
+        fits = self._part_cap // (4 * n_rows * n)  # splits whose partials fit the reserved buffer
+        if self.split_override:
+            assert self.split_override == 1 or self.split_override <= fits, "reserve() a larger partials buffer"
+            return self.split_override
+        tiles = -(-n // TILE_N) * -(-n_rows // bm)
+        slots = BLOCKS_PER_SM[bm] * self.rt.sm_count
+        most = min(SPLIT_MAX, -(-k // TILE_K) // SPLIT_MIN_STEPS, fits)
+        return min(range(1, max(1, most) + 1), key=lambda s: (-(-tiles * s // slots) / s, s))
+
+    def _to_f16(self, x_ptr: int, n_rows: int, k: int) -> int:
+        """x (n_rows, K) f32 -> the reserved f16 copy; returns its pointer."""
+        if self._xh is None or self._xh.nbytes < 2 * n_rows * k:
+            raise RuntimeError("CudaMatmul.reserve(max_rows, max_k) must precede tiled matmuls of this size")
+        n4 = n_rows * k // 4
+        fn = self._fn("matmul_tiled", "to_f16", "PPi")
+        fn.prepared_async_call(((n4 + 255) // 256, 1), (256, 1, 1), self.rt.stream, x_ptr, self._xh.ptr, np.int32(n4))
+        return self._xh.ptr
+
+    def _tiled(self, xh_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, tile_m: int | None) -> None:
         bm = tile_m or self.tile_m_for(n_rows)
-        fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiP")
-        fn.prepared_async_call(((w.n + 127) // 128, (n_rows + bm - 1) // bm), (256, 1, 1), self.rt.stream,
+        splits = self.split_k(n_rows, w.n, w.k, bm)
+        steps = -(-w.k // TILE_K)
+        ksplit = -(-steps // splits) * TILE_K  # K values per split, a multiple of the K step
+        splits = -(-w.k // ksplit)  # rounding can leave fewer non-empty splits
+        dst = self._part.ptr if splits > 1 else out_ptr
+        fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiPi")
+        fn.prepared_async_call((-(-w.n // TILE_N), -(-n_rows // bm), splits), (256, 1, 1), self.rt.stream,
                                w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k),
-                               x_ptr, np.int32(n_rows), out_ptr)
+                               xh_ptr, np.int32(n_rows), dst, np.int32(ksplit))
+        if splits > 1:
+            mn = n_rows * w.n
+            red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
+            red.prepared_async_call(((mn + 255) // 256, 1), (256, 1, 1), self.rt.stream,
+                                    self._part.ptr, out_ptr, np.int32(mn), np.int32(splits))
 
     def embedding(self, table: DeviceWeight, ids_ptr: int, n_rows: int, out_ptr: int) -> None:
         """out (n_rows, K) f32 = dequantized rows ids[0:n_rows] (int32, device) of the table."""

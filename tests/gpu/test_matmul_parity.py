@@ -116,6 +116,7 @@ class _Bufs:
         self.out_shape = (x.shape[0], n_out)
         self.out = rt.alloc(4 * x.shape[0] * n_out, "activations", "out")
         self.ws = rt.alloc(mm.workspace_bytes(x.shape[0], x.shape[1]), "activations", "ws")
+        mm.reserve(x.shape[0], x.shape[1], n_out)
         self.poison()
 
     def poison(self) -> None:
@@ -174,7 +175,7 @@ def test_vector_path_int8x2_matches_float64(gpu, ggml_type: T) -> None:
     w = mm.upload(t)
     w64 = dequant64(t)  # (N, K)
     try:
-        for n_rows in (1, 3, 4):
+        for n_rows in (1, 2, 3, 4):  # 3 rows: residual rows start at row 4 (8 columns), not 3
             x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
             x[:, 7] *= 60.0  # an outlier channel, as real residual streams have
             bufs = _Bufs(rt, mm, x, N)
@@ -203,18 +204,24 @@ def test_tiled_path_matches_float64(gpu, ggml_type: T) -> None:
     w64 = dequant64(t)  # (N, K)
     w16 = w64.astype(np.float32).astype(np.float16).astype(np.float64)  # (N, K) as the kernel rounds it
     try:
-        for n_rows, tile_m in ((VEC_MAX_ROWS + 1, 64), (37, 128), (512, 64), (512, 128)):
+        # (rows, M tile, K splits): None = the launcher's choice; 84 K steps split 5 ways leave a ragged last split
+        cases = ((VEC_MAX_ROWS + 1, 32, 1), (VEC_MAX_ROWS + 1, 64, None), (20, 32, 5), (37, 64, 3), (37, 128, None),
+                 (64, 64, 8), (512, 64, None), (512, 128, 1), (512, 128, 2))
+        for n_rows, tile_m, splits in cases:
             x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
             bufs = _Bufs(rt, mm, x, N)
+            mm.split_override = splits
             mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr, tile_m=tile_m)
             out = bufs.result()
             bufs.free()
-            assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written ({n_rows}, m{tile_m})"
+            case = (n_rows, f"m{tile_m}", f"S={splits}")
+            assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written {case}"
             ref16 = x.astype(np.float16).astype(np.float64) @ w16.T  # (n_rows, N)
             ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
-            assert rel(out, ref16) <= 1e-4, (n_rows, tile_m, rel(out, ref16))
-            assert rel(out, ref) <= 2e-3, (n_rows, tile_m, rel(out, ref))
+            assert rel(out, ref16) <= 1e-4, (case, rel(out, ref16))
+            assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
     finally:
+        mm.split_override = None
         rt.free(w.buffer)
 
 

@@ -1,0 +1,44 @@
+"""The CUDA matmul launcher's split-K plan (pure host logic: runs without a GPU)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from service.backends.cuda_matmul import BLOCKS_PER_SM, SPLIT_MIN_STEPS, TILE_K, TILE_N, CudaMatmul
+
+
+def _mm(sm_count: int = 132, part_cap: int = 24 << 20) -> CudaMatmul:
+    mm = CudaMatmul(SimpleNamespace(sm_count=sm_count))
+    mm._part, mm._part_cap = object(), part_cap  # as if reserve() had run
+    return mm
+
+
+@pytest.mark.parametrize("m,n,k", [(32, 4096, 4096), (16, 11008, 4096), (64, 4096, 11008), (9, 576, 1536),
+                                   (512, 4096, 4096), (512, 32000, 4096), (128, 11008, 4096)])
+def test_split_plan_fills_the_gpu_without_breaking_its_bounds(m: int, n: int, k: int) -> None:
+    mm = _mm()
+    bm = mm.tile_m_for(m)
+    s = mm.split_k(m, n, k, bm)
+    tiles = -(-n // TILE_N) * -(-m // bm)
+    slots = BLOCKS_PER_SM[bm] * 132
+    assert s == 1 or -(-k // TILE_K) // s >= SPLIT_MIN_STEPS  # every split keeps enough K steps
+    assert s == 1 or s * m * n * 4 <= mm._part_cap  # the partials fit
+    if tiles >= slots:
+        assert s == 1  # the output tiles alone fill the GPU: splitting only adds partial traffic
+    # no other split count finishes in fewer block-waves per unit of work
+    steps_ok = [c for c in range(1, 9) if c == 1 or (-(-k // TILE_K) // c >= SPLIT_MIN_STEPS and c * m * n * 4 <= mm._part_cap)]
+    cost = lambda c: -(-tiles * c // slots) / c  # noqa: E731
+    assert cost(s) == min(cost(c) for c in steps_ok)
+
+
+def test_decode_sized_matmuls_are_split() -> None:
+    mm = _mm()
+    assert mm.split_k(32, 4096, 4096, 32) >= 4  # 32 output tiles on 264 block slots
+    assert mm.split_k(16, 11008, 4096, 32) >= 2
+
+
+def test_split_respects_a_small_partials_buffer() -> None:
+    mm = _mm(part_cap=4 * 32 * 4096 * 2)  # room for 2 partial (32, 4096) tiles
+    assert mm.split_k(32, 4096, 4096, 32) == 2
