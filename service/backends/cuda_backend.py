@@ -39,6 +39,8 @@ ATT_THREADS = 128
 ATT_HEAD_DIMS = (64, 128)  # compiled attention variants (kernels/attention.cu)
 ATT_GROUPS = (1, 2, 3, 4, 8)
 PF_TILE = 16  # rows per prefill-attention tile (kernels/attention.cu)
+MMA_THREADS = 128  # block of attention_prefill_mma (kernels/attention_mma.cu)
+MMA_VECTORS = 64  # query vectors (rows x heads of one kv head) per attention_prefill_mma block
 
 
 class CudaTensor:
@@ -180,6 +182,9 @@ class CudaBackend:
         # Tiled prefill attention for prefill-heavy steps. Off: on an H100 (bench/gpu_bench.py, 7B Q4_K_M, 512-token
         # prefill) split-K alone gave 8382 tok/s and the tiled kernel 8075; kept (and parity-tested) to improve.
         self.use_prefill_kernel = False
+        # Which prefill kernel that is: "tiled" (attention.cu, CUDA cores) or "mma" (attention_mma.cu, tensor cores,
+        # f16 operands: ~4e-4 of max|out| off the f32 paths). Not run on a GPU yet, so still "tiled".
+        self.prefill_kernel = "tiled"
         self.defer = True  # deferred add/matmul/rope (fusions); False issues every op at once (profiling)
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
@@ -518,6 +523,12 @@ class CudaBackend:
             self._partials["key"] = key
         return self._partials["ml"], self._partials["acc"]
 
+    @staticmethod
+    def _mma_row_tiles(step: CudaStep, G: int) -> int:
+        """Blocks per kv head of attention_prefill_mma: each sequence's rows in tiles of MMA_VECTORS // G rows."""
+        rows = MMA_VECTORS // G
+        return sum(-(-s.n_new // rows) for s in step.batch.seqs)
+
     def attention(self, q: CudaTensor, q_sink: CudaTensor, k: CudaTensor, v: CudaTensor, kv: CudaKVArena,
                   layer: int, step: CudaStep, n_heads: int, n_kv_heads: int) -> CudaTensor:
         lay = kv.layout
@@ -552,12 +563,18 @@ class CudaBackend:
                   kv.st_ks.ptr if q8 else 0, kv.ks[layer], np.int32(swords), kv.st_vs.ptr if q8 else 0, kv.vs[layer])
         out = self.pool.get(T, n_heads * hd)  # (T, n_heads * head_dim)
         if self.use_prefill_kernel and T >= 32 and T >= 4 * step.n_seqs:
-            # prefill-heavy step: 16-row query tiles share each K/V tile; then append the survivors
-            passes = -(-PF_TILE // (PF_TILE // G))
-            name = f"attention_prefill_{hd}_{G}_{'q8' if q8 else 'f16'}"
-            self._launch("attention", name, "PP" + "PPPP" + "PP" + "PPPPPPPP" + "P" + "iiiif",
-                         (step.n_tiles, n_kv_heads * passes, 1), (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta,
-                         self._ptr("tile_seq"), self._ptr("tile_row"), *kvs, out.ptr, *tail)
+            # prefill-heavy step: query tiles share each K/V tile; then append the survivors
+            if self.prefill_kernel == "mma":  # tensor cores: 64 query vectors (rows x heads of a group) per block
+                name = f"attention_prefill_mma_{hd}_{G}_{'q8' if q8 else 'f16'}"
+                self._launch("attention_mma", name, "PP" + "PPPP" + "PPPPPPPP" + "P" + "ii" + "iiif",
+                             (n_kv_heads, self._mma_row_tiles(step, G), 1), (MMA_THREADS, 1, 1), q.ptr, q_sink.ptr,
+                             *meta, *kvs, out.ptr, tail[0], np.int32(step.n_seqs), *tail[1:])
+            else:
+                passes = -(-PF_TILE // (PF_TILE // G))
+                name = f"attention_prefill_{hd}_{G}_{'q8' if q8 else 'f16'}"
+                self._launch("attention", name, "PP" + "PPPP" + "PP" + "PPPPPPPP" + "P" + "iiiif",
+                             (step.n_tiles, n_kv_heads * passes, 1), (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta,
+                             self._ptr("tile_seq"), self._ptr("tile_row"), *kvs, out.ptr, *tail)
             self._launch("kv_store", "kv_append", "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP", (T, 4 if q8 else 2, 1),
                          (128, 1, 1), *meta, *append)
             return out

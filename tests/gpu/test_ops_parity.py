@@ -225,3 +225,95 @@ def test_attention_with_fused_rope(cuda_be, rng, dtype, rope):
     """attention on deferred ropes: one rope launch for q, q_sink, k (+ f16 staging) == NumPy rope + attention."""
     layout = KVLayout(n_layers=1, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=3, head_dim=64, dtype=dtype)
     assert _run_scenario(cuda_be, rng, SCENARIOS["wrap"], layout, 9, rope=rope) < (1e-4 if dtype == "f16" else 1e-3)
+
+
+# -- tensor-core prefill attention (kernels/attention_mma.cu) ---------------------------------------
+# Tolerance: the kernel feeds the MMAs f16 operands (q * scale * log2(e), K, V and the probabilities P) with f32
+# accumulation and an f32 online softmax, so unlike the f32 kernels above (2e-5) it carries f16 rounding
+# (relative 2^-12 per operand). bench/attention_mma_error.py emulates exactly that arithmetic in float64 NumPy
+# against the exact softmax at this file's input scales (q, v ~ N(0, 1), k ~ N(0, 4)) and sizes (1 head x 60
+# rows up to 9 heads x 300 rows, 60..500 keys): max |err| / max |ref| has a median of ~3.7e-4 and a max of
+# 9.3e-4 over 90 draws per head_dim with f16 KV; with q8 KV (int8 * scale is not f16-exact, so K and V are
+# rounded once more) a median of ~6e-4 and a max of 1.7e-3. The bounds are ~2x those maxima; an indexing or
+# masking bug shows as errors of 1e-2 .. 1.
+MMA_TOL = {"f16": 2e-3, "q8": 4e-3}
+
+# Every step has >= 32 rows and >= 4 rows per sequence, so every step takes the prefill kernel.
+# Layout: max_positions 200, 4 sinks (window 196); key tiles are 64 keys, row tiles 64 / G rows.
+MMA_SCENARIOS = {
+    # prefill from an empty cache: sinks among the staged keys, several key and row tiles, a partial last tile
+    "prefill": [[(0, 150)]],
+    # a prefill chunk continuing after a cached prefix (ring keys + staged keys, no wrap yet)
+    "continue": [[(0, 70)], [(0, 90)]],
+    # past the window: window masks on ring and staged keys, then a ring that has wrapped (ring_position)
+    "wrap": [[(0, 120)], [(0, 100)], [(0, 77)]],
+    # a chunk longer than the whole window (its early keys fall out of its late rows' window)
+    "long-chunk": [[(1, 40)], [(1, 250)]],
+    # several sequences in one step, of different lengths and cache states
+    "multi": [[(0, 37), (1, 64), (2, 33)], [(0, 45), (1, 33), (2, 120)], [(3, 36), (1, 70)]],
+}
+
+
+def _with_prefill_kernel(cuda_be, kernel, fn):
+    before = (cuda_be.use_prefill_kernel, cuda_be.prefill_kernel)
+    cuda_be.use_prefill_kernel, cuda_be.prefill_kernel = True, kernel
+    try:
+        return fn()
+    finally:
+        cuda_be.use_prefill_kernel, cuda_be.prefill_kernel = before
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8"])
+@pytest.mark.parametrize("scenario", sorted(MMA_SCENARIOS))
+@pytest.mark.parametrize("hd,n_heads,n_kv", [(64, 9, 3), (128, 8, 2), (128, 3, 3), (64, 8, 1)],
+                         ids=["hd64-g3", "hd128-g4", "hd128-g1", "hd64-g8"])
+def test_attention_mma(cuda_be, rng, dtype, scenario, hd, n_heads, n_kv):
+    """attention_prefill_mma == NumPy attention (outputs within MMA_TOL; the ring appended after it exactly)."""
+    layout = KVLayout(n_layers=2, slots=5, max_positions=200, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
+    worst = _with_prefill_kernel(cuda_be, "mma", lambda: _run_scenario(cuda_be, rng, MMA_SCENARIOS[scenario], layout,
+                                                                       n_heads))
+    assert worst < MMA_TOL[dtype], worst
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8"])
+@pytest.mark.parametrize("hd", [64, 128])
+@pytest.mark.parametrize("G", [1, 2, 3, 4, 8])
+def test_attention_mma_every_variant(cuda_be, rng, dtype, hd, G):
+    """Every compiled (head_dim, group) variant of attention_prefill_mma, on the several-sequence scenario."""
+    n_kv = 2
+    layout = KVLayout(n_layers=1, slots=5, max_positions=200, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
+    worst = _with_prefill_kernel(cuda_be, "mma", lambda: _run_scenario(cuda_be, rng, MMA_SCENARIOS["multi"], layout,
+                                                                       n_kv * G))
+    assert worst < MMA_TOL[dtype], worst
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8"])
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_attention_mma_small_window(cuda_be, rng, dtype, scenario):
+    """test_attention's scenarios (window 36, less than one key tile; steps with few rows take split-K)."""
+    layout = KVLayout(n_layers=2, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=3, head_dim=64, dtype=dtype)
+    worst = _with_prefill_kernel(cuda_be, "mma", lambda: _run_scenario(cuda_be, rng, SCENARIOS[scenario], layout, 9))
+    assert worst < MMA_TOL[dtype], worst
+
+
+def test_attention_mma_no_sinks_long_context(cuda_be, rng):
+    """sink_tokens = 0 (no sink tile: q_sink never read), a 2048-position ring, prefill chunks of 290 and 260 rows."""
+    layout = KVLayout(n_layers=1, slots=2, max_positions=2048, sink_tokens=0, n_kv_heads=2, head_dim=128, dtype="f16")
+    steps = [[(0, 290)], [(0, 1)], [(0, 260), (1, 40)]]
+    assert _with_prefill_kernel(cuda_be, "mma", lambda: _run_scenario(cuda_be, rng, steps, layout, 8)) < MMA_TOL["f16"]
+
+
+def test_attention_mma_sinks_span_tiles(cuda_be, rng):
+    """More sinks than one key tile (70 sinks: two sink tiles, the second partial), then the window tiles."""
+    layout = KVLayout(n_layers=1, slots=2, max_positions=160, sink_tokens=70, n_kv_heads=2, head_dim=64, dtype="f16")
+    steps = [[(0, 100)], [(0, 120)], [(0, 64)]]
+    assert _with_prefill_kernel(cuda_be, "mma", lambda: _run_scenario(cuda_be, rng, steps, layout, 4)) < MMA_TOL["f16"]
+
+
+@pytest.mark.parametrize("dtype", ["f16", "q8"])
+def test_attention_mma_with_fused_rope(cuda_be, rng, dtype):
+    """attention_prefill_mma on deferred ropes (q, q_sink, k rotated in one launch, + f16 staging)."""
+    layout = KVLayout(n_layers=1, slots=5, max_positions=200, sink_tokens=4, n_kv_heads=3, head_dim=64, dtype=dtype)
+    worst = _with_prefill_kernel(cuda_be, "mma", lambda: _run_scenario(cuda_be, rng, MMA_SCENARIOS["wrap"], layout, 9,
+                                                                       rope=ROPES[0]))
+    assert worst < MMA_TOL[dtype], worst
