@@ -244,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
         res[f"agg_{b}"] = b * args.gen / wall
         res[f"agg_{b}_host_ms_per_step"] = 1e3 * cpu / args.gen
         res[f"agg_{b}_gpu_ms_per_step"] = graph_step_ms(be, b)
+        if b in (8, 32):
+            res[f"profile_agg_{b}_ms"] = profile_ops(be, model, StepBatch(
+                np.array([firsts[s] for s in range(b)], np.int32), tuple(SeqChunk(s, 512, 1) for s in range(b)),
+                run.maxpos))
     sample_peak()
     res["peak_device_gib"] = peak / GIB
     res["device_info"] = be.device_info()
@@ -266,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'decode d2048 achieved':30s} {res['decode_d2048_gbs']:10.0f} GB/s = {100 * res['decode_d2048_gbs'] / copy:.0f} % of copy")
     print(f"{'decode b1 GPU time / step':30s} {res['decode_b1_gpu_ms_per_step'] or float('nan'):10.3f} ms (graph replay)")
     print(f"{'host time per decode step':30s} {res['decode_b1_host_ms_per_step']:10.3f} ms (b1, to graph launch)")
-    for label in ("profile_decode_b1_ms", "profile_prefill_512_ms"):
+    for label in ("profile_decode_b1_ms", "profile_prefill_512_ms", "profile_agg_8_ms", "profile_agg_32_ms"):
+        if label not in res:
+            continue
         top = list(res[label].items())[:8]
         print(label, "total %.2f ms:" % sum(res[label].values()), ", ".join(f"{k} {v:.2f}" for k, v in top))
     print(f"{'peak device memory':30s} {res['peak_device_gib']:10.2f} GiB")
