@@ -158,11 +158,13 @@ class Bench:
                     with_quant=with_quant, us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
 
     def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int, splits: int | None = None,
-              pipelined: bool = True) -> dict:
+              pipelined: bool = True) -> dict | None:
         """Tiled path at m rows (f16 conversion of x included). Few rows are bandwidth-bound: weights then rotate
         past the L2 like the vector cases."""
         ws = self.weights(ggml_type, n, k, 3 * self.rt.l2_bytes if m <= 64 else 1)
         passes = max(1, (48 if m <= 64 else 4) // len(ws))
+        if splits and splits > 1 and splits * m * n * 4 > self.mm._part_cap:
+            return None  # the partials would not fit the reserved buffer
         self.mm.split_override = splits
         self.mm.pipelined = pipelined
         try:
@@ -228,7 +230,7 @@ class Bench:
     def run_tiled(self) -> None:
         """The tiled path at decode batch sizes (plain vs pipelined entries, K splits) and at 512 rows, and whole
         7B steps through it."""
-        add = lambda r: (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        add = lambda r: r and (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
         for n, k in SHAPES_7B[:3]:
             for m in (16, 32, 64):
                 tm = self.mm.tile_m_for(m)

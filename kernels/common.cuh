@@ -46,6 +46,12 @@ __device__ __forceinline__ uint32_t byte_of(const int4& v, int b) {
     return (static_cast<uint32_t>(word(v, b >> 2)) >> (8 * (b & 3))) & 0xFFu;
 }
 
+// float(q) for 0 <= q < 2^23 without an int-to-float conversion (a quarter-rate instruction on sm_90): q in the
+// low mantissa bits of 2^23 is the float 2^23 + q, exactly; subtracting 2^23 (or 2^23 + bias) is exact too.
+__device__ __forceinline__ float u2f(uint32_t q, float bias = 0.f) {
+    return __int_as_float(0x4B000000u | q) - (8388608.f + bias);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);

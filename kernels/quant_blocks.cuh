@@ -233,11 +233,11 @@ struct TLegacy {
                 q1 |= ((c.qh >> (i + 16)) & 1u) << 4;
             }
             if (HAS_MIN) {
-                v[i] = c.d * static_cast<float>(q0) + c.m;
-                v[16 + i] = c.d * static_cast<float>(q1) + c.m;
+                v[i] = c.d * u2f(q0) + c.m;
+                v[16 + i] = c.d * u2f(q1) + c.m;
             } else {
-                v[i] = c.d * (static_cast<float>(q0) - OFFSET);
-                v[16 + i] = c.d * (static_cast<float>(q1) - OFFSET);
+                v[i] = c.d * u2f(q0, OFFSET);
+                v[16 + i] = c.d * u2f(q1, OFFSET);
             }
         }
     }
@@ -363,8 +363,8 @@ struct TQK45 {
                 q0 |= ((byte_of(c.h0, i) >> s) & 1u) << 4;
                 q1 |= ((byte_of(c.h1, i) >> s) & 1u) << 4;
             }
-            v[i] = d * static_cast<float>(q0) - dm;
-            v[16 + i] = d * static_cast<float>(q1) - dm;
+            v[i] = d * u2f(q0) - dm;
+            v[16 + i] = d * u2f(q1) - dm;
         }
     }
 };
@@ -460,10 +460,10 @@ struct TQ6_K {
         const float d1 = c.d * static_cast<float>(static_cast<int8_t>(byte_of(c.sc, ((128 * h + w0) >> 4) + 1)));
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
-            const int q0 = static_cast<int>(((byte_of(c.ql0, i) >> nshift) & 0xFu) | (((byte_of(c.qh0, i) >> hshift) & 3u) << 4));
-            const int q1 = static_cast<int>(((byte_of(c.ql1, i) >> nshift) & 0xFu) | (((byte_of(c.qh1, i) >> hshift) & 3u) << 4));
-            v[i] = d0 * static_cast<float>(q0 - 32);
-            v[16 + i] = d1 * static_cast<float>(q1 - 32);
+            const uint32_t q0 = ((byte_of(c.ql0, i) >> nshift) & 0xFu) | (((byte_of(c.qh0, i) >> hshift) & 3u) << 4);
+            const uint32_t q1 = ((byte_of(c.ql1, i) >> nshift) & 0xFu) | (((byte_of(c.qh1, i) >> hshift) & 3u) << 4);
+            v[i] = d0 * u2f(q0, 32.f);  // q - 32, exact
+            v[16 + i] = d1 * u2f(q1, 32.f);
         }
     }
 };

@@ -179,12 +179,12 @@ class CudaBackend:
         self.max_seqs = int(max_seqs)  # S cap of a step
         self.pool = ActivationPool(self.rt, self.max_rows, min(self.max_rows, max(self.max_seqs, 64)))
         self.use_graphs = use_graphs
-        # Tiled prefill attention for prefill-heavy steps. Off: on an H100 (bench/gpu_bench.py, 7B Q4_K_M, 512-token
-        # prefill) split-K alone gave 8382 tok/s and the tiled kernel 8075; kept (and parity-tested) to improve.
-        self.use_prefill_kernel = False
-        # Which prefill kernel that is: "tiled" (attention.cu, CUDA cores) or "mma" (attention_mma.cu, tensor cores,
-        # f16 operands: ~4e-4 of max|out| off the f32 paths). Not run on a GPU yet, so still "tiled".
-        self.prefill_kernel = "tiled"
+        # Prefill-heavy steps (>= 32 rows, >= 4 per sequence) take a prefill attention kernel, the others split-K.
+        # "mma" (attention_mma.cu, tensor cores, f16 operands: ~4e-4 of max|out| off the f32 paths) is the default:
+        # on an H100 (bench/attention_bench.py, 7B shape, 512-token prefill) 57 us per layer vs 344 split-K and
+        # 402 for "tiled" (attention.cu, CUDA cores, f32), which is kept and parity-tested as the exact reference.
+        self.use_prefill_kernel = True
+        self.prefill_kernel = "mma"
         self.defer = True  # deferred add/matmul/rope (fusions); False issues every op at once (profiling)
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
@@ -222,7 +222,7 @@ class CudaBackend:
 
     def _preload(self) -> None:
         """Load every kernel module now, so the context's memory is measured with them (MemoryStats)."""
-        for module in ("norm", "rope", "elementwise", "argmax", "kv_store", "attention"):
+        for module in ("norm", "rope", "elementwise", "argmax", "kv_store", "attention", "attention_mma"):
             self.rt.module(module)
         try:
             self.mm.warm_up()

@@ -203,12 +203,12 @@ def test_attention(cuda_be, rng, dtype, scenario, hd, n_heads, n_kv, kernel):
     """kernel "tiled": steps with >= 32 rows and >= 4 rows per sequence take the tiled prefill kernel (the
     others split-K); "split": every step takes split-K."""
     layout = KVLayout(n_layers=2, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
-    before = cuda_be.use_prefill_kernel
-    cuda_be.use_prefill_kernel = kernel == "tiled"
+    before = (cuda_be.use_prefill_kernel, cuda_be.prefill_kernel)
+    cuda_be.use_prefill_kernel, cuda_be.prefill_kernel = kernel == "tiled", "tiled"
     try:
         worst = _run_scenario(cuda_be, rng, SCENARIOS[scenario], layout, n_heads)
     finally:
-        cuda_be.use_prefill_kernel = before
+        cuda_be.use_prefill_kernel, cuda_be.prefill_kernel = before
     assert worst < 2e-5, worst
 
 
