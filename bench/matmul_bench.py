@@ -157,8 +157,7 @@ class Bench:
         return dict(path="vec", type=ggml_type.name, n=n, k=k, n_rows=n_rows, variant=variant or f"={cfg}",
                     with_quant=with_quant, us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
 
-    def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int, splits: int | None = None,
-              pipelined: bool = True) -> dict | None:
+    def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int, splits: int | None = None) -> dict | None:
         """Tiled path at m rows (f16 conversion of x included). Few rows are bandwidth-bound: weights then rotate
         past the L2 like the vector cases."""
         ws = self.weights(ggml_type, n, k, 3 * self.rt.l2_bytes if m <= 64 else 1)
@@ -166,7 +165,6 @@ class Bench:
         if splits and splits > 1 and splits * m * n * 4 > self.mm._part_cap:
             return None  # the partials would not fit the reserved buffer
         self.mm.split_override = splits
-        self.mm.pipelined = pipelined
         try:
             chosen = splits or self.mm.split_k(m, n, k, tile_m)
             launches = [(lambda w=w: self.mm.matmul(self.x.ptr, m, w, self.out.ptr, self.ws.ptr, tile_m=tile_m))
@@ -174,10 +172,9 @@ class Bench:
             s = self.timed(launches, reps=3 if self.quick else 8)
         finally:
             self.mm.split_override = None
-            self.mm.pipelined = True
         wb = ws[0].nbytes
         return dict(path="tiled", type=ggml_type.name, n=n, k=k, n_rows=m, variant=f"m{tile_m}s{chosen}" +
-                    ("" if splits else "=") + ("p" if pipelined else ""), us=s * 1e6, tflops=2 * m * n * k / s / 1e12, gbps=wb / s / 1e9,
+                    ("" if splits else "="), us=s * 1e6, tflops=2 * m * n * k / s / 1e12, gbps=wb / s / 1e9,
                     pct_copy=100 * wb / s / self.copy_bw)
 
     def step_7b(self, fused: bool, n_rows: int = 1, tiled: bool = False) -> dict:
@@ -228,22 +225,15 @@ class Bench:
 
     # -- run -----------------------------------------------------------------------------------------
     def run_tiled(self) -> None:
-        """The tiled path at decode batch sizes (plain vs pipelined entries, K splits) and at 512 rows, and whole
-        7B steps through it."""
+        """The tiled path at decode batch sizes (M tiles x K splits) and at 512 rows, and whole 7B steps through
+        it next to the vector path."""
         add = lambda r: r and (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
-        for n, k in SHAPES_7B[:3]:
-            for m in (16, 32, 64):
-                tm = self.mm.tile_m_for(m)
-                add(self.tiled(T.Q4_K, n, k, m, tm, pipelined=False))
-                add(self.tiled(T.Q4_K, n, k, m, tm))
-                for sp in (1, 2, 4, 8):
-                    add(self.tiled(T.Q4_K, n, k, m, tm, sp))
-            self.free_weights()
         for tp in (T.Q4_K, T.Q6_K):
             for n, k in SHAPES_7B[:3]:
-                add(self.tiled(tp, n, k, 32, 32, pipelined=False))
-                add(self.tiled(tp, n, k, 32, 32))
-                add(self.tiled(tp, n, k, 512, 128, pipelined=False))
+                for m in (16, 32, 64):
+                    tm = self.mm.tile_m_for(m)
+                    for sp in (None, 1, 2, 4, 8):
+                        add(self.tiled(tp, n, k, m, tm, sp))
                 for tm, sp in ((64, None), (128, None), (128, 2)):
                     add(self.tiled(tp, n, k, 512, tm, sp))
             self.free_weights()
@@ -251,10 +241,6 @@ class Bench:
             if m <= self.mm.vec_max_rows:
                 add(self.step_7b(fused=True, n_rows=m))
             add(self.step_7b(fused=True, n_rows=m, tiled=True))
-            if m == 32:
-                self.mm.pipelined = False
-                add(dict(self.step_7b(fused=True, n_rows=m, tiled=True), variant="plain"))
-                self.mm.pipelined = True
             self.free_weights()
 
     def run(self) -> None:

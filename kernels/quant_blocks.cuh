@@ -335,19 +335,6 @@ struct TQK45 {
         }
         return c;
     }
-    // load_c as separately addressed 16-byte pieces (the pipelined tiled kernel copies them to shared memory
-    // with cp.async and rebuilds C from there): hdr, q0, q1 (+ h0, h1 for Q5_K); no f16 scale apart (CD).
-    static constexpr int CP = HIGH ? 5 : 3;
-    static constexpr bool CD = false;
-    __device__ static const uint8_t* piece(const WPtrs& w, int row, int kc, int i) {
-        const uint8_t* base = w.q + ((size_t)row * (w.K / 256) + (kc >> 3)) * BB;
-        const int j = (kc & 7) >> 1;
-        return i == 0 ? base : i == 1 ? base + QS + 32 * j : i == 2 ? base + QS + 32 * j + 16 : base + 16 * (i - 2);
-    }
-    __device__ static const uint8_t* piece_d(const WPtrs&, int, int) { return nullptr; }
-    __device__ static C from_pieces(const int4* p, const WPtrs&, int, int) {
-        return C{p[0], p[1], p[2], HIGH ? p[3] : make_int4(0, 0, 0, 0), HIGH ? p[4] : make_int4(0, 0, 0, 0)};
-    }
     // dequant_c needs the sub-block index s = kc % 8
     __device__ static void dequant_c(const C& c, int s, float* v) {
         const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(&c.hdr.x));
@@ -433,24 +420,6 @@ struct TQ6_K {
         c.sc = ld16(base + 192);
         c.d = ldh(w.s, bi);
         return c;
-    }
-    // load_c as pieces for the pipelined tiled kernel: ql0, ql1, qh0, qh1, sc (16 bytes each), and d (CD): the
-    // 4-byte aligned word of the scale region holding it (block index bi; its half is bi & 1).
-    static constexpr int CP = 5;
-    static constexpr bool CD = true;
-    __device__ static const uint8_t* piece(const WPtrs& w, int row, int kc, int i) {
-        const int c8 = kc & 7, h = c8 >> 2, w0 = 32 * (c8 & 3);
-        const uint8_t* base = w.q + ((size_t)row * (w.K / 256) + (kc >> 3)) * 208;
-        return i < 2 ? base + 64 * h + (w0 & 63) + 16 * i : i < 4 ? base + 128 + 32 * h + 16 * (i - 2) : base + 192;
-    }
-    __device__ static const uint8_t* piece_d(const WPtrs& w, int row, int kc) {
-        const size_t bi = (size_t)row * (w.K / 256) + (kc >> 3);
-        return w.s + 4 * (bi >> 1);
-    }
-    __device__ static C from_pieces(const int4* p, const WPtrs& w, int row, int kc) {  // p[5].x: d's word
-        const size_t bi = (size_t)row * (w.K / 256) + (kc >> 3);
-        const uint32_t word = static_cast<uint32_t>(p[5].x) >> (16 * (bi & 1));
-        return C{p[0], p[1], p[2], p[3], p[4], __half2float(__ushort_as_half(static_cast<unsigned short>(word)))};
     }
     // c8 = kc % 8
     __device__ static void dequant_c(const C& c, int c8, float* v) {

@@ -46,16 +46,7 @@ TILE_N, TILE_K = 128, 64  # output columns per tiled block, K values per tiled s
 SPLIT_MAX = 8  # most K splits of one tiled matmul
 SPLIT_MIN_STEPS = 4  # fewest K steps (of TILE_K values) a split may get
 SPLIT_CAP_BYTES = 24 << 20  # bound of the split-K partials buffer (S x M x N f32)
-BLOCKS_PER_SM = {32: 2, 64: 2, 128: 1}
-# pipelined tiled entries (matmul_tiled_<type>_m<BM>_p): type -> (16-byte slots per thread and stage, stages);
-# must match kernels/matmul_tiled.cu (CPW = T::CP + T::CD, NST of MMP_TYPE)
-PIPE = {"q4_k": (3, 4), "q5_k": (5, 3), "q6_k": (6, 3)}
-
-
-def pipe_smem_bytes(suffix: str, bm: int) -> int:
-    """Dynamic shared memory of a pipelined tiled entry: raw ring + x ring + the dequantized W tile."""
-    cpw, nst = PIPE[suffix]
-    return nst * 256 * cpw * 16 + nst * bm * 72 * 2 + TILE_N * 72 * 2  # resident tiled blocks per SM by M tile (registers: 128 / 128 / ~200)
+BLOCKS_PER_SM = {32: 2, 64: 2, 128: 1}  # resident tiled blocks per SM by M tile (registers: ~128 / 128 / ~200)
 _ALIGN = 256
 
 
@@ -158,7 +149,6 @@ class CudaMatmul:
         self._part: Any = None  # tiled path: split-K partials (S, M, N) f32, SPLIT_CAP_BYTES at most
         self._part_cap = 0
         self.split_override: int | None = None  # force the K-split count (benchmark)
-        self.pipelined = True  # k-quants take the cp.async-pipelined tiled entries (False: the plain ones)
         self._fns: dict[str, Any] = {}
 
     # -- kernels -------------------------------------------------------------------------------------
@@ -354,17 +344,8 @@ class CudaMatmul:
         dst = self._part.ptr if splits > 1 else out_ptr
         grid = (-(-w.n // TILE_N), -(-n_rows // bm), splits)
         args = (w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), dst, np.int32(ksplit))
-        if self.pipelined and w.suffix in PIPE:
-            name = f"matmul_tiled_{w.suffix}_m{bm}_p"
-            smem = pipe_smem_bytes(w.suffix, bm)
-            fn = self._fns.get(name)
-            if fn is None:
-                fn = self._fn("matmul_tiled", name, "PPPiiPiPi")  # over 48 KiB of shared memory: opt in once
-                fn.set_attribute(self.rt._cuda.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
-            fn.prepared_async_call(grid, (256, 1, 1), self.rt.stream, *args, shared_size=smem)
-        else:
-            fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiPi")
-            fn.prepared_async_call(grid, (256, 1, 1), self.rt.stream, *args)
+        fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiPi")
+        fn.prepared_async_call(grid, (256, 1, 1), self.rt.stream, *args)
         if splits > 1:
             mn = n_rows * w.n
             red = self._fn("matmul_tiled", "splitk_reduce", "PPii")

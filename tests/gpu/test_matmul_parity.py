@@ -18,15 +18,13 @@ Tolerances (relative Frobenius error ||out - ref|| / ||ref||):
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
 
-from service.backends.cuda_matmul import PIPE, VEC_MAX_ROWS, CudaMatmul, repack
+from service.backends.cuda_matmul import VEC_MAX_ROWS, CudaMatmul, repack
 
 N, K = 769, 5120 + 256
 TYPES = [T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q5_K, T.F16, T.F32]
@@ -209,23 +207,21 @@ def test_tiled_path_matches_float64(gpu, ggml_type: T) -> None:
         # (rows, M tile, K splits): None = the launcher's choice; 84 K steps split 5 ways leave a ragged last split
         cases = ((VEC_MAX_ROWS + 1, 32, 1), (VEC_MAX_ROWS + 1, 64, None), (20, 32, 5), (37, 64, 3), (37, 128, None),
                  (64, 64, 8), (512, 64, None), (512, 128, 1), (512, 128, 2))
-        # k-quants: the cp.async-pipelined entries (default) and the plain ones
-        flavours = (True, False) if w.suffix in PIPE else (True,)
-        for (n_rows, tile_m, splits), pipelined in itertools.product(cases, flavours):
+        for n_rows, tile_m, splits in cases:
             x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
             bufs = _Bufs(rt, mm, x, N)
-            mm.split_override, mm.pipelined = splits, pipelined
+            mm.split_override = splits
             mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr, tile_m=tile_m)
             out = bufs.result()
             bufs.free()
-            case = (n_rows, f"m{tile_m}", f"S={splits}", "pipelined" if pipelined else "plain")
+            case = (n_rows, f"m{tile_m}", f"S={splits}")
             assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written {case}"
             ref16 = x.astype(np.float16).astype(np.float64) @ w16.T  # (n_rows, N)
             ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
             assert rel(out, ref16) <= 1e-4, (case, rel(out, ref16))
             assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
     finally:
-        mm.split_override, mm.pipelined = None, True
+        mm.split_override = None
         rt.free(w.buffer)
 
 
