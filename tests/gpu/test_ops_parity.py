@@ -212,19 +212,25 @@ def test_attention(cuda_be, rng, dtype, scenario, hd, n_heads, n_kv, kernel):
     assert worst < 2e-5, worst
 
 
-def test_attention_no_sinks_long_context(cuda_be, rng):
-    """sink_tokens = 0 (plain sliding window), a 2048-position ring filled by a 290-token prefill + decode."""
+@pytest.mark.parametrize("kernel", ["split", "mma"])
+def test_attention_no_sinks_long_context(cuda_be, rng, kernel):
+    """sink_tokens = 0 (plain sliding window), a 2048-position ring filled by a 290-token prefill + decode; the
+    prefill through split-K (f32, 2e-5) or the default tensor-core kernel (MMA_TOL)."""
     layout = KVLayout(n_layers=1, slots=2, max_positions=2048, sink_tokens=0, n_kv_heads=2, head_dim=128, dtype="f16")
     steps = [[(0, 290)], [(0, 1)], [(0, 1), (1, 7)]]
-    assert _run_scenario(cuda_be, rng, steps, layout, 8) < 2e-5
+    worst = _with_prefill_kernel(cuda_be, kernel, lambda: _run_scenario(cuda_be, rng, steps, layout, 8))
+    assert worst < (2e-5 if kernel == "split" else MMA_TOL["f16"]), worst
 
 
+@pytest.mark.parametrize("kernel", ["split", "mma"])
 @pytest.mark.parametrize("dtype", ["f16", "q8"])
 @pytest.mark.parametrize("rope", ROPES[:2], ids=["normal", "neox"])
-def test_attention_with_fused_rope(cuda_be, rng, dtype, rope):
+def test_attention_with_fused_rope(cuda_be, rng, dtype, rope, kernel):
     """attention on deferred ropes: one rope launch for q, q_sink, k (+ f16 staging) == NumPy rope + attention."""
     layout = KVLayout(n_layers=1, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=3, head_dim=64, dtype=dtype)
-    assert _run_scenario(cuda_be, rng, SCENARIOS["wrap"], layout, 9, rope=rope) < (1e-4 if dtype == "f16" else 1e-3)
+    worst = _with_prefill_kernel(cuda_be, kernel, lambda: _run_scenario(cuda_be, rng, SCENARIOS["wrap"], layout, 9,
+                                                                        rope=rope))
+    assert worst < ((1e-4 if dtype == "f16" else 1e-3) if kernel == "split" else MMA_TOL[dtype]), worst
 
 
 # -- tensor-core prefill attention (kernels/attention_mma.cu) ---------------------------------------
@@ -255,8 +261,10 @@ MMA_SCENARIOS = {
 
 
 def _with_prefill_kernel(cuda_be, kernel, fn):
+    """fn() with prefill-heavy steps on `kernel`: "mma" / "tiled", or "split" (every step split-K)."""
     before = (cuda_be.use_prefill_kernel, cuda_be.prefill_kernel)
-    cuda_be.use_prefill_kernel, cuda_be.prefill_kernel = True, kernel
+    cuda_be.use_prefill_kernel = kernel != "split"
+    cuda_be.prefill_kernel = kernel if kernel != "split" else "tiled"
     try:
         return fn()
     finally:
