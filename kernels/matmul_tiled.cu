@@ -11,14 +11,12 @@
 //
 // Split-K (few rows: batched decode): grid.z = S blocks share one output tile, block z covering K values
 // [z * ksplit, min(K, (z + 1) * ksplit)) (ksplit a multiple of 64). With S > 1 each block writes its partial
-// tile to part + z * M * N and counts itself in done[tile]; the block that arrives last sums the S partials in
-// the fixed order z = 0 .. S-1 into out (deterministic: the same sum whichever block is last) and resets the
-// counter to 0 for the next launch (CUDA-graph replays included).
+// tile to out + z * M * N and splitk_reduce sums the S partials in a fixed order (deterministic).
 //
 // Memory layout in shared memory: As[BM][72] half (x rows), Bs[128][72] half (W rows = B^T), 8 halves of
 // row padding so the 16-byte fragment loads of 8 consecutive rows hit distinct banks.
 // Launch shape: 256 threads (8 warps: BM/32 along M x 256/BM along N), grid = (ceil(N/128), ceil(M/BM), S).
-// Entries: matmul_tiled_<type>_m<BM>(q, s, h, N, K, xh, M, out, ksplit, part, done), BM in {32, 64, 128}. Registers: ~123-128
+// Entries: matmul_tiled_<type>_m<BM>(q, s, h, N, K, xh, M, out, ksplit), BM in {32, 64, 128}. Registers: ~123-128
 // per thread for BM 32/64 (2 blocks per SM), ~160-250 for BM 128 (1 block). Tried and dropped on an H100
 // (bench/RESULTS.md): a cp.async ring running 3-4 steps ahead (5-25 % slower), and register caps for 3-4 blocks
 // per SM on the 32-row tile (spills; 6-40 % slower).
@@ -30,7 +28,7 @@ using namespace nvcuda;
 
 template <class T, int BM>
 __device__ __forceinline__ void mmt_body(const WPtrs& w, const half* __restrict__ xh, int M, float* __restrict__ out,
-                                         int ksplit, float* __restrict__ part, int* __restrict__ done) {
+                                         int ksplit) {
     constexpr int BN = 128, BK = 64, LDS = BK + 8;
     constexpr int WARPS_M = BM / 32, WARPS_N = 8 / WARPS_M;
     constexpr int WN = BN / WARPS_N, FN = WN / 16;  // warp tile 32 x WN
@@ -43,8 +41,7 @@ __device__ __forceinline__ void mmt_body(const WPtrs& w, const half* __restrict_
     const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
     const int K = w.K, N = w.N;
     const int kbeg = blockIdx.z * ksplit, kend = min(K, kbeg + ksplit);
-    const bool split = gridDim.z > 1;
-    float* dst = split ? part + (size_t)blockIdx.z * M * N : out;  // this block's partial tile, or the output
+    if (gridDim.z > 1) out += (size_t)blockIdx.z * M * N;  // this block's partial tile
     const int brow = tid >> 1, bsub = tid & 1;  // this thread's W chunk: row n0+brow, values k0 + 32*bsub + (0..31)
     const bool brow_ok = n0 + brow < N;
 
@@ -132,33 +129,9 @@ __device__ __forceinline__ void mmt_body(const WPtrs& w, const half* __restrict_
             for (int t = 0; t < 8; ++t) {
                 const int e = lane + 32 * t, r = e >> 4, c = e & 15;
                 const int gm = m0 + wm * 32 + 16 * i + r, gn = n0 + wn * WN + 16 * j + c;
-                if (gm < M && gn < N) dst[(size_t)gm * N + gn] = stage[e];
+                if (gm < M && gn < N) out[(size_t)gm * N + gn] = stage[e];
             }
             __syncwarp();
-        }
-    }
-    if (!split) return;
-
-    // split-K: the last of the S blocks of this tile reduces the partials (threadFenceReduction pattern)
-    __shared__ bool last;
-    __threadfence();  // this block's partial is visible device-wide before it is counted
-    __syncthreads();
-    if (tid == 0) {
-        const int tile = blockIdx.y * gridDim.x + blockIdx.x;
-        last = atomicAdd(&done[tile], 1) == (int)gridDim.z - 1;
-        if (last) done[tile] = 0;  // every block of this tile has counted: ready for the next launch
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    const size_t mn = (size_t)M * N;
-    for (int e = tid; e < BM * BN; e += 256) {
-        const int gm = m0 + e / BN, gn = n0 + e % BN;
-        if (gm < M && gn < N) {
-            const size_t i = (size_t)gm * N + gn;
-            float s = __ldcg(part + i);  // L2 reads: the other blocks' partials never sat in this SM's L1
-            for (int z = 1; z < (int)gridDim.z; ++z) s += __ldcg(part + z * mn + i);
-            out[i] = s;
         }
     }
 }
@@ -166,18 +139,18 @@ __device__ __forceinline__ void mmt_body(const WPtrs& w, const half* __restrict_
 #define MMT_ENTRY(suffix, T)                                                                                    \
     extern "C" __global__ void __launch_bounds__(256) matmul_tiled_##suffix##_m128(                             \
         const uint8_t* q, const uint8_t* s, const uint8_t* h, int N, int K, const half* xh, int M, float* out,   \
-        int ksplit, float* part, int* done) {                                                                   \
-        mmt_body<T, 128>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit, part, done);                                             \
+        int ksplit) {                                                                                           \
+        mmt_body<T, 128>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit);                                             \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) matmul_tiled_##suffix##_m64(                              \
         const uint8_t* q, const uint8_t* s, const uint8_t* h, int N, int K, const half* xh, int M, float* out,   \
-        int ksplit, float* part, int* done) {                                                                   \
-        mmt_body<T, 64>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit, part, done);                                              \
+        int ksplit) {                                                                                           \
+        mmt_body<T, 64>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit);                                              \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) matmul_tiled_##suffix##_m32(                              \
         const uint8_t* q, const uint8_t* s, const uint8_t* h, int N, int K, const half* xh, int M, float* out,   \
-        int ksplit, float* part, int* done) {                                                                   \
-        mmt_body<T, 32>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit, part, done);                                              \
+        int ksplit) {                                                                                           \
+        mmt_body<T, 32>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit);                                              \
     }
 FOR_EACH_WTYPE(MMT_ENTRY)
 
@@ -191,5 +164,16 @@ extern "C" __global__ void __launch_bounds__(256) to_f16(const float* __restrict
         pk.x = *reinterpret_cast<const uint32_t*>(&lo);
         pk.y = *reinterpret_cast<const uint32_t*>(&hi);
         reinterpret_cast<uint2*>(y)[i] = pk;
+    }
+}
+
+// out (M*N,) = sum_{z < S} part[z] (M*N,), z ascending (the split-K partials of matmul_tiled, same order every run).
+extern "C" __global__ void __launch_bounds__(256) splitk_reduce(const float* __restrict__ part, float* __restrict__ out,
+                                                               int mn, int S) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < mn) {
+        float s = part[i];
+        for (int z = 1; z < S; ++z) s += part[(size_t)z * mn + i];
+        out[i] = s;
     }
 }

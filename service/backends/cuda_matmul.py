@@ -11,8 +11,8 @@ launches the kernels of kernels/matmul_vec.cu, matmul_tiled.cu, quantize_act.cu 
 Paths: n_rows <= VEC_MAX_ROWS takes the bandwidth-bound vector kernel (quantized types: x is first quantized
 to int8 per 32 values into the workspace, then __dp4a on the weight quants); more rows take the tensor-core
 tiled kernel (x converted once to f16, f16 MMA on weight tiles dequantized in shared memory; split over K
-into partials, reduced in a fixed order by the last block of each tile, when the output tiles alone would leave
-SMs idle, as in batched decode). Buffers beyond the caller's workspace (f16 x, split-K partials) are allocated by
+into partials + a fixed-order reduction when the output tiles alone would leave SMs idle, as in batched
+decode). Buffers beyond the caller's workspace (f16 x, split-K partials) are allocated by
 `reserve` before the first step. Every launch goes on rt.stream, allocates nothing and reads only device
 memory, so a step can be captured in a CUDA graph.
 """
@@ -46,7 +46,6 @@ TILE_N, TILE_K = 128, 64  # output columns per tiled block, K values per tiled s
 SPLIT_MAX = 8  # most K splits of one tiled matmul
 SPLIT_MIN_STEPS = 4  # fewest K steps (of TILE_K values) a split may get
 SPLIT_CAP_BYTES = 24 << 20  # bound of the split-K partials buffer (S x M x N f32)
-SPLIT_TILES_MAX = 16384  # output tiles a split launch may have (one arrival counter each)
 BLOCKS_PER_SM = {32: 2, 64: 2, 128: 1}  # resident tiled blocks per SM by M tile (registers: ~128 / 128 / ~200)
 _ALIGN = 256
 
@@ -149,7 +148,6 @@ class CudaMatmul:
         self._xh: Any = None  # tiled path: x as f16 (max_rows, max_k)
         self._part: Any = None  # tiled path: split-K partials (S, M, N) f32, SPLIT_CAP_BYTES at most
         self._part_cap = 0
-        self._done: Any = None  # tiled path: split-K arrival counters (SPLIT_TILES_MAX int32, kept at 0)
         self.split_override: int | None = None  # force the K-split count (benchmark)
         self._fns: dict[str, Any] = {}
 
@@ -204,9 +202,6 @@ class CudaMatmul:
                 self.rt.free(self._part)
             self._part = self.rt.alloc(part, "activations", "matmul.splitk_partials")
             self._part_cap = part
-        if self._done is None and self._part is not None:  # per-tile arrival counters, zero between launches
-            self._done = self.rt.alloc(4 * SPLIT_TILES_MAX, "activations", "matmul.splitk_counters")
-            self.rt.memset_u8(self._done, 0, 4 * SPLIT_TILES_MAX)
 
     @staticmethod
     def workspace_bytes(max_rows: int, max_k: int) -> int:
@@ -323,12 +318,10 @@ class CudaMatmul:
         work, ceil(tiles * S / slots) / S, slots = resident blocks per SM x SMs (smaller S on ties); each split keeps at
         least SPLIT_MIN_STEPS K steps and the partials fit the reserved buffer."""
         fits = self._part_cap // (4 * n_rows * n)  # splits whose partials fit the reserved buffer
-        tiles = -(-n // TILE_N) * -(-n_rows // bm)
-        if tiles > SPLIT_TILES_MAX:
-            fits = 1
         if self.split_override:
             assert self.split_override == 1 or self.split_override <= fits, "reserve() a larger partials buffer"
             return self.split_override
+        tiles = -(-n // TILE_N) * -(-n_rows // bm)
         slots = BLOCKS_PER_SM[bm] * self.rt.sm_count
         most = min(SPLIT_MAX, -(-k // TILE_K) // SPLIT_MIN_STEPS, fits)
         return min(range(1, max(1, most) + 1), key=lambda s: (-(-tiles * s // slots) / s, s))
@@ -348,11 +341,16 @@ class CudaMatmul:
         steps = -(-w.k // TILE_K)
         ksplit = -(-steps // splits) * TILE_K  # K values per split, a multiple of the K step
         splits = -(-w.k // ksplit)  # rounding can leave fewer non-empty splits
+        dst = self._part.ptr if splits > 1 else out_ptr
         grid = (-(-w.n // TILE_N), -(-n_rows // bm), splits)
-        split = (self._part.ptr, self._done.ptr) if splits > 1 else (0, 0)
-        fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiPiPP")
-        fn.prepared_async_call(grid, (256, 1, 1), self.rt.stream, w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n),
-                               np.int32(w.k), xh_ptr, np.int32(n_rows), out_ptr, np.int32(ksplit), *split)
+        args = (w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), dst, np.int32(ksplit))
+        fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiPi")
+        fn.prepared_async_call(grid, (256, 1, 1), self.rt.stream, *args)
+        if splits > 1:
+            mn = n_rows * w.n
+            red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
+            red.prepared_async_call(((mn + 255) // 256, 1), (256, 1, 1), self.rt.stream,
+                                    self._part.ptr, out_ptr, np.int32(mn), np.int32(splits))
 
     def embedding(self, table: DeviceWeight, ids_ptr: int, n_rows: int, out_ptr: int) -> None:
         """out (n_rows, K) f32 = dequantized rows ids[0:n_rows] (int32, device) of the table."""
