@@ -213,8 +213,12 @@ def test_tiled_path_matches_float64(gpu, ggml_type: T) -> None:
             mm.split_override = splits
             mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr, tile_m=tile_m)
             out = bufs.result()
+            bufs.poison()  # again: same inputs, same bits (the split-K partials are summed in a fixed order)
+            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr, tile_m=tile_m)
+            again = bufs.result()
             bufs.free()
             case = (n_rows, f"m{tile_m}", f"S={splits}")
+            assert np.isfinite(out).all() and np.array_equal(out, again), case
             assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written {case}"
             ref16 = x.astype(np.float16).astype(np.float64) @ w16.T  # (n_rows, N)
             ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
