@@ -157,7 +157,12 @@ class Bench:
         return dict(path="vec", type=ggml_type.name, n=n, k=k, n_rows=n_rows, variant=variant or f"={cfg}",
                     with_quant=with_quant, us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
 
-    def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int, splits: int | None = None) -> dict | None:
+    def frag(self, ggml_type: T, n: int, k: int, m: int, splits: int | None = None) -> dict | None:
+        """The fragment kernel (Q4_K / Q6_K, <= 64 rows), weights rotating past the L2."""
+        r = self.tiled(ggml_type, n, k, m, None, splits)
+        return r and dict(r, path="frag", variant=f"s{splits or '='}")
+
+    def tiled(self, ggml_type: T, n: int, k: int, m: int, tile_m: int | None, splits: int | None = None) -> dict | None:
         """Tiled path at m rows (f16 conversion of x included). Few rows are bandwidth-bound: weights then rotate
         past the L2 like the vector cases."""
         ws = self.weights(ggml_type, n, k, 3 * self.rt.l2_bytes if m <= 64 else 1)
@@ -165,19 +170,20 @@ class Bench:
         if splits and splits > 1 and splits * m * n * 4 > self.mm._part_cap:
             return None  # the partials would not fit the reserved buffer
         self.mm.split_override = splits
+        vec_max, self.mm.vec_max_rows = self.mm.vec_max_rows, 0  # every row count on the tensor-core kernels
         try:
-            chosen = splits or self.mm.split_k(m, n, k, tile_m)
+            chosen = splits or self.mm.split_k(m, n, k, tile_m or 64)
             launches = [(lambda w=w: self.mm.matmul(self.x.ptr, m, w, self.out.ptr, self.ws.ptr, tile_m=tile_m))
                         for _ in range(passes) for w in ws]
             s = self.timed(launches, reps=3 if self.quick else 8)
         finally:
-            self.mm.split_override = None
+            self.mm.split_override, self.mm.vec_max_rows = None, vec_max
         wb = ws[0].nbytes
         return dict(path="tiled", type=ggml_type.name, n=n, k=k, n_rows=m, variant=f"m{tile_m}s{chosen}" +
                     ("" if splits else "="), us=s * 1e6, tflops=2 * m * n * k / s / 1e12, gbps=wb / s / 1e9,
                     pct_copy=100 * wb / s / self.copy_bw)
 
-    def step_7b(self, fused: bool, n_rows: int = 1, tiled: bool = False) -> dict:
+    def step_7b(self, fused: bool, n_rows: int = 1, tiled: bool = False, frag: bool = True) -> dict:
         """The 225 matmuls of one Llama-2-7B Q4_K_M decode step of n_rows sequences (+ the activation
         quantizations / f16 conversions per layer) as one graph; fused: Q/K/V and gate/up through matmul_multi
         (same-type matrices share a launch).
@@ -215,31 +221,33 @@ class Bench:
 
         vec_max = mm.vec_max_rows
         mm.vec_max_rows = 0 if tiled else vec_max  # tiled: every row count takes the tensor-core path
+        mm.use_frag = frag  # ... the fragment kernel for Q4_K / Q6_K up to 64 rows, or the tiled one
         try:
             s = self.timed([step], reps=10 if self.quick else 30)
         finally:
-            mm.vec_max_rows = vec_max
-        return dict(path="step7b", type="Q4_K_M" + ("/fused" if fused else "") + ("/tiled" if tiled else ""), n_matmuls=len(plan), n_rows=n_rows,
+            mm.vec_max_rows, mm.use_frag = vec_max, True
+        path = ("/frag" if frag else "/tiled") if tiled else ""
+        return dict(path="step7b", type="Q4_K_M" + ("/fused" if fused else "") + path, n_matmuls=len(plan), n_rows=n_rows,
                     weight_bytes=total_bytes, us=s * 1e6,
                     tok_s=n_rows / s, gbps=total_bytes / s / 1e9, pct_copy=100 * total_bytes / s / self.copy_bw)
 
     # -- run -----------------------------------------------------------------------------------------
     def run_tiled(self) -> None:
-        """The tiled path at decode batch sizes (M tiles x K splits) and at 512 rows, and whole 7B steps through
-        it next to the vector path."""
+        """Few rows: the fragment kernel vs the tiled one (K splits), 512 rows on the tiled one, and whole 7B
+        steps through each next to the vector path."""
         add = lambda r: r and (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
         for tp in (T.Q4_K, T.Q6_K):
             for n, k in SHAPES_7B[:3]:
-                for m in (16, 32, 64):
-                    tm = self.mm.tile_m_for(m)
+                for m in (2, 8, 16, 32, 64):
+                    add(self.tiled(tp, n, k, m, self.mm.tile_m_for(m)))
                     for sp in (None, 1, 2, 4, 8):
-                        add(self.tiled(tp, n, k, m, tm, sp))
-                for tm, sp in ((64, None), (128, None), (128, 2)):
-                    add(self.tiled(tp, n, k, 512, tm, sp))
+                        add(self.frag(tp, n, k, m, sp))
+                add(self.tiled(tp, n, k, 512, 128))
             self.free_weights()
         for m in (1, 2, 4, 8, 16, 32, 64):
             if m <= self.mm.vec_max_rows:
                 add(self.step_7b(fused=True, n_rows=m))
+            add(self.step_7b(fused=True, n_rows=m, tiled=True, frag=False))
             add(self.step_7b(fused=True, n_rows=m, tiled=True))
             self.free_weights()
 

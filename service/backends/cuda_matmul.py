@@ -12,7 +12,8 @@ Paths: n_rows <= VEC_MAX_ROWS takes the bandwidth-bound vector kernel (quantized
 to int8 per 32 values into the workspace, then __dp4a on the weight quants); more rows take the tensor-core
 tiled kernel (x converted once to f16, f16 MMA on weight tiles dequantized in shared memory; split over K
 into partials + a fixed-order reduction when the output tiles alone would leave SMs idle, as in batched
-decode). Buffers beyond the caller's workspace (f16 x, split-K partials) are allocated by
+decode); Q4_K / Q6_K at up to 64 rows take the fragment kernel instead (kernels/matmul_frag.cu: quants loaded
+straight into MMA fragments, scales applied to the f32 results). Buffers beyond the caller's workspace (f16 x, split-K partials) are allocated by
 `reserve` before the first step. Every launch goes on rt.stream, allocates nothing and reads only device
 memory, so a step can be captured in a CUDA graph.
 """
@@ -46,6 +47,8 @@ TILE_N, TILE_K = 128, 64  # output columns per tiled block, K values per tiled s
 SPLIT_MAX = 8  # most K splits of one tiled matmul
 SPLIT_MIN_STEPS = 4  # fewest K steps (of TILE_K values) a split may get
 SPLIT_CAP_BYTES = 24 << 20  # bound of the split-K partials buffer (S x M x N f32)
+FRAG_TYPES = frozenset({"q4_k", "q6_k"})  # types of the fragment kernel (kernels/matmul_frag.cu)
+FRAG_MAX_ROWS = 64  # rows it takes (8 column tiles of 8)
 BLOCKS_PER_SM = {32: 2, 64: 2, 128: 1}  # resident tiled blocks per SM by M tile (registers: ~128 / 128 / ~200)
 _ALIGN = 256
 
@@ -149,6 +152,7 @@ class CudaMatmul:
         self._part: Any = None  # tiled path: split-K partials (S, M, N) f32, SPLIT_CAP_BYTES at most
         self._part_cap = 0
         self.split_override: int | None = None  # force the K-split count (benchmark)
+        self.use_frag = True  # Q4_K / Q6_K at <= FRAG_MAX_ROWS rows: the fragment kernel (False: the tiled one)
         self._fns: dict[str, Any] = {}
 
     # -- kernels -------------------------------------------------------------------------------------
@@ -162,7 +166,7 @@ class CudaMatmul:
 
     def warm_up(self) -> None:
         """Build the four kernel modules now (first use would otherwise compile inside a step)."""
-        for module in ("quantize_act", "matmul_vec", "matmul_tiled", "get_rows"):
+        for module in ("quantize_act", "matmul_vec", "matmul_tiled", "matmul_frag", "get_rows"):
             self.rt.module(module)
 
     # -- upload --------------------------------------------------------------------------------------
@@ -272,7 +276,10 @@ class CudaMatmul:
         if n_rows > self.vec_max_rows:
             xh = self._to_f16(x_ptr, n_rows, k)
             for w, o in zip(ws, outs):
-                self._tiled(xh, n_rows, w, o, tile_m)
+                if self.use_frag and w.suffix in FRAG_TYPES and n_rows <= FRAG_MAX_ROWS and not tile_m:
+                    self._frag(xh, n_rows, w, o)
+                else:
+                    self._tiled(xh, n_rows, w, o, tile_m)
             return
         x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
         res_rows = self.paired_cols(n_rows) // 2 if x2 else n_rows
@@ -347,10 +354,27 @@ class CudaMatmul:
         fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiPi")
         fn.prepared_async_call(grid, (256, 1, 1), self.rt.stream, *args)
         if splits > 1:
-            mn = n_rows * w.n
-            red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
-            red.prepared_async_call(((mn + 255) // 256, 1), (256, 1, 1), self.rt.stream,
-                                    self._part.ptr, out_ptr, np.int32(mn), np.int32(splits))
+            self._reduce(n_rows * w.n, splits, out_ptr)
+
+    def _frag(self, xh_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int) -> None:
+        """Q4_K / Q6_K at <= 64 rows: quants straight into MMA fragments (kernels/matmul_frag.cu); K splits
+        planned like the tiled kernel's (one 64-row tile), rounded to whole 256-value blocks."""
+        nt = next(c for c in (1, 2, 4, 8) if 8 * c >= n_rows)
+        blocks = w.k // 256
+        splits = min(self.split_k(n_rows, w.n, w.k, 64), blocks)
+        per = -(-blocks // splits)
+        splits = -(-blocks // per)
+        dst = self._part.ptr if splits > 1 else out_ptr
+        fn = self._fn("matmul_frag", f"matmul_frag_{w.suffix}_n{nt}", "PPiiPiPi")
+        fn.prepared_async_call((-(-w.n // TILE_N), 1, splits), (256, 1, 1), self.rt.stream, w.q_ptr, w.s_ptr,
+                               np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), dst, np.int32(256 * per))
+        if splits > 1:
+            self._reduce(n_rows * w.n, splits, out_ptr)
+
+    def _reduce(self, mn: int, splits: int, out_ptr: int) -> None:
+        red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
+        red.prepared_async_call(((mn + 255) // 256, 1), (256, 1, 1), self.rt.stream,
+                                self._part.ptr, out_ptr, np.int32(mn), np.int32(splits))
 
     def embedding(self, table: DeviceWeight, ids_ptr: int, n_rows: int, out_ptr: int) -> None:
         """out (n_rows, K) f32 = dequantized rows ids[0:n_rows] (int32, device) of the table."""

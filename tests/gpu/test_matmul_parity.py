@@ -320,3 +320,39 @@ def _raw_of(w, rt) -> np.ndarray:
     if w.ggml_type == T.Q6_K:
         assert set(fields) == {"q", "s"}
     return raw.reshape(w.n, -1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_fragment_kernel_matches_float64(gpu, ggml_type: T) -> None:
+    """kernels/matmul_frag.cu (Q4_K / Q6_K, <= 64 rows): exact quants in the MMA, scales in f32, so against float64
+    with x rounded to f16 (what the kernel is given) it is within f32 accumulation error (<= 2e-5), and against
+    exact x within the f16 rounding of x (<= 2e-3). N = 769 leaves a partial 128-row block; K = 21 blocks makes
+    uneven splits; a second launch gives the same bits."""
+    rt, mm = gpu
+    rng = np.random.default_rng(int(ggml_type) + 400)
+    t = random_weight(ggml_type, N, K, rng)
+    w = mm.upload(t)
+    w64 = dequant64(t)  # (N, K)
+    try:
+        for n_rows, splits in ((VEC_MAX_ROWS + 1, 1), (13, 5), (32, None), (33, 3), (64, 8), (64, None)):
+            x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
+            x[:, 11] *= 40.0  # an outlier channel
+            bufs = _Bufs(rt, mm, x, N)
+            mm.split_override = splits
+            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr)
+            out = bufs.result()
+            bufs.poison()
+            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr)
+            again = bufs.result()
+            bufs.free()
+            case = (n_rows, f"S={splits}")
+            assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written {case}"
+            assert np.array_equal(out, again), case
+            ref_x16 = x.astype(np.float16).astype(np.float64) @ w64.T  # (n_rows, N)
+            ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
+            assert rel(out, ref_x16) <= 2e-5, (case, rel(out, ref_x16))
+            assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
+    finally:
+        mm.split_override = None
+        rt.free(w.buffer)
