@@ -159,6 +159,7 @@ class Bench:
 
     def frag(self, ggml_type: T, n: int, k: int, m: int, splits: int | None = None) -> dict | None:
         """The fragment kernel (Q4_K / Q6_K, <= 64 rows), weights rotating past the L2."""
+        self.mm.frag_max_rows = 64
         r = self.tiled(ggml_type, n, k, m, None, splits)
         return r and dict(r, path="frag", variant=f"s{splits or '='}")
 
@@ -221,7 +222,7 @@ class Bench:
 
         vec_max = mm.vec_max_rows
         mm.vec_max_rows = 0 if tiled else vec_max  # tiled: every row count takes the tensor-core path
-        mm.use_frag = frag  # ... the fragment kernel for Q4_K / Q6_K up to 64 rows, or the tiled one
+        mm.use_frag = frag and tiled  # ... the fragment kernel for Q4_K / Q6_K up to 64 rows, or the tiled one
         try:
             s = self.timed([step], reps=10 if self.quick else 30)
         finally:
@@ -244,7 +245,8 @@ class Bench:
                         add(self.frag(tp, n, k, m, sp))
                 add(self.tiled(tp, n, k, 512, 128))
             self.free_weights()
-        for m in (1, 2, 4, 8, 16, 32, 64):
+        self.mm.frag_max_rows = 64
+        for m in (1, 2, 4, 8, 16, 32, 48, 64):
             if m <= self.mm.vec_max_rows:
                 add(self.step_7b(fused=True, n_rows=m))
             add(self.step_7b(fused=True, n_rows=m, tiled=True, frag=False))

@@ -5,11 +5,12 @@
 // f32 MMA results afterwards (the llama.cpp MMQ idea, with f16 activations instead of int8, so the rounding is
 // the tiled path's: x to f16, nothing else).
 //
-// Math: per weight row r and sub-block b (Q4_K: 32 values, y = d*sc_b*q - dmin*m_b; Q6_K: 16 values,
-// y = d*sc_b*(q - 32)):  sum_k y_k x_k = (d sc_b) * sum_b q x  -  (dmin m_b) * sum_b x.  One
-// mma.m16n8k16 (f16 in, f32 out) computes sum q x over 16 values for 16 rows x 8 columns; C starts at 0 per
-// sub-block and is folded into the accumulators with the row's scale; sum_b x comes from shared memory.
-//
+// Math: Q4_K (y = d sc_b q - dmin m_b per 32-value sub-block b): sum_k y x = d sum_k (sc_b q) x - dmin sum_b m_b
+// (sum_b x). sc_b q <= 63 * 15 is an integer exact in f16, so the A fragments carry sc_b q, and one C per
+// 256-value block collects the first sum over 16 mma.m16n8k16 steps (f16 in, f32 out); the second sum is one
+// more MMA per block with A = the 6-bit mins and B = the sub-block sums of x split into f16 hi + lo parts (the
+// f32 sum to ~2^-22). Q6_K (y = d sc_b (q - 32) per 16 values, sc_b int8: sc_b (q - 32) may not be exact in
+// f16): C per 16-value step, folded into the accumulators with d sc_b.
 // Fragment layout (PTX ISA, mma.m16n8k16 .row.col f16): lane = 4 g + t holds A rows g and g+8 at logical k
 // {2t, 2t+1, 2t+8, 2t+9}, B column g at the same k, C rows g, g+8 x columns 2t, 2t+1. The k order inside a
 // 16-value step is ours to choose (the sum does not care) as long as A and B agree: logical (2t, 2t+1, 2t+8,
@@ -19,7 +20,8 @@
 //
 // Shared memory per 256-value block of K: x as xs[step (16)][column (M_pad)][16] half, each lane's 4 values
 // stored as (4t, 4t+2, 4t+1, 4t+3) so one 8-byte load gives both B registers (conflict-free: lanes read words
-// 8 g + 2 t); Q4_K also sums[sub-block (8)][column] f32 of the same f16 values.
+// 8 g + 2 t); Q4_K also sums16[column][16]: the 8 sub-block sums of the same f16 values as hi, lo halves, lane t's
+// 4 at 4t: (hi 2t, hi 2t+1, lo 2t, lo 2t+1), the B fragment of the mins' MMA.
 //
 // Launch: 256 threads = 8 warps x 16 weight rows = 128 rows per block; grid (ceil(N/128), 1, S), split-K as in
 // matmul_tiled.cu (block z covers K values [z ksplit, min(K, (z+1) ksplit)), ksplit a multiple of 256; with
@@ -44,7 +46,7 @@ __device__ __forceinline__ uint32_t q2h(uint32_t v, float bias) {
 
 // Per type: the words a lane loads for one row of one 256-value block, and the A registers + scales of one step.
 struct FQ4K {  // 144-byte blocks: d, dmin (half2), 12 bytes of 6-bit scales/mins, qs[128]
-    static constexpr int STEPS_PER_SB = 2, NSB = 8;
+    static constexpr bool PER_BLOCK = true;  // scales folded into A: one C per block (block_math below)
     struct W { int4 hdr; uint32_t q[8]; };  // q[2j + h]: qs bytes 32j + 16h + 4t .. +3
     __device__ static W load(const WPtrs& w, int row, int blk, int t) {
         const uint8_t* base = w.q + ((size_t)row * (w.K / 256) + blk) * 144;
@@ -54,24 +56,76 @@ struct FQ4K {  // 144-byte blocks: d, dmin (half2), 12 bytes of 6-bit scales/min
         for (int i = 0; i < 8; ++i) r.q[i] = __ldg(reinterpret_cast<const uint32_t*>(base + 16 + 16 * i + 4 * t));
         return r;
     }
-    // step s (0..15) of the block: sub-block s / 2 = 2j + nib, half h = s % 2
-    __device__ static void a_regs(const W& r, int s, uint32_t& lo, uint32_t& hi) {
+    // A registers of step s (0..15; sub-block s / 2 = 2j + nib, half h = s % 2), times the sub-block's 6-bit
+    // scale: sc * q <= 63 * 15 < 2048 is an integer, exact in f16
+    __device__ static void a_regs(const W& r, int s, uint32_t sc2, uint32_t& lo, uint32_t& hi) {
         const int sb = s >> 1, j = sb >> 1, nib = 4 * (sb & 1), h = s & 1;
         const uint32_t v = r.q[2 * j + h] >> nib;
-        lo = q2h(v & 0x000F000Fu, 0.f);
-        hi = q2h((v >> 8) & 0x000F000Fu, 0.f);
+        const __half2 sc = *reinterpret_cast<const __half2*>(&sc2);
+        uint32_t a = q2h(v & 0x000F000Fu, 0.f), b = q2h((v >> 8) & 0x000F000Fu, 0.f);
+        const __half2 la = __hmul2(*reinterpret_cast<const __half2*>(&a), sc);
+        const __half2 hb = __hmul2(*reinterpret_cast<const __half2*>(&b), sc);
+        lo = *reinterpret_cast<const uint32_t*>(&la);
+        hi = *reinterpret_cast<const uint32_t*>(&hb);
     }
-    __device__ static void scales(const W& r, int sb, float& dsc, float& dm) {
-        const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(&r.hdr.x));
-        float sc, m;
-        scale_min_k4(r.hdr, sb, sc, m);
-        dsc = dd.x * sc;
-        dm = dd.y * m;
+    // the 6-bit scales of the 8 sub-blocks as half2 (sc, sc), and the mins of sub-blocks 2t, 2t+1 as half2
+    __device__ static void decode(const W& r, int t, uint32_t (&sc2)[8], uint32_t& m2) {
+        float sc, m, m0 = 0.f, m1 = 0.f;
+#pragma unroll
+        for (int sb = 0; sb < 8; ++sb) {
+            scale_min_k4(r.hdr, sb, sc, m);
+            const __half2 h = __float2half2_rn(sc);
+            sc2[sb] = *reinterpret_cast<const uint32_t*>(&h);
+            if (sb == 2 * t) m0 = m;
+            if (sb == 2 * t + 1) m1 = m;
+        }
+        const __half2 hm = __floats2half2_rn(m0, m1);
+        m2 = *reinterpret_cast<const uint32_t*>(&hm);
+    }
+    // sum_k y x over the block for rows a, b: d * sum (sc q) x  -  dmin * sum_sb m_sb (sum_sb x); the second sum is
+    // one more MMA with A = the mins (k = 2t, 2t+1 and again 2t+8, 2t+9) and B = the f16 hi and lo parts of the
+    // sub-block sums of x (hi + lo = the f32 sum to ~2^-22)
+    template <int NT, int MP>
+    __device__ static void block_math(const W& wa, const W& wb, const half* xs, const half* sums16, int g, int t,
+                                      float (&acc)[NT][4]) {
+        uint32_t sca[8], scb[8], ma, mb;
+        decode(wa, t, sca, ma);
+        decode(wb, t, scb, mb);
+        float c[NT][4], cm[NT][4];
+#pragma unroll
+        for (int i = 0; i < NT; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) c[i][e] = cm[i][e] = 0.f;
+#pragma unroll
+        for (int s = 0; s < 16; ++s) {
+            uint32_t a0, a1, a2, a3;
+            a_regs(wa, s, sca[s >> 1], a0, a2);
+            a_regs(wb, s, scb[s >> 1], a1, a3);
+#pragma unroll
+            for (int i = 0; i < NT; ++i) {
+                const uint2 bv = *reinterpret_cast<const uint2*>(&xs[(s * MP + 8 * i + g) * 16 + 4 * t]);
+                mma16816(c[i], a0, a1, a2, a3, bv.x, bv.y);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < NT; ++i) {
+            const uint2 bv = *reinterpret_cast<const uint2*>(&sums16[(8 * i + g) * 16 + 4 * t]);
+            mma16816(cm[i], ma, mb, ma, mb, bv.x, bv.y);
+        }
+        const float2 da = __half22float2(*reinterpret_cast<const __half2*>(&wa.hdr.x));  // (d, dmin)
+        const float2 db = __half22float2(*reinterpret_cast<const __half2*>(&wb.hdr.x));
+#pragma unroll
+        for (int i = 0; i < NT; ++i) {
+            acc[i][0] += da.x * c[i][0] - da.y * cm[i][0];
+            acc[i][1] += da.x * c[i][1] - da.y * cm[i][1];
+            acc[i][2] += db.x * c[i][2] - db.y * cm[i][2];
+            acc[i][3] += db.x * c[i][3] - db.y * cm[i][3];
+        }
     }
 };
 
 struct FQ6K {  // repacked 208-byte blocks ql[128] | qh[64] | scales int8[16], d (half) in the scale region
-    static constexpr int STEPS_PER_SB = 1, NSB = 16;
+    static constexpr bool PER_BLOCK = false;
     struct W { uint32_t ql[8], qh[4]; int4 sc; float d; };
     // step s: value 16 s + 4 t + e; hh = s / 8, qd = (s % 8) / 2, l0 = 16 (s % 2)
     // ql word i = 4 hh + 2 (qd & 1) + (s % 2) at byte 64 hh + 32 (qd & 1) + l0 + 4t; qh word 2 hh + (s % 2)
@@ -94,9 +148,34 @@ struct FQ6K {  // repacked 208-byte blocks ql[128] | qh[64] | scales int8[16], d
         lo = q2h(q & 0x00FF00FFu, 32.f);
         hi = q2h((q >> 8) & 0x00FF00FFu, 32.f);
     }
-    __device__ static void scales(const W& r, int sb, float& dsc, float& dm) {
-        dsc = r.d * static_cast<float>(static_cast<int8_t>(byte_of(r.sc, sb)));
-        dm = 0.f;
+    // per 16-value sub-block (one step): C from 0, then acc += d * sc_b * C (the int8 scale times q - 32 can
+    // exceed f16's exact integers, so it stays out of the MMA)
+    template <int NT, int MP>
+    __device__ static void block_math(const W& wa, const W& wb, const half* xs, const half*, int g, int t,
+                                      float (&acc)[NT][4]) {
+#pragma unroll
+        for (int s = 0; s < 16; ++s) {
+            float c[NT][4];
+#pragma unroll
+            for (int i = 0; i < NT; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
+            uint32_t a0, a1, a2, a3;
+            a_regs(wa, s, a0, a2);
+            a_regs(wb, s, a1, a3);
+#pragma unroll
+            for (int i = 0; i < NT; ++i) {
+                const uint2 bv = *reinterpret_cast<const uint2*>(&xs[(s * MP + 8 * i + g) * 16 + 4 * t]);
+                mma16816(c[i], a0, a1, a2, a3, bv.x, bv.y);
+            }
+            const float sa = wa.d * static_cast<float>(static_cast<int8_t>(byte_of(wa.sc, s)));
+            const float sb = wb.d * static_cast<float>(static_cast<int8_t>(byte_of(wb.sc, s)));
+#pragma unroll
+            for (int i = 0; i < NT; ++i) {
+                acc[i][0] += sa * c[i][0];
+                acc[i][1] += sa * c[i][1];
+                acc[i][2] += sb * c[i][2];
+                acc[i][3] += sb * c[i][3];
+            }
+        }
     }
 };
 
@@ -105,7 +184,7 @@ __device__ __forceinline__ void mmf_body(const WPtrs& w, const half* __restrict_
                                          int ksplit) {
     constexpr int MP = 8 * NT;  // padded columns
     __shared__ __align__(16) half xs[16 * MP * 16];
-    __shared__ float sums[8 * MP];  // Q4_K: per 32-value sub-block and column
+    __shared__ __align__(16) half sums16[MP * 16];  // Q4_K: per column, the 8 sub-block sums as hi, lo halves
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int K = w.K, N = w.N;
     const int row0 = blockIdx.x * 128 + warp * 16;
@@ -133,13 +212,18 @@ __device__ __forceinline__ void mmf_body(const WPtrs& w, const half* __restrict_
             p.x = __byte_perm(v.x, v.y, 0x5410);
             p.y = __byte_perm(v.x, v.y, 0x7632);
             *reinterpret_cast<uint2*>(&xs[((grp >> 2) * MP + n) * 16 + 4 * (grp & 3)]) = p;
-            if (F::STEPS_PER_SB == 2) {  // sub-block sums: 8 groups = 8 consecutive threads
+            if (F::PER_BLOCK) {  // sub-block sums: a sub-block's 8 groups are 8 consecutive threads
                 const float2 f0 = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
                 const float2 f1 = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
-                float s = (f0.x + f0.y) + (f1.x + f1.y);
+                float sum = (f0.x + f0.y) + (f1.x + f1.y);
 #pragma unroll
-                for (int o = 1; o < 8; o <<= 1) s += __shfl_xor_sync(0xFFFFFFFFu, s, o);
-                if ((grp & 7) == 0) sums[(grp >> 3) * MP + n] = s;
+                for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+                if ((grp & 7) == 0) {  // sub-block sb = grp / 8 -> slot 4 (sb / 2) + sb % 2 (hi), + 2 (lo)
+                    const int sb = grp >> 3;
+                    const half hi = __float2half_rn(sum);
+                    sums16[n * 16 + 4 * (sb >> 1) + (sb & 1)] = hi;
+                    sums16[n * 16 + 4 * (sb >> 1) + 2 + (sb & 1)] = __float2half_rn(sum - __half2float(hi));
+                }
             }
         }
         __syncthreads();
@@ -148,39 +232,7 @@ __device__ __forceinline__ void mmf_body(const WPtrs& w, const half* __restrict_
             na = F::load(w, ra, blk + 1, t);
             nb = F::load(w, rb, blk + 1, t);
         }
-#pragma unroll
-        for (int sb = 0; sb < F::NSB; ++sb) {
-            float c[NT][4];
-#pragma unroll
-            for (int i = 0; i < NT; ++i) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
-#pragma unroll
-            for (int h = 0; h < F::STEPS_PER_SB; ++h) {
-                const int s = sb * F::STEPS_PER_SB + h;
-                uint32_t a0, a2, a1, a3;
-                F::a_regs(wa, s, a0, a2);  // row g: k (2t, 2t+1) and (2t+8, 2t+9)
-                F::a_regs(wb, s, a1, a3);  // row g + 8
-#pragma unroll
-                for (int i = 0; i < NT; ++i) {
-                    const uint2 bv = *reinterpret_cast<const uint2*>(&xs[(s * MP + 8 * i + g) * 16 + 4 * t]);
-                    mma16816(c[i], a0, a1, a2, a3, bv.x, bv.y);
-                }
-            }
-            float dsa, dma, dsb, dmb;
-            F::scales(wa, sb, dsa, dma);
-            F::scales(wb, sb, dsb, dmb);
-#pragma unroll
-            for (int i = 0; i < NT; ++i) {
-                float x0 = 0.f, x1 = 0.f;
-                if (F::STEPS_PER_SB == 2) {
-                    x0 = sums[sb * MP + 8 * i + 2 * t];
-                    x1 = sums[sb * MP + 8 * i + 2 * t + 1];
-                }
-                acc[i][0] += dsa * c[i][0] - dma * x0;
-                acc[i][1] += dsa * c[i][1] - dma * x1;
-                acc[i][2] += dsb * c[i][2] - dmb * x0;
-                acc[i][3] += dsb * c[i][3] - dmb * x1;
-            }
-        }
+        F::template block_math<NT, MP>(wa, wb, xs, sums16, g, t, acc);
         wa = na;
         wb = nb;
         __syncthreads();  // xs is rewritten for the next block

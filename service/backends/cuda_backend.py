@@ -424,16 +424,16 @@ class CudaBackend:
             n = int(self.mm.workspace_bytes(self.max_rows, self._max_k))
             self._workspace = self.rt.alloc(max(n, 16), "activations", "matmul.workspace")
             self.mm.reserve(self.max_rows, self._max_k)
-        q8 = any(str(getattr(w.dw.ggml_type, "name", w.dw.ggml_type)) not in ("F32", "F16") for w in ws)
-        small = x.rows <= self._vec_max_rows
-        pre = small and q8 and self._ws_x is x
-        if hasattr(self.mm, "matmul_multi"):
-            self.mm.matmul_multi(x.ptr, x.rows, [w.dw for w in ws], [o.ptr for o in outs], self._workspace.ptr,
-                                 prequantized=pre)
+        if hasattr(self.mm, "matmul_multi"):  # reports whether the workspace now holds x's int8 quantization
+            held = self.mm.matmul_multi(x.ptr, x.rows, [w.dw for w in ws], [o.ptr for o in outs],
+                                        self._workspace.ptr, prequantized=self._ws_x is x)
         else:
+            q8 = any(str(getattr(w.dw.ggml_type, "name", w.dw.ggml_type)) not in ("F32", "F16") for w in ws)
+            held = x.rows <= self._vec_max_rows and q8
+            pre = held and self._ws_x is x
             for i, (w, o) in enumerate(zip(ws, outs)):
-                self.mm.matmul(x.ptr, x.rows, w.dw, o.ptr, self._workspace.ptr, prequantized=pre or (small and q8 and i > 0))
-        if small and q8:
+                self.mm.matmul(x.ptr, x.rows, w.dw, o.ptr, self._workspace.ptr, prequantized=pre or (held and i > 0))
+        if held:
             self._ws_x = x  # held, so its buffer is not recycled while the workspace describes it
 
     # -- ops ---------------------------------------------------------------------------------------

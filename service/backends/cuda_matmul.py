@@ -48,7 +48,7 @@ SPLIT_MAX = 8  # most K splits of one tiled matmul
 SPLIT_MIN_STEPS = 4  # fewest K steps (of TILE_K values) a split may get
 SPLIT_CAP_BYTES = 24 << 20  # bound of the split-K partials buffer (S x M x N f32)
 FRAG_TYPES = frozenset({"q4_k", "q6_k"})  # types of the fragment kernel (kernels/matmul_frag.cu)
-FRAG_MAX_ROWS = 64  # rows it takes (8 column tiles of 8)
+FRAG_MAX_ROWS = 32  # rows it takes by default (compiled for up to 64: 8 column tiles of 8)
 BLOCKS_PER_SM = {32: 2, 64: 2, 128: 1}  # resident tiled blocks per SM by M tile (registers: ~128 / 128 / ~200)
 _ALIGN = 256
 
@@ -152,7 +152,9 @@ class CudaMatmul:
         self._part: Any = None  # tiled path: split-K partials (S, M, N) f32, SPLIT_CAP_BYTES at most
         self._part_cap = 0
         self.split_override: int | None = None  # force the K-split count (benchmark)
-        self.use_frag = True  # Q4_K / Q6_K at <= FRAG_MAX_ROWS rows: the fragment kernel (False: the tiled one)
+        self.use_frag = True  # Q4_K / Q6_K at few rows: the fragment kernel (False: vector / tiled only)
+        self.frag_max_rows = FRAG_MAX_ROWS  # rows up to this take it (more: the tiled kernel)
+        self.frag_vec_rows = 2 if int8x2 else 4  # ... from this many rows + 1 (fewer: the vector kernel)
         self._fns: dict[str, Any] = {}
 
     # -- kernels -------------------------------------------------------------------------------------
@@ -265,37 +267,54 @@ class CudaMatmul:
         already holds quantize_act(x) (e.g. Q/K/V sharing one input)."""
         self.matmul_multi(x_ptr, n_rows, [w], [out_ptr], workspace_ptr, prequantized, variant, tile_m)
 
+    def on_vec_path(self, n_rows: int, w: DeviceWeight) -> bool:
+        """Whether n_rows x w takes the vector kernel: up to vec_max_rows rows, and for the fragment kernel's types
+        only up to frag_vec_rows (H100, bench/matmul_bench.py: a 7B step's matmuls at 4 rows take 3.97 ms on the
+        fragment kernel vs 5.5 ms on the paired int8x2 vector kernel, 3.05 ms on single-pass int8)."""
+        limit = self.vec_max_rows
+        if self.use_frag and w.suffix in FRAG_TYPES:
+            limit = min(limit, self.frag_vec_rows)
+        return n_rows <= limit
+
     def matmul_multi(self, x_ptr: int, n_rows: int, ws: list[DeviceWeight], outs: list[int], workspace_ptr: int,
-                     prequantized: bool = False, variant: str | None = None, tile_m: int | None = None) -> None:
+                     prequantized: bool = False, variant: str | None = None, tile_m: int | None = None) -> bool:
         """outs[i] (n_rows, N_i) = x (n_rows, K) @ ws[i].T for matrices sharing the input x (Q/K/V, gate/up).
-        On the vector path x is quantized once and same-type matrices share launches (up to 3 per launch)."""
+        On the vector path x is quantized once and same-type matrices share launches (up to 3 per launch); the
+        others take the fragment or tiled kernel on one f16 copy of x. Returns whether the workspace holds x's
+        int8 quantization afterwards (prequantized=True: it did before, and still does)."""
         if n_rows <= 0 or not ws:
-            return
+            return prequantized
         k = ws[0].k
         assert all(w.k == k for w in ws) and len(outs) == len(ws)
-        if n_rows > self.vec_max_rows:
+        vec = [(w, o) for w, o in zip(ws, outs) if not tile_m and self.on_vec_path(n_rows, w)]
+        big = [(w, o) for w, o in zip(ws, outs) if tile_m or not self.on_vec_path(n_rows, w)]
+        if big:
             xh = self._to_f16(x_ptr, n_rows, k)
-            for w, o in zip(ws, outs):
-                if self.use_frag and w.suffix in FRAG_TYPES and n_rows <= FRAG_MAX_ROWS and not tile_m:
+            for w, o in big:
+                if self.use_frag and w.suffix in FRAG_TYPES and n_rows <= self.frag_max_rows and not tile_m:
                     self._frag(xh, n_rows, w, o)
                 else:
                     self._tiled(xh, n_rows, w, o, tile_m)
-            return
+        if not vec:
+            return prequantized
         x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
         res_rows = self.paired_cols(n_rows) // 2 if x2 else n_rows
-        if not prequantized and any(_TYPES[w.ggml_type].q8_act for w in ws):
+        quantized = prequantized
+        if not prequantized and any(_TYPES[w.ggml_type].q8_act for w, _ in vec):
             if x2:
                 self.quantize_act_x2(x_ptr, n_rows, k, workspace_ptr, res_rows)
             else:
                 self.quantize_act(x_ptr, n_rows, k, workspace_ptr)
+            quantized = True
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows if x2 else n_rows, k)
         groups: dict[GGMLType, list[tuple[DeviceWeight, int]]] = {}
-        for w, o in zip(ws, outs):
+        for w, o in vec:
             groups.setdefault(w.ggml_type, []).append((w, o))
         for members in groups.values():
             paired = x2 and _TYPES[members[0][0].ggml_type].q8_act  # both int8 passes, summed in the kernel
             for i in range(0, len(members), MULTI_MAX):
                 self._vec_launch(x_ptr, xq, xds, n_rows, members[i:i + MULTI_MAX], variant, paired)
+        return quantized
 
     def _vec_launch(self, x_ptr: int, xq: int, xds: int, n_rows: int, members: list[tuple[DeviceWeight, int]],
                     variant: str | None, paired: bool = False) -> None:

@@ -24,6 +24,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
 
+from service.backends import cuda_matmul
 from service.backends.cuda_matmul import VEC_MAX_ROWS, CudaMatmul, repack
 
 N, K = 769, 5120 + 256
@@ -106,6 +107,16 @@ def gpu():
     yield rt, mm
 
 
+@pytest.fixture(autouse=True)
+def _routing_reset(request):
+    """Tests pin the matmul routing (use_frag, frag_* limits, split_override) on the shared CudaMatmul; undo it."""
+    yield
+    if "gpu" in request.fixturenames:
+        mm = request.getfixturevalue("gpu")[1]
+        mm.use_frag, mm.split_override = True, None
+        mm.frag_vec_rows, mm.frag_max_rows = 4, cuda_matmul.FRAG_MAX_ROWS
+
+
 class _Bufs:
     """Device x / out / workspace for one case, outputs poisoned with NaN."""
 
@@ -139,6 +150,7 @@ class _Bufs:
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
 def test_vector_path_matches_float64(gpu, ggml_type: T) -> None:
     rt, mm = gpu
+    mm.use_frag = False  # the vector kernel at every row count here (the fragment kernel has its own test)
     rng = np.random.default_rng(int(ggml_type) + 100)
     t = random_weight(ggml_type, N, K, rng)
     w = mm.upload(t)
@@ -170,6 +182,7 @@ def test_vector_path_int8x2_matches_float64(gpu, ggml_type: T) -> None:
     vs float64 of the same two-pass rounding <= 1e-4; vs exact x <= 1e-4 (the rounding itself is ~3e-5)."""
     rt, _ = gpu
     mm = CudaMatmul(rt, int8x2=True)
+    mm.use_frag = False  # the vector kernel at every row count here
     rng = np.random.default_rng(int(ggml_type) + 300)
     t = random_weight(ggml_type, N, K, rng)
     w = mm.upload(t)
@@ -330,12 +343,14 @@ def test_fragment_kernel_matches_float64(gpu, ggml_type: T) -> None:
     exact x within the f16 rounding of x (<= 2e-3). N = 769 leaves a partial 128-row block; K = 21 blocks makes
     uneven splits; a second launch gives the same bits."""
     rt, mm = gpu
+    mm.frag_vec_rows, mm.frag_max_rows = 0, 64  # every row count here on the fragment kernel
     rng = np.random.default_rng(int(ggml_type) + 400)
     t = random_weight(ggml_type, N, K, rng)
     w = mm.upload(t)
     w64 = dequant64(t)  # (N, K)
     try:
-        for n_rows, splits in ((VEC_MAX_ROWS + 1, 1), (13, 5), (32, None), (33, 3), (64, 8), (64, None)):
+        for n_rows, splits in ((1, None), (3, 2), (VEC_MAX_ROWS + 1, 1), (13, 5), (32, None), (33, 3), (64, 8),
+                               (64, None)):
             x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
             x[:, 11] *= 40.0  # an outlier channel
             bufs = _Bufs(rt, mm, x, N)
