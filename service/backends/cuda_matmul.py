@@ -269,8 +269,8 @@ class CudaMatmul:
 
     def on_vec_path(self, n_rows: int, w: DeviceWeight) -> bool:
         """Whether n_rows x w takes the vector kernel: up to vec_max_rows rows, and for the fragment kernel's types
-        only up to frag_vec_rows (H100, bench/matmul_bench.py: a 7B step's matmuls at 4 rows take 3.97 ms on the
-        fragment kernel vs 5.5 ms on the paired int8x2 vector kernel, 3.05 ms on single-pass int8)."""
+        only up to frag_vec_rows (H100, bench/matmul_bench.py: a 7B step's matmuls at 4 rows take 3.7 ms on the
+        fragment kernel vs ~5.5 ms on the paired int8x2 vector kernel and 3.05 ms on single-pass int8)."""
         limit = self.vec_max_rows
         if self.use_frag and w.suffix in FRAG_TYPES:
             limit = min(limit, self.frag_vec_rows)
