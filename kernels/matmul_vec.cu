@@ -157,7 +157,6 @@ FOR_EACH_WTYPE(MMV_COMMON)
 // paired (int8x2) configurations of the int8 types: 1 / 2 / 4 output rows
 #define MMV_PAIRS(suffix, T)               \
     MMV_PAIRED(suffix, T, 2, 4, 4, 1)      \
-    MMV_PAIRED(suffix, T, 2, 4, 2, 1)      \
     MMV_PAIRED(suffix, T, 4, 4, 4, 1)      \
     MMV_PAIRED(suffix, T, 8, 4, 2, 1)
 MMV_PAIRS(q8_0, TQ8_0)

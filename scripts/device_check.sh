@@ -3,19 +3,8 @@
 # benchmark, in one call. Expects the carried wheels (.device-wheels, from ../shared/device/stage.sh), the
 # default model in the cache (assembled from parts, see bench/RESULTS.md) and $OUT. Prints a summary last.
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device-wheels/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-summary=()
-run() {  # name, command...
-  local name=$1; shift
-  local t0=$SECONDS
-  "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  summary+=("$name rc=$rc $((SECONDS - t0))s :: $(grep -E '[0-9]+ (passed|failed)' "$OUT/$name.log" | tail -1)")
-  tail -n 25 "$OUT/$name.log"
-}
+RUN_TAIL=25
+source "$(dirname "$0")/device_lib.sh"
 run gpu_ops python3 -m pytest -q -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_memory.py \
     --ignore=tests/gpu/test_backend_e2e.py --ignore=tests/gpu/test_full_model_e2e.py
 run gpu_memory python3 -m pytest -q -p no:cacheprovider -s tests/gpu/test_memory.py
