@@ -23,6 +23,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf.constants import GGML_QUANT_SIZES
 
+from service.backends import cuda_matmul
 from service.backends.cuda_matmul import CudaMatmul, DeviceWeight
 
 F16_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),
@@ -158,8 +159,7 @@ class Bench:
                     with_quant=with_quant, us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
 
     def frag(self, ggml_type: T, n: int, k: int, m: int, splits: int | None = None) -> dict | None:
-        """The fragment kernel (Q4_K / Q6_K, <= 64 rows), weights rotating past the L2."""
-        self.mm.frag_max_rows = 64
+        """The fragment kernel (Q4_K / Q6_K, <= mm.frag_max_rows rows), weights rotating past the L2."""
         r = self.tiled(ggml_type, n, k, m, None, splits)
         return r and dict(r, path="frag", variant=f"s{splits or '='}")
 
@@ -237,21 +237,24 @@ class Bench:
         """Few rows: the fragment kernel vs the tiled one (K splits), 512 rows on the tiled one, and whole 7B
         steps through each next to the vector path."""
         add = lambda r: r and (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
-        for tp in (T.Q4_K, T.Q6_K):
-            for n, k in SHAPES_7B[:3]:
-                for m in (2, 8, 16, 32, 64):
-                    add(self.tiled(tp, n, k, m, self.mm.tile_m_for(m)))
-                    for sp in (None, 1, 2, 4, 8):
-                        add(self.frag(tp, n, k, m, sp))
-                add(self.tiled(tp, n, k, 512, 128))
-            self.free_weights()
-        self.mm.frag_max_rows = 64
-        for m in (1, 2, 4, 8, 16, 32, 48, 64):
-            if m <= self.mm.vec_max_rows:
-                add(self.step_7b(fused=True, n_rows=m))
-            add(self.step_7b(fused=True, n_rows=m, tiled=True, frag=False))
-            add(self.step_7b(fused=True, n_rows=m, tiled=True))
-            self.free_weights()
+        self.mm.frag_max_rows = 64  # every compiled column count, for the comparison
+        try:
+            for tp in (T.Q4_K, T.Q6_K):
+                for n, k in SHAPES_7B[:3]:
+                    for m in (2, 8, 16, 32, 64):
+                        add(self.tiled(tp, n, k, m, self.mm.tile_m_for(m)))
+                        for sp in (None, 1, 2, 4, 8):
+                            add(self.frag(tp, n, k, m, sp))
+                    add(self.tiled(tp, n, k, 512, 128))
+                self.free_weights()
+            for m in (1, 2, 4, 8, 16, 32, 48, 64):
+                if m <= self.mm.vec_max_rows:
+                    add(self.step_7b(fused=True, n_rows=m))
+                add(self.step_7b(fused=True, n_rows=m, tiled=True, frag=False))
+                add(self.step_7b(fused=True, n_rows=m, tiled=True))
+                self.free_weights()
+        finally:
+            self.mm.frag_max_rows = cuda_matmul.FRAG_MAX_ROWS
 
     def run(self) -> None:
         self.copy_bw = self.copy_bandwidth()

@@ -68,19 +68,16 @@ struct FQ4K {  // 144-byte blocks: d, dmin (half2), 12 bytes of 6-bit scales/min
         lo = *reinterpret_cast<const uint32_t*>(&la);
         hi = *reinterpret_cast<const uint32_t*>(&hb);
     }
-    // the 6-bit scales of the 8 sub-blocks as half2 (sc, sc), and the mins of sub-blocks 2t, 2t+1 as half2; the
-    // 12 packed bytes unpacked four at a time (scale_min_k4's layout: header bytes 4..15 = words y, z, w)
+    // the 6-bit scales of the 8 sub-blocks as half2 (sc, sc), and the mins of sub-blocks 2t, 2t+1 as half2
     __device__ static void decode(const W& r, int t, uint32_t (&sc2)[8], uint32_t& m2) {
-        const uint32_t y = r.hdr.y, z = r.hdr.z, w = r.hdr.w;
-        const uint32_t sc_lo = y & 0x3F3F3F3Fu, sc_hi = (w & 0x0F0F0F0Fu) | ((y >> 2) & 0x30303030u);
-        const uint32_t m_lo = z & 0x3F3F3F3Fu, m_hi = ((w >> 4) & 0x0F0F0F0Fu) | ((z >> 2) & 0x30303030u);
+        const ScalesMinsK4 p = scales_mins_k4(r.hdr);
 #pragma unroll
         for (int sb = 0; sb < 8; ++sb) {  // byte sb % 4 into the low byte of both halves
             const uint32_t i = sb & 3;
-            sc2[sb] = q2h(__byte_perm(sb < 4 ? sc_lo : sc_hi, 0u, i | 0x40u | (i << 8) | 0x4000u), 0.f);
+            sc2[sb] = q2h(__byte_perm(sb < 4 ? p.sc_lo : p.sc_hi, 0u, i | 0x40u | (i << 8) | 0x4000u), 0.f);
         }
         const uint32_t i = 2 * (t & 1);  // bytes i, i + 1 of the low (t < 2) or high word: sub-blocks 2t, 2t + 1
-        m2 = q2h(__byte_perm(t < 2 ? m_lo : m_hi, 0u, i | 0x40u | ((i + 1) << 8) | 0x4000u), 0.f);
+        m2 = q2h(__byte_perm(t < 2 ? p.m_lo : p.m_hi, 0u, i | 0x40u | ((i + 1) << 8) | 0x4000u), 0.f);
     }
     // sum_k y x over the block for rows a, b: d * sum (sc q) x  -  dmin * sum_sb m_sb (sum_sb x); the second sum is
     // one more MMA with A = the mins (k = 2t, 2t+1 and again 2t+8, 2t+9) and B = the f16 hi and lo parts of the

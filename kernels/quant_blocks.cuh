@@ -54,6 +54,15 @@ __device__ __forceinline__ void scale_min_k4(const int4& hdr, int j, float& sc, 
     }
 }
 
+// All 8 (scale, min) pairs of a Q4_K/Q5_K header at once, one byte each: sc[0..3] = bytes of sc_lo, sc[4..7] of
+// sc_hi, likewise the mins (scale_min_k4's unpacking, four sub-blocks per word operation)
+struct ScalesMinsK4 { uint32_t sc_lo, sc_hi, m_lo, m_hi; };
+__device__ __forceinline__ ScalesMinsK4 scales_mins_k4(const int4& hdr) {
+    const uint32_t y = hdr.y, z = hdr.z, w = hdr.w;  // header bytes 4..7, 8..11, 12..15
+    return ScalesMinsK4{y & 0x3F3F3F3Fu, (w & 0x0F0F0F0Fu) | ((y >> 2) & 0x30303030u),
+                        z & 0x3F3F3F3Fu, ((w >> 4) & 0x0F0F0F0Fu) | ((z >> 2) & 0x30303030u)};
+}
+
 // ---------------------------------------------------------------------------------------------------
 struct TF32 {
     static constexpr int VU = 4, UPB = 1;

@@ -214,7 +214,6 @@ class CudaBackend:
         self._step: CudaStep | None = None
         self.graph_replays = 0
         self.last_host_s = 0.0  # host time of the last graph-replayed step up to the replay's launch
-        self._vec_max_rows = 0
         self._ws_x: CudaTensor | None = None  # the input whose int8 quantization the workspace holds
         self._pending_mm: dict[int, list[weakref.ref]] = {}  # id(input) -> deferred matmul outputs on it
         self._weight_slab: Any = None
@@ -255,7 +254,6 @@ class CudaBackend:
 
             self._mm = cuda_matmul.CudaMatmul(self.rt, cuda_matmul.VEC_MAX_ROWS if self.int8_decode else 0,
                                               int8x2=self.int8x2)
-            self._vec_max_rows = self._mm.vec_max_rows
         return self._mm
 
     def from_host(self, x: np.ndarray) -> CudaTensor:
@@ -424,15 +422,8 @@ class CudaBackend:
             n = int(self.mm.workspace_bytes(self.max_rows, self._max_k))
             self._workspace = self.rt.alloc(max(n, 16), "activations", "matmul.workspace")
             self.mm.reserve(self.max_rows, self._max_k)
-        if hasattr(self.mm, "matmul_multi"):  # reports whether the workspace now holds x's int8 quantization
-            held = self.mm.matmul_multi(x.ptr, x.rows, [w.dw for w in ws], [o.ptr for o in outs],
-                                        self._workspace.ptr, prequantized=self._ws_x is x)
-        else:
-            q8 = any(str(getattr(w.dw.ggml_type, "name", w.dw.ggml_type)) not in ("F32", "F16") for w in ws)
-            held = x.rows <= self._vec_max_rows and q8
-            pre = held and self._ws_x is x
-            for i, (w, o) in enumerate(zip(ws, outs)):
-                self.mm.matmul(x.ptr, x.rows, w.dw, o.ptr, self._workspace.ptr, prequantized=pre or (held and i > 0))
+        held = self.mm.matmul_multi(x.ptr, x.rows, [w.dw for w in ws], [o.ptr for o in outs], self._workspace.ptr,
+                                    prequantized=self._ws_x is x)  # True: the workspace holds x's int8 quantization
         if held:
             self._ws_x = x  # held, so its buffer is not recycled while the workspace describes it
 

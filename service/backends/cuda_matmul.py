@@ -12,10 +12,10 @@ Paths: n_rows <= VEC_MAX_ROWS takes the bandwidth-bound vector kernel (quantized
 to int8 per 32 values into the workspace, then __dp4a on the weight quants); more rows take the tensor-core
 tiled kernel (x converted once to f16, f16 MMA on weight tiles dequantized in shared memory; split over K
 into partials + a fixed-order reduction when the output tiles alone would leave SMs idle, as in batched
-decode); Q4_K / Q6_K at up to 64 rows take the fragment kernel instead (kernels/matmul_frag.cu: quants loaded
-straight into MMA fragments, scales applied to the f32 results). Buffers beyond the caller's workspace (f16 x, split-K partials) are allocated by
-`reserve` before the first step. Every launch goes on rt.stream, allocates nothing and reads only device
-memory, so a step can be captured in a CUDA graph.
+decode); Q4_K / Q6_K at a few rows take the fragment kernel instead (kernels/matmul_frag.cu: quants loaded
+straight into MMA fragments, scales applied to the f32 results). Buffers beyond the caller's workspace (f16 x,
+split-K partials) are allocated by `reserve` before the first step. Every launch goes on rt.stream, allocates
+nothing and reads only device memory, so a step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -194,10 +194,10 @@ class CudaMatmul:
 
     # -- workspace -----------------------------------------------------------------------------------
     def reserve(self, max_rows: int, max_k: int, max_n: int | None = None) -> None:
-        """Allocate the tiled path's f16 copy of x and split-K partials for
-        inputs up to max_rows x max_k and the widest weight uploaded so far. Call after the uploads and before
-        any graph capture (the backend does, with its first matmul workspace); max_n overrides the widest
-        weight (for callers that upload later)."""
+        """Allocate the tensor-core paths' f16 copy of x and split-K partials for inputs up to max_rows x max_k
+        and the widest weight uploaded so far. Call after the uploads and before any graph capture (the backend
+        does, with its first matmul workspace); max_n overrides the widest weight (for callers that upload
+        later)."""
         if self._xh is None or self._xh.nbytes < 2 * max_rows * max_k:
             if self._xh is not None:
                 self.rt.free(self._xh)
@@ -256,7 +256,10 @@ class CudaMatmul:
         if variant and ":" in variant:  # "<kernel flavour>:<config>", e.g. "st:r4t2u2" -> matmul_vec_q4_kst_...
             flavour, variant = variant.split(":")
             suffix += flavour
-        cfg = variant or (PAIRED_CONFIG[nc] if paired else VEC_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or VEC_CONFIG[nc])
+        if paired:
+            cfg = variant or PAIRED_CONFIG[nc]
+        else:
+            cfg = variant or VEC_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or VEC_CONFIG[nc]
         r, rest = cfg[1:].split("t")
         rt = rest.split("u")[0]
         return f"matmul_vec_{suffix}_c{nc}{'p' if paired else ''}_{cfg}", int(r) * int(rt)
@@ -286,12 +289,13 @@ class CudaMatmul:
             return prequantized
         k = ws[0].k
         assert all(w.k == k for w in ws) and len(outs) == len(ws)
-        vec = [(w, o) for w, o in zip(ws, outs) if not tile_m and self.on_vec_path(n_rows, w)]
-        big = [(w, o) for w, o in zip(ws, outs) if tile_m or not self.on_vec_path(n_rows, w)]
+        vec, big = [], []
+        for w, o in zip(ws, outs):
+            (vec if not tile_m and self.on_vec_path(n_rows, w) else big).append((w, o))
         if big:
             xh = self._to_f16(x_ptr, n_rows, k)
             for w, o in big:
-                if self.use_frag and w.suffix in FRAG_TYPES and n_rows <= self.frag_max_rows and not tile_m:
+                if not tile_m and self.use_frag and w.suffix in FRAG_TYPES and n_rows <= self.frag_max_rows:
                     self._frag(xh, n_rows, w, o)
                 else:
                     self._tiled(xh, n_rows, w, o, tile_m)
@@ -341,8 +345,8 @@ class CudaMatmul:
 
     def split_k(self, n_rows: int, n: int, k: int, bm: int) -> int:
         """K splits of a tiled matmul: the count that finishes the blocks in the fewest block-waves per unit of
-        work, ceil(tiles * S / slots) / S, slots = resident blocks per SM x SMs (smaller S on ties); each split keeps at
-        least SPLIT_MIN_STEPS K steps and the partials fit the reserved buffer."""
+        work, ceil(tiles * S / slots) / S, slots = resident blocks per SM x SMs (smaller S on ties); each split
+        keeps at least SPLIT_MIN_STEPS K steps and the partials fit the reserved buffer."""
         fits = self._part_cap // (4 * n_rows * n)  # splits whose partials fit the reserved buffer
         if self.split_override:
             assert self.split_override == 1 or self.split_override <= fits, "reserve() a larger partials buffer"
@@ -361,39 +365,40 @@ class CudaMatmul:
         fn.prepared_async_call(((n4 + 255) // 256, 1), (256, 1, 1), self.rt.stream, x_ptr, self._xh.ptr, np.int32(n4))
         return self._xh.ptr
 
+    def _plan(self, n_rows: int, w: DeviceWeight, bm: int, unit: int) -> tuple[int, int]:
+        """(splits, K values per split) of a tensor-core matmul: split_k's count, each split a whole number of
+        `unit` K values (rounding can leave fewer non-empty splits)."""
+        units = -(-w.k // unit)
+        per = -(-units // min(self.split_k(n_rows, w.n, w.k, bm), units))
+        return -(-units // per), per * unit
+
+    def _launch_split(self, fn: Any, grid_xy: tuple[int, int], splits: int, args: tuple, n_rows: int,
+                      w: DeviceWeight, out_ptr: int) -> None:
+        """Launch a tensor-core matmul whose last two arguments are (out, ksplit) with grid.z = splits; with
+        splits > 1 it writes the partials and splitk_reduce sums them into out in a fixed order."""
+        dst = self._part.ptr if splits > 1 else out_ptr
+        fn.prepared_async_call((*grid_xy, splits), (256, 1, 1), self.rt.stream, *args[:-1], dst, args[-1])
+        if splits > 1:
+            mn = n_rows * w.n
+            red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
+            red.prepared_async_call(((mn + 255) // 256, 1), (256, 1, 1), self.rt.stream,
+                                    self._part.ptr, out_ptr, np.int32(mn), np.int32(splits))
+
     def _tiled(self, xh_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, tile_m: int | None) -> None:
         bm = tile_m or self.tile_m_for(n_rows)
-        splits = self.split_k(n_rows, w.n, w.k, bm)
-        steps = -(-w.k // TILE_K)
-        ksplit = -(-steps // splits) * TILE_K  # K values per split, a multiple of the K step
-        splits = -(-w.k // ksplit)  # rounding can leave fewer non-empty splits
-        dst = self._part.ptr if splits > 1 else out_ptr
-        grid = (-(-w.n // TILE_N), -(-n_rows // bm), splits)
-        args = (w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), dst, np.int32(ksplit))
+        splits, ksplit = self._plan(n_rows, w, bm, TILE_K)
         fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiPi")
-        fn.prepared_async_call(grid, (256, 1, 1), self.rt.stream, *args)
-        if splits > 1:
-            self._reduce(n_rows * w.n, splits, out_ptr)
+        args = (w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), np.int32(ksplit))
+        self._launch_split(fn, (-(-w.n // TILE_N), -(-n_rows // bm)), splits, args, n_rows, w, out_ptr)
 
     def _frag(self, xh_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int) -> None:
-        """Q4_K / Q6_K at <= 64 rows: quants straight into MMA fragments (kernels/matmul_frag.cu); K splits
-        planned like the tiled kernel's (one 64-row tile), rounded to whole 256-value blocks."""
+        """Q4_K / Q6_K at few rows: quants straight into MMA fragments (kernels/matmul_frag.cu); K splits planned
+        like the tiled kernel's (one 64-row tile), in whole 256-value blocks."""
         nt = next(c for c in (1, 2, 4, 8) if 8 * c >= n_rows)
-        blocks = w.k // 256
-        splits = min(self.split_k(n_rows, w.n, w.k, 64), blocks)
-        per = -(-blocks // splits)
-        splits = -(-blocks // per)
-        dst = self._part.ptr if splits > 1 else out_ptr
+        splits, ksplit = self._plan(n_rows, w, 64, 256)
         fn = self._fn("matmul_frag", f"matmul_frag_{w.suffix}_n{nt}", "PPiiPiPi")
-        fn.prepared_async_call((-(-w.n // TILE_N), 1, splits), (256, 1, 1), self.rt.stream, w.q_ptr, w.s_ptr,
-                               np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), dst, np.int32(256 * per))
-        if splits > 1:
-            self._reduce(n_rows * w.n, splits, out_ptr)
-
-    def _reduce(self, mn: int, splits: int, out_ptr: int) -> None:
-        red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
-        red.prepared_async_call(((mn + 255) // 256, 1), (256, 1, 1), self.rt.stream,
-                                self._part.ptr, out_ptr, np.int32(mn), np.int32(splits))
+        args = (w.q_ptr, w.s_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), np.int32(ksplit))
+        self._launch_split(fn, (-(-w.n // TILE_N), 1), splits, args, n_rows, w, out_ptr)
 
     def embedding(self, table: DeviceWeight, ids_ptr: int, n_rows: int, out_ptr: int) -> None:
         """out (n_rows, K) f32 = dequantized rows ids[0:n_rows] (int32, device) of the table."""

@@ -8,17 +8,15 @@ exceptions as in the sync client.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, AsyncIterator, Callable, Iterable
 
 import grpc
 
 from service.api.gen.llm.v1 import llm_service_pb2_grpc
 from service.client import requests
-from service.client.errors import LLMClientError, from_rpc_error
-from service.client.transport import ClientOptions
-
-_UNSET: Any = object()
+from service.client.errors import from_rpc_error
+from service.client.resources import Chat, Completions, Models
+from service.client.transport import UNSET, ClientOptions, remaining
 
 
 class AsyncClient:
@@ -33,41 +31,26 @@ class AsyncClient:
         self._channel = (grpc.aio.secure_channel(target, creds, args) if creds
                          else grpc.aio.insecure_channel(target, args))
         self._stub = llm_service_pb2_grpc.LLMServiceStub(self._channel)
-        self.models = _Models(self)
-        self.completions = _Completions(self)
-        self.chat = _Chat(self)
+        self.models = Models(self)
+        self.completions = Completions(self)
+        self.chat = Chat(self)
 
-    def _deadline(self, timeout: Any) -> float | None:
-        timeout = self.options.timeout_s if timeout is _UNSET else timeout
-        return None if timeout is None else time.monotonic() + timeout
-
-    @staticmethod
-    def _remaining(deadline: float | None) -> float | None:
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-    async def _wait_or_raise(self, err: LLMClientError, attempt: int, deadline: float | None) -> None:
-        delay = self.options.retry_delay(err, attempt)
-        remaining = self._remaining(deadline)
-        if delay is None or (remaining is not None and delay >= remaining):
-            raise err
-        await asyncio.sleep(delay)
-
-    async def _unary(self, method: Callable, request: Any, timeout: Any = _UNSET) -> Any:
-        deadline = self._deadline(timeout)
+    async def _unary(self, method: Callable, request: Any, timeout: Any = UNSET) -> Any:
+        deadline = self.options.deadline(timeout)
         attempt = 0
         while True:
             try:
-                return await method(request, timeout=self._remaining(deadline), metadata=self.options.metadata())
+                return await method(request, timeout=remaining(deadline), metadata=self.options.metadata())
             except grpc.RpcError as rpc_err:
                 err = from_rpc_error(rpc_err)
-            await self._wait_or_raise(err, attempt, deadline)
+            await asyncio.sleep(self.options.retry_wait(err, attempt, deadline))
             attempt += 1
 
-    async def _stream(self, method: Callable, request: Any, timeout: Any = _UNSET) -> AsyncIterator[Any]:
-        deadline = self._deadline(timeout)
+    async def _stream(self, method: Callable, request: Any, timeout: Any = UNSET) -> AsyncIterator[Any]:
+        deadline = self.options.deadline(timeout)
         attempt = 0
         while True:
-            call = method(request, timeout=self._remaining(deadline), metadata=self.options.metadata())
+            call = method(request, timeout=remaining(deadline), metadata=self.options.metadata())
             received = False
             try:
                 async for chunk in call:
@@ -80,18 +63,18 @@ class AsyncClient:
                 call.cancel()
             if received:
                 raise err
-            await self._wait_or_raise(err, attempt, deadline)
+            await asyncio.sleep(self.options.retry_wait(err, attempt, deadline))
             attempt += 1
 
     async def tokenize(self, prompt: str | None = None, *, messages: Iterable[dict] | None = None,
-                       model: str = "", add_special_tokens: bool | None = None, timeout: Any = _UNSET):
+                       model: str = "", add_special_tokens: bool | None = None, timeout: Any = UNSET):
         return await self._unary(self._stub.Tokenize,
                                  requests.tokenize(prompt, messages, model, add_special_tokens), timeout)
 
-    async def detokenize(self, tokens: Iterable[int], *, model: str = "", timeout: Any = _UNSET):
+    async def detokenize(self, tokens: Iterable[int], *, model: str = "", timeout: Any = UNSET):
         return await self._unary(self._stub.Detokenize, requests.detokenize(tokens, model), timeout)
 
-    async def memory_stats(self, *, model: str = "", timeout: Any = _UNSET):
+    async def memory_stats(self, *, model: str = "", timeout: Any = UNSET):
         return await self._unary(self._stub.MemoryStats, requests.memory_stats(model), timeout)
 
     async def close(self) -> None:
@@ -102,42 +85,3 @@ class AsyncClient:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
-
-
-class _Models:
-    def __init__(self, client: AsyncClient):
-        self._c = client
-
-    async def list(self, *, timeout: Any = _UNSET):
-        return await self._c._unary(self._c._stub.ListModels, requests.list_models(), timeout)
-
-
-class _Completions:
-    def __init__(self, client: AsyncClient):
-        self._c = client
-
-    def create(self, *, prompt: str | Iterable[int], model: str = "", stream: bool = False, timeout: Any = _UNSET,
-               **params: Any):
-        """Awaitable response, or (stream=True) an async iterator of chunks."""
-        req = requests.completion(prompt, model, **params)
-        if stream:
-            return self._c._stream(self._c._stub.StreamCompletion, req, timeout)
-        return self._c._unary(self._c._stub.CreateCompletion, req, timeout)
-
-
-class _ChatCompletions:
-    def __init__(self, client: AsyncClient):
-        self._c = client
-
-    def create(self, *, messages: Iterable[dict], model: str = "", stream: bool = False, timeout: Any = _UNSET,
-               **params: Any):
-        """Awaitable response, or (stream=True) an async iterator of chunks."""
-        req = requests.chat(messages, model, **params)
-        if stream:
-            return self._c._stream(self._c._stub.StreamChatCompletion, req, timeout)
-        return self._c._unary(self._c._stub.CreateChatCompletion, req, timeout)
-
-
-class _Chat:
-    def __init__(self, client: AsyncClient):
-        self.completions = _ChatCompletions(client)

@@ -15,10 +15,9 @@ import grpc
 
 from service.api.gen.llm.v1 import llm_service_pb2_grpc
 from service.client import requests
-from service.client.errors import LLMClientError, from_rpc_error
-from service.client.transport import ClientOptions
-
-_UNSET: Any = object()
+from service.client.errors import from_rpc_error
+from service.client.resources import Chat, Completions, Models
+from service.client.transport import UNSET, ClientOptions, remaining
 
 
 class Client:
@@ -32,42 +31,27 @@ class Client:
         args = self.options.channel_args()
         self._channel = grpc.secure_channel(target, creds, args) if creds else grpc.insecure_channel(target, args)
         self._stub = llm_service_pb2_grpc.LLMServiceStub(self._channel)
-        self.models = _Models(self)
-        self.completions = _Completions(self)
-        self.chat = _Chat(self)
+        self.models = Models(self)
+        self.completions = Completions(self)
+        self.chat = Chat(self)
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def _deadline(self, timeout: Any) -> float | None:
-        timeout = self.options.timeout_s if timeout is _UNSET else timeout
-        return None if timeout is None else time.monotonic() + timeout
-
-    @staticmethod
-    def _remaining(deadline: float | None) -> float | None:
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-    def _wait_or_raise(self, err: LLMClientError, attempt: int, deadline: float | None) -> None:
-        delay = self.options.retry_delay(err, attempt)
-        remaining = self._remaining(deadline)
-        if delay is None or (remaining is not None and delay >= remaining):
-            raise err
-        time.sleep(delay)
-
-    def _unary(self, method: Callable, request: Any, timeout: Any = _UNSET) -> Any:
-        deadline = self._deadline(timeout)
+    def _unary(self, method: Callable, request: Any, timeout: Any = UNSET) -> Any:
+        deadline = self.options.deadline(timeout)
         attempt = 0
         while True:
             try:
-                return method(request, timeout=self._remaining(deadline), metadata=self.options.metadata())
+                return method(request, timeout=remaining(deadline), metadata=self.options.metadata())
             except grpc.RpcError as rpc_err:
                 err = from_rpc_error(rpc_err)
-            self._wait_or_raise(err, attempt, deadline)
+            time.sleep(self.options.retry_wait(err, attempt, deadline))
             attempt += 1
 
-    def _stream(self, method: Callable, request: Any, timeout: Any = _UNSET) -> Iterator[Any]:
-        deadline = self._deadline(timeout)
+    def _stream(self, method: Callable, request: Any, timeout: Any = UNSET) -> Iterator[Any]:
+        deadline = self.options.deadline(timeout)
         attempt = 0
         while True:
-            call = method(request, timeout=self._remaining(deadline), metadata=self.options.metadata())
+            call = method(request, timeout=remaining(deadline), metadata=self.options.metadata())
             received = False
             try:
                 for chunk in call:
@@ -80,19 +64,19 @@ class Client:
                 call.cancel()  # no-op when finished; frees the server's slot when the caller stops early
             if received:
                 raise err
-            self._wait_or_raise(err, attempt, deadline)
+            time.sleep(self.options.retry_wait(err, attempt, deadline))
             attempt += 1
 
     # -- the API -----------------------------------------------------------------------------------
     def tokenize(self, prompt: str | None = None, *, messages: Iterable[dict] | None = None, model: str = "",
-                 add_special_tokens: bool | None = None, timeout: Any = _UNSET):
+                 add_special_tokens: bool | None = None, timeout: Any = UNSET):
         return self._unary(self._stub.Tokenize, requests.tokenize(prompt, messages, model, add_special_tokens),
                            timeout)
 
-    def detokenize(self, tokens: Iterable[int], *, model: str = "", timeout: Any = _UNSET):
+    def detokenize(self, tokens: Iterable[int], *, model: str = "", timeout: Any = UNSET):
         return self._unary(self._stub.Detokenize, requests.detokenize(tokens, model), timeout)
 
-    def memory_stats(self, *, model: str = "", timeout: Any = _UNSET):
+    def memory_stats(self, *, model: str = "", timeout: Any = UNSET):
         return self._unary(self._stub.MemoryStats, requests.memory_stats(model), timeout)
 
     def close(self) -> None:
@@ -103,40 +87,3 @@ class Client:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-class _Models:
-    def __init__(self, client: Client):
-        self._c = client
-
-    def list(self, *, timeout: Any = _UNSET):
-        return self._c._unary(self._c._stub.ListModels, requests.list_models(), timeout)
-
-
-class _Completions:
-    def __init__(self, client: Client):
-        self._c = client
-
-    def create(self, *, prompt: str | Iterable[int], model: str = "", stream: bool = False, timeout: Any = _UNSET,
-               **params: Any):
-        req = requests.completion(prompt, model, **params)
-        if stream:
-            return self._c._stream(self._c._stub.StreamCompletion, req, timeout)
-        return self._c._unary(self._c._stub.CreateCompletion, req, timeout)
-
-
-class _ChatCompletions:
-    def __init__(self, client: Client):
-        self._c = client
-
-    def create(self, *, messages: Iterable[dict], model: str = "", stream: bool = False, timeout: Any = _UNSET,
-               **params: Any):
-        req = requests.chat(messages, model, **params)
-        if stream:
-            return self._c._stream(self._c._stub.StreamChatCompletion, req, timeout)
-        return self._c._unary(self._c._stub.CreateChatCompletion, req, timeout)
-
-
-class _Chat:
-    def __init__(self, client: Client):
-        self.completions = _ChatCompletions(client)

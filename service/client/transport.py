@@ -4,13 +4,21 @@ server's RetryInfo on RESOURCE_EXHAUSTED / UNAVAILABLE."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from service.client.errors import LLMClientError
 
 RETRYABLE = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE)
+UNSET: Any = object()  # "timeout not given": ClientOptions.timeout_s applies (None means no deadline)
+
+
+def remaining(deadline: float | None) -> float | None:
+    """Seconds left until a monotonic deadline (0 when past), None for no deadline."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,20 @@ class ClientOptions:
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+    def deadline(self, timeout: Any = UNSET) -> float | None:
+        """The monotonic deadline of a call given `timeout` seconds (UNSET: timeout_s; None: no deadline)."""
+        timeout = self.timeout_s if timeout is UNSET else timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+    def retry_wait(self, err: LLMClientError, attempt: int, deadline: float | None) -> float:
+        """Seconds to wait before retry number `attempt`; raises `err` when it is final or the wait would pass the
+        deadline."""
+        delay = self.retry_delay(err, attempt)
+        left = remaining(deadline)
+        if delay is None or (left is not None and delay >= left):
+            raise err
+        return delay
 
     def retry_delay(self, err: LLMClientError, attempt: int) -> float | None:
         """Seconds to wait before retry number `attempt` (0-based), or None when the error is final."""

@@ -24,7 +24,6 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
 
-from service.backends import cuda_matmul
 from service.backends.cuda_matmul import VEC_MAX_ROWS, CudaMatmul, repack
 
 N, K = 769, 5120 + 256
@@ -107,14 +106,20 @@ def gpu():
     yield rt, mm
 
 
+ROUTING = ("use_frag", "frag_vec_rows", "frag_max_rows", "split_override")  # CudaMatmul knobs tests pin
+
+
 @pytest.fixture(autouse=True)
 def _routing_reset(request):
-    """Tests pin the matmul routing (use_frag, frag_* limits, split_override) on the shared CudaMatmul; undo it."""
+    """Tests pin the matmul routing on the shared CudaMatmul; put it back afterwards."""
+    if "gpu" not in request.fixturenames:
+        yield
+        return
+    mm = request.getfixturevalue("gpu")[1]
+    saved = {name: getattr(mm, name) for name in ROUTING}
     yield
-    if "gpu" in request.fixturenames:
-        mm = request.getfixturevalue("gpu")[1]
-        mm.use_frag, mm.split_override = True, None
-        mm.frag_vec_rows, mm.frag_max_rows = 4, cuda_matmul.FRAG_MAX_ROWS
+    for name, value in saved.items():
+        setattr(mm, name, value)
 
 
 class _Bufs:
@@ -144,6 +149,23 @@ class _Bufs:
     def free(self) -> None:
         for b in (self.x, self.out, self.ws):
             self.rt.free(b)
+
+
+def _matmul_twice(rt, mm: CudaMatmul, x: np.ndarray, w, case, **kw) -> np.ndarray:
+    """mm.matmul into NaN-poisoned outputs, twice: every output written, and the second launch gives the same bits
+    (split-K partials are summed in a fixed order). Returns the (rows, N) result."""
+    bufs = _Bufs(rt, mm, x, w.n)
+    try:
+        mm.matmul(bufs.x.ptr, x.shape[0], w, bufs.out.ptr, bufs.ws.ptr, **kw)
+        out = bufs.result()
+        bufs.poison()
+        mm.matmul(bufs.x.ptr, x.shape[0], w, bufs.out.ptr, bufs.ws.ptr, **kw)
+        again = bufs.result()
+    finally:
+        bufs.free()
+    assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written {case}"
+    assert np.array_equal(out, again), case
+    return out
 
 
 @pytest.mark.gpu
@@ -222,23 +244,14 @@ def test_tiled_path_matches_float64(gpu, ggml_type: T) -> None:
                  (64, 64, 8), (512, 64, None), (512, 128, 1), (512, 128, 2))
         for n_rows, tile_m, splits in cases:
             x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
-            bufs = _Bufs(rt, mm, x, N)
             mm.split_override = splits
-            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr, tile_m=tile_m)
-            out = bufs.result()
-            bufs.poison()  # again: same inputs, same bits (the split-K partials are summed in a fixed order)
-            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr, tile_m=tile_m)
-            again = bufs.result()
-            bufs.free()
             case = (n_rows, f"m{tile_m}", f"S={splits}")
-            assert np.isfinite(out).all() and np.array_equal(out, again), case
-            assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written {case}"
+            out = _matmul_twice(rt, mm, x, w, case, tile_m=tile_m)
             ref16 = x.astype(np.float16).astype(np.float64) @ w16.T  # (n_rows, N)
             ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
             assert rel(out, ref16) <= 1e-4, (case, rel(out, ref16))
             assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
     finally:
-        mm.split_override = None
         rt.free(w.buffer)
 
 
@@ -353,21 +366,12 @@ def test_fragment_kernel_matches_float64(gpu, ggml_type: T) -> None:
                                (64, None)):
             x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
             x[:, 11] *= 40.0  # an outlier channel
-            bufs = _Bufs(rt, mm, x, N)
             mm.split_override = splits
-            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr)
-            out = bufs.result()
-            bufs.poison()
-            mm.matmul(bufs.x.ptr, n_rows, w, bufs.out.ptr, bufs.ws.ptr)
-            again = bufs.result()
-            bufs.free()
             case = (n_rows, f"S={splits}")
-            assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written {case}"
-            assert np.array_equal(out, again), case
+            out = _matmul_twice(rt, mm, x, w, case)
             ref_x16 = x.astype(np.float16).astype(np.float64) @ w64.T  # (n_rows, N)
             ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
             assert rel(out, ref_x16) <= 2e-5, (case, rel(out, ref_x16))
             assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
     finally:
-        mm.split_override = None
         rt.free(w.buffer)
