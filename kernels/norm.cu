@@ -3,17 +3,28 @@
 // Vectorized float4 path when D % 4 == 0 and pointers are 16-byte aligned (the launcher guarantees it).
 // add_rms_norm_f32: the residual add fused in front: sum = a + b (written), out = rms_norm(sum) * w.
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+#include "common.cuh"
+
+// 1 / sqrt(mean of the row's squares + eps) from each thread's partial sum of squares ss; every thread of the
+// block calls it and gets the result
+__device__ __forceinline__ float block_inv_rms(float ss, int D, float eps) {
+    __shared__ float partial[32];
+    __shared__ float s_inv;
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
+        v = warp_sum(v);
+        if (threadIdx.x == 0) s_inv = 1.0f / sqrtf(v / (float)D + eps);
+    }
+    __syncthreads();
+    return s_inv;
 }
 
 template <bool VEC4>
 __device__ void rms_norm_row(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out,
                              int D, float eps) {
-    __shared__ float partial[32];
-    __shared__ float s_inv;
     const int t = blockIdx.x;
     const float* xr = x + (size_t)t * D;
     float* orow = out + (size_t)t * D;
@@ -27,16 +38,7 @@ __device__ void rms_norm_row(const float* __restrict__ x, const float* __restric
     } else {
         for (int i = threadIdx.x; i < D; i += blockDim.x) ss += xr[i] * xr[i];
     }
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) s_inv = 1.0f / sqrtf(v / (float)D + eps);
-    }
-    __syncthreads();
-    const float inv = s_inv;
+    const float inv = block_inv_rms(ss, D, eps);
     if (VEC4) {
         const float4* x4 = reinterpret_cast<const float4*>(xr);
         const float4* w4 = reinterpret_cast<const float4*>(w);
@@ -64,8 +66,6 @@ extern "C" __global__ void rms_norm_f32_vec4(const float* __restrict__ x, const 
 extern "C" __global__ void add_rms_norm_f32(const float* __restrict__ a, const float* __restrict__ b,
                                             const float* __restrict__ w, float* __restrict__ sum,
                                             float* __restrict__ out, int D, float eps) {
-    __shared__ float partial[32];
-    __shared__ float s_inv;
     const size_t row = (size_t)blockIdx.x * D;
     const float4* a4 = reinterpret_cast<const float4*>(a + row);
     const float4* b4 = reinterpret_cast<const float4*>(b + row);
@@ -77,16 +77,7 @@ extern "C" __global__ void add_rms_norm_f32(const float* __restrict__ a, const f
         s4[i] = v;
         ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) partial[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? partial[threadIdx.x] : 0.f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) s_inv = 1.0f / sqrtf(v / (float)D + eps);
-    }
-    __syncthreads();
-    const float inv = s_inv;
+    const float inv = block_inv_rms(ss, D, eps);
     const float4* w4 = reinterpret_cast<const float4*>(w);
     float4* o4 = reinterpret_cast<float4*>(out + row);
     for (int i = threadIdx.x; i < D / 4; i += blockDim.x) {
