@@ -222,13 +222,8 @@ extern "C" __global__ void attention_combine_append(
     combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
     if (blockIdx.y != 0) return;
     const int t = blockIdx.x;
-    const int s = meta.row_seq[t];
-    const int c = meta.seq_ncached[s];
-    const int r0 = meta.seq_row0[s];
-    const int n_new = meta.seq_row0[s + 1] - r0;
-    const int n = c + (t - r0);
-    if (!(n < sinks || n >= c + n_new - window)) return;
-    const size_t ring_row = (size_t)meta.seq_slot[s] * max_positions + ring_index(n, sinks, window);
+    size_t ring_row;
+    if (!append_ring_row(meta, t, sinks, window, max_positions, ring_row)) return;  // overwritten in this chunk
     for (int w = threadIdx.x; w < words0; w += blockDim.x) {
         dst0[ring_row * words0 + w] = src0[(size_t)t * words0 + w];
         dst1[ring_row * words0 + w] = src1[(size_t)t * words0 + w];

@@ -24,6 +24,20 @@ __device__ __forceinline__ int ring_index(int n, int sinks, int window) {
     return n < sinks ? n : sinks + (n - sinks) % window;
 }
 
+// Where the step's staged K/V row t goes in the ring of its sequence (ring_row, into slots * max_positions rows);
+// false when a later row of the same chunk overwrites that ring entry (only sinks and the last `window` land).
+__device__ __forceinline__ bool append_ring_row(const StepMeta& meta, int t, int sinks, int window,
+                                                int max_positions, size_t& ring_row) {
+    const int s = meta.row_seq[t];
+    const int c = meta.seq_ncached[s];
+    const int r0 = meta.seq_row0[s];
+    const int n_new = meta.seq_row0[s + 1] - r0;
+    const int n = c + (t - r0);
+    if (!(n < sinks || n >= c + n_new - window)) return false;
+    ring_row = (size_t)meta.seq_slot[s] * max_positions + ring_index(n, sinks, window);
+    return true;
+}
+
 // Absolute position of the entry in ring slot j after c tokens were appended (j < min(c, max_positions)).
 __device__ __forceinline__ int ring_position(int j, int c, int sinks, int window, int max_positions) {
     if (c <= max_positions || j < sinks) return j;

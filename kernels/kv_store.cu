@@ -51,13 +51,8 @@ extern "C" __global__ void kv_append(StepMeta meta, int sinks, int window, int m
                                      const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
                                      const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
     const int t = blockIdx.x;
-    const int s = meta.row_seq[t];
-    const int c = meta.seq_ncached[s];
-    const int r0 = meta.seq_row0[s];
-    const int n_new = meta.seq_row0[s + 1] - r0;
-    const int n = c + (t - r0);
-    if (!(n < sinks || n >= c + n_new - window)) return;  // overwritten later in this same chunk
-    const size_t ring_row = (size_t)meta.seq_slot[s] * max_positions + ring_index(n, sinks, window);
+    size_t ring_row;
+    if (!append_ring_row(meta, t, sinks, window, max_positions, ring_row)) return;  // overwritten in this chunk
     const unsigned* src;
     unsigned* dst;
     int words;
