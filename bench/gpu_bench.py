@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decode-activations", default="int8", choices=("int8", "int8x2", "f16"),
                     help="decode matmul activations: int8 / int8x2 (dp4a vector path, one or two passes) or f16 "
                          "(tiled tensor-core path)")
+    ap.add_argument("--no-pipe", action="store_true",
+                    help="Q4_K / Q6_K at many rows through the tiled / fragment kernels instead of "
+                         "kernels/matmul_pipe.cu (for a same-run comparison)")
     args = ap.parse_args(argv)
 
     from service.backends.cuda_backend import CudaBackend
@@ -160,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     res: dict = {"shape": args.shape, "decode_activations": args.decode_activations}
     be = CudaBackend(max_rows=512, max_seqs=64, int8_decode=args.decode_activations != "f16",
                      int8x2=args.decode_activations == "int8x2")
+    be.mm.use_pipe = not args.no_pipe
     res["device"] = be.rt.name
+    res["matmul_pipe"] = not args.no_pipe
     res["copy_bw_gbs"] = copy_bandwidth(be) / 1e9
     t0 = time.time()
     g = dummy_gguf_model(args.shape)

@@ -184,7 +184,18 @@ class Bench:
                     ("" if splits else "="), us=s * 1e6, tflops=2 * m * n * k / s / 1e12, gbps=wb / s / 1e9,
                     pct_copy=100 * wb / s / self.copy_bw)
 
-    def step_7b(self, fused: bool, n_rows: int = 1, tiled: bool = False, frag: bool = True) -> dict:
+    def pipe(self, ggml_type: T, n: int, k: int, m: int, stages: int) -> dict | None:
+        """The pipelined kernel (Q4_K / Q6_K, many rows) with `stages` K stages in flight."""
+        saved = self.mm.pipe_min_rows, self.mm.pipe_stages, self.mm.use_frag
+        self.mm.pipe_min_rows, self.mm.pipe_stages, self.mm.use_frag = 1, stages, False
+        try:
+            r = self.tiled(ggml_type, n, k, m, None)
+        finally:
+            self.mm.pipe_min_rows, self.mm.pipe_stages, self.mm.use_frag = saved
+        return r and dict(r, path="pipe", variant=f"s{stages}")
+
+    def step_7b(self, fused: bool, n_rows: int = 1, tiled: bool = False, frag: bool = True,
+                pipe: bool = True) -> dict:
         """The 225 matmuls of one Llama-2-7B Q4_K_M decode step of n_rows sequences (+ the activation
         quantizations / f16 conversions per layer) as one graph; fused: Q/K/V and gate/up through matmul_multi
         (same-type matrices share a launch).
@@ -223,11 +234,13 @@ class Bench:
         vec_max = mm.vec_max_rows
         mm.vec_max_rows = 0 if tiled else vec_max  # tiled: every row count takes the tensor-core path
         mm.use_frag = frag and tiled  # ... the fragment kernel for Q4_K / Q6_K up to 64 rows, or the tiled one
+        mm.use_pipe = pipe  # the pipelined kernel for Q4_K / Q6_K (from PIPE_MIN_ROWS rows, or mm.pipe_min_rows)
         try:
             s = self.timed([step], reps=10 if self.quick else 30)
         finally:
-            mm.vec_max_rows, mm.use_frag = vec_max, True
+            mm.vec_max_rows, mm.use_frag, mm.use_pipe = vec_max, True, True
         path = ("/frag" if frag else "/tiled") if tiled else ""
+        path += "/pipe" if pipe else ""
         return dict(path="step7b", type="Q4_K_M" + ("/fused" if fused else "") + path, n_matmuls=len(plan), n_rows=n_rows,
                     weight_bytes=total_bytes, us=s * 1e6,
                     tok_s=n_rows / s, gbps=total_bytes / s / 1e9, pct_copy=100 * total_bytes / s / self.copy_bw)
@@ -256,12 +269,37 @@ class Bench:
         finally:
             self.mm.frag_max_rows = cuda_matmul.FRAG_MAX_ROWS
 
+    def run_pipe(self) -> None:
+        """The pipelined kernel (every built stage count) vs the fragment (<= 32 rows) or tiled kernel per shape and
+        row count, and a 7B step's matmuls through each."""
+        add = lambda r: r and (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        rows = (8, 16, 32, 64, 128, 512) if self.quick else (4, 8, 16, 32, 48, 64, 128, 256, 512)
+        for tp in (T.Q4_K, T.Q6_K):
+            for n, k in SHAPES_7B[:3]:
+                for m in rows:
+                    add(self.frag(tp, n, k, m) if m <= cuda_matmul.FRAG_MAX_ROWS else
+                        self.tiled(tp, n, k, m, self.mm.tile_m_for(m)))
+                    tile = next((t for t in cuda_matmul.PIPE_TILES if t >= m), cuda_matmul.PIPE_TILES[-1])
+                    for stages in cuda_matmul.PIPE_STAGES_BUILT[tile]:
+                        add(self.pipe(tp, n, k, m, stages))
+            self.free_weights()
+        saved, self.mm.pipe_min_rows = self.mm.pipe_min_rows, 1
+        try:
+            for m in (8, 16, 32, 64, 128, 512):
+                add(self.step_7b(fused=True, n_rows=m, tiled=True, pipe=False))
+                add(self.step_7b(fused=True, n_rows=m, tiled=True))
+                self.free_weights()
+        finally:
+            self.mm.pipe_min_rows = saved
+
     def run(self) -> None:
         self.copy_bw = self.copy_bandwidth()
         print(f"device {self.rt.name}  copy {self.copy_bw / 1e12:.2f} TB/s  kernel build {self.compile_s:.1f} s", flush=True)
         add = lambda r: (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
         if self.only == "tiled":
             return self.run_tiled()
+        if self.only == "pipe":
+            return self.run_pipe()
         shapes = SHAPES_7B
         for tp in VARIANT_TYPES:
             for n, k in shapes:
@@ -313,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, no tuning variants")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"), help="folder for the JSON (e.g. $OUT)")
-    ap.add_argument("--only", default="all", choices=("all", "tiled"), help="tiled: only the tiled-path sweep")
+    ap.add_argument("--only", default="all", choices=("all", "tiled", "pipe"),
+                    help="tiled: only the few-row tensor-core sweep; pipe: only the many-row (prefill) sweep")
     args = ap.parse_args(argv)
     b = Bench(args.quick, args.only)
     try:

@@ -49,6 +49,15 @@ SPLIT_MIN_STEPS = 4  # fewest K steps (of TILE_K values) a split may get
 SPLIT_CAP_BYTES = 24 << 20  # bound of the split-K partials buffer (S x M x N f32)
 FRAG_TYPES = frozenset({"q4_k", "q6_k"})  # types of the fragment kernel (kernels/matmul_frag.cu)
 FRAG_MAX_ROWS = 32  # rows it takes by default (compiled for up to 64: 8 column tiles of 8)
+PIPE_TYPES = FRAG_TYPES  # types of the pipelined kernel (kernels/matmul_pipe.cu)
+# rows from which it takes those types (fewer: the fragment kernel). H200, bench/matmul_bench.py --only pipe: Q4_K
+# at 16 / 32 rows 10-30 % faster than the fragment kernel, even at 8; Q6_K (more work per weight to build the
+# fragments) even at 32 rows, slower below
+PIPE_MIN_ROWS = {"q4_k": 9, "q6_k": 33}
+PIPE_TILES = (16, 32, 64, 128)  # x rows per block of its entries (the smallest that holds the rows, 128 above)
+PIPE_STAGES = {16: 4, 32: 4, 64: 4, 128: 4}  # K stages in flight by tile
+PIPE_STAGES_BUILT = {16: (4, 6), 32: (4, 6), 64: (4,), 128: (3, 4)}  # entries kernels/matmul_pipe.cu has
+PIPE_ROW_BYTES = {"q4_k": 80, "q6_k": 112 + 4}  # shared memory per weight row and stage (Q6_K: + its d word)
 BLOCKS_PER_SM = {32: 2, 64: 2, 128: 1}  # resident tiled blocks per SM by M tile (registers: ~128 / 128 / ~200)
 _ALIGN = 256
 
@@ -155,6 +164,10 @@ class CudaMatmul:
         self.use_frag = True  # Q4_K / Q6_K at few rows: the fragment kernel (False: vector / tiled only)
         self.frag_max_rows = FRAG_MAX_ROWS  # rows up to this take it (more: the tiled kernel)
         self.frag_vec_rows = 2 if int8x2 else 4  # ... from this many rows + 1 (fewer: the vector kernel)
+        self.use_pipe = True  # Q4_K / Q6_K at many rows: the pipelined kernel (False: the tiled one)
+        self.pipe_min_rows: int | None = None  # override of PIPE_MIN_ROWS for every type (tests, benchmark)
+        self.pipe_stages: int | None = None  # override of PIPE_STAGES (benchmark)
+        self._pipe_slots: dict[str, int] = {}  # resident blocks per SM of each pipelined entry
         self._fns: dict[str, Any] = {}
 
     # -- kernels -------------------------------------------------------------------------------------
@@ -167,8 +180,8 @@ class CudaMatmul:
         return fn
 
     def warm_up(self) -> None:
-        """Build the four kernel modules now (first use would otherwise compile inside a step)."""
-        for module in ("quantize_act", "matmul_vec", "matmul_tiled", "matmul_frag", "get_rows"):
+        """Build the kernel modules now (first use would otherwise compile inside a step)."""
+        for module in ("quantize_act", "matmul_vec", "matmul_tiled", "matmul_frag", "matmul_pipe", "get_rows"):
             self.rt.module(module)
 
     # -- upload --------------------------------------------------------------------------------------
@@ -203,7 +216,7 @@ class CudaMatmul:
                 self.rt.free(self._xh)
             self._xh = self.rt.alloc(_align(2 * max_rows * max_k), "activations", "matmul.x_f16")
         part = min(SPLIT_CAP_BYTES, _align(4 * SPLIT_MAX * max_rows * max(max_n or self._max_n, 1)))
-        if max_rows > self.vec_max_rows and part > self._part_cap:
+        if part > self._part_cap:
             if self._part is not None:
                 self.rt.free(self._part)
             self._part = self.rt.alloc(part, "activations", "matmul.splitk_partials")
@@ -279,6 +292,12 @@ class CudaMatmul:
             limit = min(limit, self.frag_vec_rows)
         return n_rows <= limit
 
+    def on_pipe_path(self, n_rows: int, w: DeviceWeight) -> bool:
+        """Whether n_rows x w takes the pipelined kernel (Q4_K / Q6_K from PIPE_MIN_ROWS rows)."""
+        if not self.use_pipe or w.suffix not in PIPE_TYPES:
+            return False
+        return n_rows >= (self.pipe_min_rows or PIPE_MIN_ROWS[w.suffix])
+
     def matmul_multi(self, x_ptr: int, n_rows: int, ws: list[DeviceWeight], outs: list[int], workspace_ptr: int,
                      prequantized: bool = False, variant: str | None = None, tile_m: int | None = None) -> bool:
         """outs[i] (n_rows, N_i) = x (n_rows, K) @ ws[i].T for matrices sharing the input x (Q/K/V, gate/up).
@@ -292,13 +311,20 @@ class CudaMatmul:
         vec, big = [], []
         for w, o in zip(ws, outs):
             (vec if not tile_m and self.on_vec_path(n_rows, w) else big).append((w, o))
-        if big:
+        pipe, rest = [], []
+        for w, o in big:
+            (pipe if not tile_m and self.on_pipe_path(n_rows, w) else rest).append((w, o))
+        if rest:
             xh = self._to_f16(x_ptr, n_rows, k)
-            for w, o in big:
+            for w, o in rest:
                 if not tile_m and self.use_frag and w.suffix in FRAG_TYPES and n_rows <= self.frag_max_rows:
                     self._frag(xh, n_rows, w, o)
                 else:
                     self._tiled(xh, n_rows, w, o, tile_m)
+        if pipe:  # after the others: its f16 copy of x (pair order) reuses the same buffer
+            xh = self._to_f16(x_ptr, n_rows, k, pairs=True)
+            for w, o in pipe:
+                self._pipe(xh, n_rows, w, o)
         if not vec:
             return prequantized
         x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
@@ -343,7 +369,7 @@ class CudaMatmul:
         """M tile of the tiled kernel: the smallest of 32 / 64 / 128 rows that holds the rows, 128 above."""
         return 32 if n_rows <= 32 else 64 if n_rows <= 64 else 128
 
-    def split_k(self, n_rows: int, n: int, k: int, bm: int) -> int:
+    def split_k(self, n_rows: int, n: int, k: int, bm: int, per_sm: int | None = None) -> int:
         """K splits of a tiled matmul: the count that finishes the blocks in the fewest block-waves per unit of
         work, ceil(tiles * S / slots) / S, slots = resident blocks per SM x SMs (smaller S on ties); each split
         keeps at least SPLIT_MIN_STEPS K steps and the partials fit the reserved buffer."""
@@ -352,32 +378,40 @@ class CudaMatmul:
             assert self.split_override == 1 or self.split_override <= fits, "reserve() a larger partials buffer"
             return self.split_override
         tiles = -(-n // TILE_N) * -(-n_rows // bm)
-        slots = BLOCKS_PER_SM[bm] * self.rt.sm_count
+        slots = (per_sm or BLOCKS_PER_SM[bm]) * self.rt.sm_count
         most = min(SPLIT_MAX, -(-k // TILE_K) // SPLIT_MIN_STEPS, fits)
         return min(range(1, max(1, most) + 1), key=lambda s: (-(-tiles * s // slots) / s, s))
 
-    def _to_f16(self, x_ptr: int, n_rows: int, k: int) -> int:
-        """x (n_rows, K) f32 -> the reserved f16 copy; returns its pointer."""
+    def _to_f16(self, x_ptr: int, n_rows: int, k: int, pairs: bool = False) -> int:
+        """x (n_rows, K) f32 -> the reserved f16 copy (pairs: in the pipelined kernel's order, each 16-value group
+        as its even values, then its odd ones); returns its pointer."""
         if self._xh is None or self._xh.nbytes < 2 * n_rows * k:
             raise RuntimeError("CudaMatmul.reserve(max_rows, max_k) must precede tiled matmuls of this size")
+        if pairs:
+            n16 = n_rows * k // 16
+            fn = self._fn("matmul_pipe", "to_f16_pairs", "PPi")
+            fn.prepared_async_call(((n16 + 255) // 256, 1), (256, 1, 1), self.rt.stream, x_ptr, self._xh.ptr,
+                                   np.int32(n16))
+            return self._xh.ptr
         n4 = n_rows * k // 4
         fn = self._fn("matmul_tiled", "to_f16", "PPi")
         fn.prepared_async_call(((n4 + 255) // 256, 1), (256, 1, 1), self.rt.stream, x_ptr, self._xh.ptr, np.int32(n4))
         return self._xh.ptr
 
-    def _plan(self, n_rows: int, w: DeviceWeight, bm: int, unit: int) -> tuple[int, int]:
+    def _plan(self, n_rows: int, w: DeviceWeight, bm: int, unit: int, per_sm: int | None = None) -> tuple[int, int]:
         """(splits, K values per split) of a tensor-core matmul: split_k's count, each split a whole number of
         `unit` K values (rounding can leave fewer non-empty splits)."""
         units = -(-w.k // unit)
-        per = -(-units // min(self.split_k(n_rows, w.n, w.k, bm), units))
+        per = -(-units // min(self.split_k(n_rows, w.n, w.k, bm, per_sm), units))
         return -(-units // per), per * unit
 
     def _launch_split(self, fn: Any, grid_xy: tuple[int, int], splits: int, args: tuple, n_rows: int,
-                      w: DeviceWeight, out_ptr: int) -> None:
+                      w: DeviceWeight, out_ptr: int, shared: int = 0) -> None:
         """Launch a tensor-core matmul whose last two arguments are (out, ksplit) with grid.z = splits; with
         splits > 1 it writes the partials and splitk_reduce sums them into out in a fixed order."""
         dst = self._part.ptr if splits > 1 else out_ptr
-        fn.prepared_async_call((*grid_xy, splits), (256, 1, 1), self.rt.stream, *args[:-1], dst, args[-1])
+        fn.prepared_async_call((*grid_xy, splits), (256, 1, 1), self.rt.stream, *args[:-1], dst, args[-1],
+                               shared_size=shared)
         if splits > 1:
             mn = n_rows * w.n
             red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
@@ -399,6 +433,30 @@ class CudaMatmul:
         fn = self._fn("matmul_frag", f"matmul_frag_{w.suffix}_n{nt}", "PPiiPiPi")
         args = (w.q_ptr, w.s_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), np.int32(ksplit))
         self._launch_split(fn, (-(-w.n // TILE_N), 1), splits, args, n_rows, w, out_ptr)
+
+    @staticmethod
+    def pipe_smem_bytes(suffix: str, tile: int, stages: int) -> int:
+        """Dynamic shared memory of a pipelined entry: per stage, x (tile rows x 136 f16) + 128 weight rows."""
+        return stages * (tile * 136 * 2 + TILE_N * PIPE_ROW_BYTES[suffix])
+
+    def _pipe(self, xp_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int) -> None:
+        """Q4_K / Q6_K at many rows: quantized tiles through a cp.async pipeline, fragments built in registers
+        (kernels/matmul_pipe.cu); x in pair order; K splits planned from the entry's blocks per SM."""
+        tile = next((m for m in PIPE_TILES if m >= n_rows), PIPE_TILES[-1])
+        stages = self.pipe_stages or PIPE_STAGES[tile]
+        name = f"matmul_pipe_{w.suffix}_m{tile}_s{stages}"
+        shared = self.pipe_smem_bytes(w.suffix, tile, stages)
+        fn = self._fns.get(name)
+        if fn is None:
+            fn = self._fn("matmul_pipe", name, "PPiiPiPi")
+            drv = self.rt.driver
+            fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
+            smem_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+            regs_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_REGISTERS_PER_MULTIPROCESSOR)
+            self._pipe_slots[name] = max(1, min(smem_sm // (shared + 1024), regs_sm // (256 * max(fn.num_regs, 1))))
+        splits, ksplit = self._plan(n_rows, w, tile, 256, self._pipe_slots[name])
+        args = (w.q_ptr, w.s_ptr, np.int32(w.n), np.int32(w.k), xp_ptr, np.int32(n_rows), np.int32(ksplit))
+        self._launch_split(fn, (-(-n_rows // tile), -(-w.n // TILE_N)), splits, args, n_rows, w, out_ptr, shared)
 
     def embedding(self, table: DeviceWeight, ids_ptr: int, n_rows: int, out_ptr: int) -> None:
         """out (n_rows, K) f32 = dequantized rows ids[0:n_rows] (int32, device) of the table."""

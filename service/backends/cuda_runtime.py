@@ -167,6 +167,7 @@ class CudaRuntime:
         except ImportError as exc:
             raise CudaUnavailableError(f"pycuda is not usable here: {exc}") from None
         self._cuda = cuda
+        self.driver = cuda  # pycuda.driver, for its enums (function attributes)
         try:
             cuda.init()
             if cuda.Device.count() <= device:

@@ -13,6 +13,8 @@ Tolerances (relative Frobenius error ||out - ref|| / ||ref||):
   tiled tensor-core path (x and dequantized W rounded to f16, f32 accumulation):
       vs float64 of the same f16-rounded operands:                          <= 1e-4
       vs float64 with exact operands:                                       <= 2e-3
+  pipelined Q4_K / Q6_K path: as the tiled path, its f16 weights emulated here from the gguf package's block
+      unpacking (the scale products rounded to f16 first, then one rounding of the weight)
   embedding rows: equal to the dequantized rows within 1e-6 relative (f32 fma vs separate rounding).
 """
 
@@ -106,7 +108,8 @@ def gpu():
     yield rt, mm
 
 
-ROUTING = ("use_frag", "frag_vec_rows", "frag_max_rows", "split_override")  # CudaMatmul knobs tests pin
+ROUTING = ("use_frag", "frag_vec_rows", "frag_max_rows", "split_override", "use_pipe", "pipe_min_rows",
+           "pipe_stages")  # CudaMatmul knobs tests pin
 
 
 @pytest.fixture(autouse=True)
@@ -356,7 +359,7 @@ def test_fragment_kernel_matches_float64(gpu, ggml_type: T) -> None:
     exact x within the f16 rounding of x (<= 2e-3). N = 769 leaves a partial 128-row block; K = 21 blocks makes
     uneven splits; a second launch gives the same bits."""
     rt, mm = gpu
-    mm.frag_vec_rows, mm.frag_max_rows = 0, 64  # every row count here on the fragment kernel
+    mm.frag_vec_rows, mm.frag_max_rows, mm.use_pipe = 0, 64, False  # every row count here on the fragment kernel
     rng = np.random.default_rng(int(ggml_type) + 400)
     t = random_weight(ggml_type, N, K, rng)
     w = mm.upload(t)
@@ -372,6 +375,69 @@ def test_fragment_kernel_matches_float64(gpu, ggml_type: T) -> None:
             ref_x16 = x.astype(np.float16).astype(np.float64) @ w64.T  # (n_rows, N)
             ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
             assert rel(out, ref_x16) <= 2e-5, (case, rel(out, ref_x16))
+            assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
+    finally:
+        rt.free(w.buffer)
+
+
+def pipe_weights16(t: _Tensor) -> np.ndarray:
+    """(n, k) float64: the weights as kernels/matmul_pipe.cu rounds them, f16(q f16(d sc) - f16(dmin m)) for Q4_K
+    and f16((q - 32) f16(d sc)) for Q6_K (both products exact in float64 before the one rounding), from the gguf
+    package's block unpacking."""
+    f16, f64 = np.float16, np.float64
+    _, bb = GGML_QUANT_SIZES[t.ggml_type]
+    blocks = t.data.reshape(-1, bb)  # (blocks, block bytes)
+    nb = blocks.shape[0]
+    if t.ggml_type == T.Q4_K:
+        d = blocks[:, 0:2].copy().view(f16).astype(f64)  # (nb, 1)
+        dmin = blocks[:, 2:4].copy().view(f16).astype(f64)  # (nb, 1)
+        sc, m = quants.Q4_K.get_scale_min(blocks[:, 4:16].copy())  # (nb, 8) each
+        dsc = (d * sc).astype(f16).astype(f64)  # (nb, 8)
+        dm = (dmin * m).astype(f16).astype(f64)  # (nb, 8)
+        qs = blocks[:, 16:].reshape(nb, 4, 1, 32) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)
+        q = (qs & 0x0F).reshape(nb, 8, 32).astype(f64)  # (nb, sub-block, 32)
+        w = (q * dsc[:, :, None] - dm[:, :, None]).astype(f16)  # (nb, 8, 32)
+    else:
+        ql, qh = blocks[:, :128], blocks[:, 128:192]
+        scales = blocks[:, 192:208].copy().view(np.int8).astype(f64)  # (nb, 16)
+        d = blocks[:, 208:210].copy().view(f16).astype(f64)  # (nb, 1)
+        dsc = (d * scales).astype(f16).astype(f64)  # (nb, 16)
+        lo = (ql.reshape(nb, 2, 1, 64) >> np.array([0, 4], np.uint8).reshape(1, 1, 2, 1)) & 0x0F
+        hi = (qh.reshape(nb, 2, 1, 32) >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 0x03
+        q = (lo.reshape(nb, 2, 4, 32) | (hi.reshape(nb, 2, 4, 32) << 4)).astype(f64) - 32  # (nb, 2, 4, 32)
+        w = (q.reshape(nb, 16, 16) * dsc[:, :, None]).astype(f16)  # (nb, 16, 16)
+    return w.astype(f64).reshape(t.shape)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_pipelined_kernel_matches_float64(gpu, ggml_type: T) -> None:
+    """kernels/matmul_pipe.cu (Q4_K / Q6_K, many rows): against float64 of the same f16-rounded operands (weights
+    emulated by pipe_weights16, x rounded to f16) within f32 accumulation error (<= 1e-4, the tiled path's bound),
+    against exact operands within the f16 rounding (<= 2e-3). The emulation is checked against the gguf
+    dequantizer too (same values within f16 rounding). N = 769 leaves a partial 128-row weight tile, 3 / 9 / 33 /
+    129 / 200 rows partial x tiles; K = 21 blocks makes uneven splits; a second launch gives the same bits."""
+    rt, mm = gpu
+    mm.use_pipe, mm.pipe_min_rows, mm.frag_vec_rows = True, 1, 0  # every row count here on the pipelined kernel
+    rng = np.random.default_rng(int(ggml_type) + 500)
+    t = random_weight(ggml_type, N, K, rng)
+    w = mm.upload(t)
+    w64 = dequant64(t)  # (N, K)
+    w16 = pipe_weights16(t)  # (N, K)
+    assert rel(w16, w64) <= 1e-3
+    try:
+        # (rows, K splits, stages): None = the launcher's choice; x tiles of 16 / 32 / 64 / 128 rows
+        for n_rows, splits, stages in ((3, None, None), (9, None, 6), (16, 1, None), (32, 3, 6), (33, 2, None),
+                                       (64, None, None), (129, 1, None), (200, 4, 3), (200, 3, None),
+                                       (512, None, None), (512, None, 3)):
+            x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
+            x[:, 11] *= 40.0  # an outlier channel
+            mm.split_override, mm.pipe_stages = splits, stages
+            case = (n_rows, f"S={splits}", f"stages={stages}")
+            out = _matmul_twice(rt, mm, x, w, case)
+            ref16 = x.astype(np.float16).astype(np.float64) @ w16.T  # (n_rows, N)
+            ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
+            assert rel(out, ref16) <= 1e-4, (case, rel(out, ref16))
             assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
     finally:
         rt.free(w.buffer)
