@@ -185,21 +185,34 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
 ATT_ENTRIES(64, 1) ATT_ENTRIES(64, 2) ATT_ENTRIES(64, 3) ATT_ENTRIES(64, 4) ATT_ENTRIES(64, 8)
 ATT_ENTRIES(128, 1) ATT_ENTRIES(128, 2) ATT_ENTRIES(128, 3) ATT_ENTRIES(128, 4) ATT_ENTRIES(128, 8)
 
-// out[t, h*HD + e] = sum_s acc_s[e] * exp(m_s - M) / sum_s l_s * exp(m_s - M)
+// out[t, h*HD + e] = sum_s acc_s[e] * exp(m_s - M) / sum_s l_s * exp(m_s - M). The splits' (m, l) are read in
+// parallel into shared memory first and the acc loads go out 8 at a time (a chain of n_splits dependent loads
+// per thread was most of the decode step's combine time); the sums keep their order over s.
+#define COMBINE_MAX_SPLITS 64
 __device__ void combine_block(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
                               float* __restrict__ out, int n_heads, int head_dim, int n_splits) {
+    __shared__ float sm[COMBINE_MAX_SPLITS], sl[COMBINE_MAX_SPLITS];
     const int t = blockIdx.x, h = blockIdx.y;
     const size_t base = ((size_t)t * n_heads + h) * n_splits;
+    for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
+        sm[s] = part_ml[2 * (base + s)];
+        sl[s] = part_ml[2 * (base + s) + 1];
+    }
+    __syncthreads();
     float M = -INFINITY;
-    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part_ml[2 * (base + s)]);
+    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, sm[s]);
+    float L = 0.f;
+    for (int s = 0; s < n_splits; ++s)
+        if (sm[s] != -INFINITY) L += sl[s] * __expf(sm[s] - M);
     for (int e = threadIdx.x; e < head_dim; e += blockDim.x) {
-        float L = 0.f, A = 0.f;
-        for (int s = 0; s < n_splits; ++s) {
-            const float ms = part_ml[2 * (base + s)];
-            if (ms == -INFINITY) continue;
-            const float w = __expf(ms - M);
-            L += part_ml[2 * (base + s) + 1] * w;
-            A += part_acc[(base + s) * head_dim + e] * w;
+        float A = 0.f;
+        for (int s0 = 0; s0 < n_splits; s0 += 8) {
+            float a[8];
+#pragma unroll
+            for (int u = 0; u < 8; ++u) a[u] = s0 + u < n_splits ? part_acc[(base + s0 + u) * head_dim + e] : 0.f;
+#pragma unroll
+            for (int u = 0; u < 8; ++u)
+                if (s0 + u < n_splits && sm[s0 + u] != -INFINITY) A += a[u] * __expf(sm[s0 + u] - M);
         }
         out[((size_t)t * n_heads + h) * head_dim + e] = A / L;
     }
@@ -210,8 +223,8 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, 
     combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
 }
 
-// attention_combine + kv_append (kv_store.cu) in one launch: the blocks of head 0 also copy their row's staged
-// K/V (and scales) into the ring. Safe after attention_partial (the only reader) has finished: stream order.
+// attention_combine + kv_append (kv_store.cu) in one launch: the row's n_heads blocks also copy its staged K/V
+// (and scales) into the ring, each a share of the words. Safe after attention_partial (the only reader) has finished: stream order.
 extern "C" __global__ void attention_combine_append(
     const float* __restrict__ part_ml, const float* __restrict__ part_acc, float* __restrict__ out, int n_heads,
     int head_dim, int n_splits, StepMeta meta, int sinks, int window, int max_positions,
@@ -220,15 +233,15 @@ extern "C" __global__ void attention_combine_append(
     const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
     const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
     combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
-    if (blockIdx.y != 0) return;
     const int t = blockIdx.x;
     size_t ring_row;
     if (!append_ring_row(meta, t, sinks, window, max_positions, ring_row)) return;  // overwritten in this chunk
-    for (int w = threadIdx.x; w < words0; w += blockDim.x) {
+    const int first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;  // every head's block
+    for (int w = first; w < words0; w += stride) {
         dst0[ring_row * words0 + w] = src0[(size_t)t * words0 + w];
         dst1[ring_row * words0 + w] = src1[(size_t)t * words0 + w];
     }
-    for (int w = threadIdx.x; w < words2; w += blockDim.x) {
+    for (int w = first; w < words2; w += stride) {
         dst2[ring_row * words2 + w] = src2[(size_t)t * words2 + w];
         dst3[ring_row * words2 + w] = src3[(size_t)t * words2 + w];
     }

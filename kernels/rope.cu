@@ -10,7 +10,12 @@
 // rope_qk_f32 / rope_qk_neox_f32: the three rotations of an attention layer in one launch: q at p (q_out),
 // q at the sink position (qs_out) and k at p (k_out); same math as three rope_f32 calls. With k_st != 0 it
 // also stages the f16 KV rows (k_st = half(rotated k), v_st = half(v): kv_stage_f16 fused in).
+// Launch: grid (T, B), block 256: the B blocks of a row share its (head, pair) jobs (B > 1 for few rows, so a
+// decode step is not one block on one SM), each computing the row's n_rot / 2 angles once into shared memory
+// (n_rot / 2 <= ROPE_MAX_HALF).
 #include <cuda_fp16.h>
+
+#define ROPE_MAX_HALF 256
 
 template <bool NEOX>
 __device__ void rope_row(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ pos,
@@ -61,12 +66,27 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
                             const double* __restrict__ inv_freq, int n_heads, int n_kv_heads, int head_dim,
                             int n_rot, int max_positions, const float* __restrict__ v, __half* __restrict__ k_st,
                             __half* __restrict__ v_st) {
+    // the row's cos / sin per rotated pair, at p and at the sink position ps: every head uses the same n_rot / 2
+    // angles, so they are computed once per block (double sincos, rounded to float as before)
+    __shared__ float cs[ROPE_MAX_HALF][4];  // (cos p, sin p, cos ps, sin ps)
     const int t = blockIdx.x;
     const int p = pos[t];
     const int ps = p > max_positions - 1 ? max_positions - 1 : p;
     const int half = n_rot >> 1;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double sd, cd;
+        sincos((double)p * inv_freq[i], &sd, &cd);
+        cs[i][0] = (float)cd;
+        cs[i][1] = (float)sd;
+        if (ps != p) sincos((double)ps * inv_freq[i], &sd, &cd);
+        cs[i][2] = (float)cd;
+        cs[i][3] = (float)sd;
+    }
+    __syncthreads();
+    // (head, pair) jobs of this row, spread over the blockIdx.y blocks of the row
     const int heads = n_heads + n_kv_heads;
-    for (int j = threadIdx.x; j < heads * half; j += blockDim.x) {
+    const int first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
+    for (int j = first; j < heads * half; j += stride) {
         const int h = j / half, i = j - h * half;
         const bool is_q = h < n_heads;
         const float* src = is_q ? q + ((size_t)t * n_heads + h) * head_dim
@@ -76,9 +96,7 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
         const int ia = NEOX ? i : 2 * i;
         const int ib = NEOX ? i + half : 2 * i + 1;
         const float a = src[ia], b = src[ib];
-        double sd, cd;
-        sincos((double)p * inv_freq[i], &sd, &cd);
-        float s = (float)sd, c = (float)cd;
+        const float c = cs[i][0], s = cs[i][1];
         dst[ia] = a * c - b * s;
         dst[ib] = a * s + b * c;
         if (!is_q && k_st != nullptr) {
@@ -88,18 +106,14 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
         }
         if (is_q) {
             float* dsts = qs_out + ((size_t)t * n_heads + h) * head_dim;
-            if (ps != p) {
-                sincos((double)ps * inv_freq[i], &sd, &cd);
-                s = (float)sd;
-                c = (float)cd;
-            }
-            dsts[ia] = a * c - b * s;
-            dsts[ib] = a * s + b * c;
+            const float c2 = cs[i][2], s2 = cs[i][3];
+            dsts[ia] = a * c2 - b * s2;
+            dsts[ib] = a * s2 + b * c2;
         }
     }
     const int rest = head_dim - n_rot;
     if (rest > 0) {
-        for (int j = threadIdx.x; j < heads * rest; j += blockDim.x) {
+        for (int j = first; j < heads * rest; j += stride) {
             const int h = j / rest, d = n_rot + (j - h * rest);
             if (h < n_heads) {
                 const size_t o = ((size_t)t * n_heads + h) * head_dim + d;
@@ -114,7 +128,7 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
     }
     if (k_st != nullptr) {
         const size_t row = (size_t)t * n_kv_heads * head_dim;
-        for (int j = threadIdx.x; j < n_kv_heads * head_dim; j += blockDim.x) v_st[row + j] = __float2half_rn(v[row + j]);
+        for (int j = first; j < n_kv_heads * head_dim; j += stride) v_st[row + j] = __float2half_rn(v[row + j]);
     }
 }
 

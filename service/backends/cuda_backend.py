@@ -41,6 +41,8 @@ ATT_GROUPS = (1, 2, 3, 4, 8)
 PF_TILE = 16  # rows per prefill-attention tile (kernels/attention.cu)
 MMA_THREADS = 128  # block of attention_prefill_mma (kernels/attention_mma.cu)
 MMA_VECTORS = 64  # query vectors (rows x heads of one kv head) per attention_prefill_mma block
+ROPE_MAX_HALF = 256  # most rotated pairs per head kernels/rope.cu's rope_qk keeps angles for
+ATT_MAX_SPLITS = 64  # most key splits of decode attention (COMBINE_MAX_SPLITS in kernels/attention.cu)
 
 
 class CudaTensor:
@@ -487,7 +489,11 @@ class CudaBackend:
         self._ready(xq, xk, v)
         stage = kv is not None and v is not None
         name = "rope_qk_f32" if rope.mode == "normal" else "rope_qk_neox_f32"
-        self._launch("rope", name, "PPPPPPPiiiii" + "PPP", (xq.rows, 1, 1), (256, 1, 1), xq.ptr, xk.ptr, q_win.ptr,
+        assert rope.n_rot // 2 <= ROPE_MAX_HALF, "kernels/rope.cu holds n_rot / 2 angles in shared memory"
+        # blocks per row: a few rows (decode) spread their (head, pair) jobs over ~2 blocks per SM
+        jobs = (n_heads + n_kv) * (rope.n_rot // 2)
+        per_row = max(1, min(-(-jobs // 256), -(-2 * self.rt.sm_count // xq.rows)))
+        self._launch("rope", name, "PPPPPPPiiiii" + "PPP", (xq.rows, per_row, 1), (256, 1, 1), xq.ptr, xk.ptr, q_win.ptr,
                      q_sink.ptr, k.ptr, self._ptr("pos"), self._inv_freq_buf(rope).ptr, np.int32(n_heads),
                      np.int32(n_kv), np.int32(xq.cols // n_heads), np.int32(rope.n_rot), np.int32(step.max_positions),
                      v.ptr if stage else 0, kv.st_k.ptr if stage else 0, kv.st_v.ptr if stage else 0)
@@ -496,7 +502,7 @@ class CudaBackend:
     def n_splits(self, T: int, n_kv_heads: int, max_positions: int) -> int:
         """Key-range splits of attention: ~8 blocks per SM (loads in flight), at least 64 keys per split."""
         want = math.ceil(8 * self.rt.sm_count / max(1, T * n_kv_heads))
-        return max(1, min(want, math.ceil((max_positions + T) / 64), 64))
+        return max(1, min(want, math.ceil((max_positions + T) / 64), ATT_MAX_SPLITS))
 
     def _partial_bufs(self, n_heads: int, head_dim: int, max_positions: int, n_kv_heads: int) -> tuple[DeviceBuffer, DeviceBuffer]:
         """Split-K partials for the worst step this model shape can take (sized once per shape)."""
