@@ -184,18 +184,18 @@ class Bench:
                     ("" if splits else "="), us=s * 1e6, tflops=2 * m * n * k / s / 1e12, gbps=wb / s / 1e9,
                     pct_copy=100 * wb / s / self.copy_bw)
 
-    def pipe(self, ggml_type: T, n: int, k: int, m: int, stages: int) -> dict | None:
-        """The pipelined kernel (Q4_K / Q6_K, many rows) with `stages` K stages in flight."""
+    def pipe(self, ggml_type: T, n: int, k: int, m: int, stages: int, splits: int | None = None) -> dict | None:
+        """The pipelined kernel (Q4_K / Q6_K, many rows) with `stages` K stages in flight (and `splits` K splits)."""
         saved = self.mm.pipe_min_rows, self.mm.pipe_stages, self.mm.use_frag
         self.mm.pipe_min_rows, self.mm.pipe_stages, self.mm.use_frag = 1, stages, False
         try:
-            r = self.tiled(ggml_type, n, k, m, None)
+            r = self.tiled(ggml_type, n, k, m, None, splits)
         finally:
             self.mm.pipe_min_rows, self.mm.pipe_stages, self.mm.use_frag = saved
-        return r and dict(r, path="pipe", variant=f"s{stages}")
+        return r and dict(r, path="pipe", variant=f"s{stages}" + (f"k{splits}" if splits else ""))
 
     def step_7b(self, fused: bool, n_rows: int = 1, tiled: bool = False, frag: bool = True,
-                pipe: bool = True) -> dict:
+                pipe: bool = True, stages: int | None = None) -> dict:
         """The 225 matmuls of one Llama-2-7B Q4_K_M decode step of n_rows sequences (+ the activation
         quantizations / f16 conversions per layer) as one graph; fused: Q/K/V and gate/up through matmul_multi
         (same-type matrices share a launch).
@@ -235,12 +235,13 @@ class Bench:
         mm.vec_max_rows = 0 if tiled else vec_max  # tiled: every row count takes the tensor-core path
         mm.use_frag = frag and tiled  # ... the fragment kernel for Q4_K / Q6_K up to 64 rows, or the tiled one
         mm.use_pipe = pipe  # the pipelined kernel for Q4_K / Q6_K (from PIPE_MIN_ROWS rows, or mm.pipe_min_rows)
+        mm.pipe_stages = stages
         try:
             s = self.timed([step], reps=10 if self.quick else 30)
         finally:
-            mm.vec_max_rows, mm.use_frag, mm.use_pipe = vec_max, True, True
+            mm.vec_max_rows, mm.use_frag, mm.use_pipe, mm.pipe_stages = vec_max, True, True, None
         path = ("/frag" if frag else "/tiled") if tiled else ""
-        path += "/pipe" if pipe else ""
+        path += ("/pipe" + (f"s{stages}" if stages else "")) if pipe else ""
         return dict(path="step7b", type="Q4_K_M" + ("/fused" if fused else "") + path, n_matmuls=len(plan), n_rows=n_rows,
                     weight_bytes=total_bytes, us=s * 1e6,
                     tok_s=n_rows / s, gbps=total_bytes / s / 1e9, pct_copy=100 * total_bytes / s / self.copy_bw)
@@ -269,10 +270,37 @@ class Bench:
         finally:
             self.mm.frag_max_rows = cuda_matmul.FRAG_MAX_ROWS
 
+    def vec_pair(self, ggml_type: T, n: int, k: int, variant: str | None) -> dict:
+        """One row through the paired int8x2 vector kernel (the default decode path at batch 1), weights rotating
+        past the L2; the activation quantization done once outside the timed launches."""
+        mm2 = self.mm2
+        ws = self.weights(ggml_type, n, k, 3 * self.rt.l2_bytes)
+        passes = max(1, 48 // len(ws))
+        mm2.quantize_act_x2(self.x.ptr, 1, k, self.ws.ptr, 1)
+        launches = [(lambda w=w: mm2.matmul(self.x.ptr, 1, w, self.out.ptr, self.ws.ptr, prequantized=True,
+                                            variant=variant)) for _ in range(passes) for w in ws]
+        s = self.timed(launches, reps=10 if self.quick else 30)
+        wb = ws[0].nbytes
+        cfg = mm2.vec_kernel(ws[0], 1, variant, paired=True)[0].rsplit("_", 1)[1]
+        return dict(path="vec2", type=ggml_type.name, n=n, k=k, n_rows=1, variant=variant or f"={cfg}",
+                    us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
+
     def run_pipe(self) -> None:
         """The pipelined kernel (every built stage count) vs the fragment (<= 32 rows) or tiled kernel per shape and
         row count, and a 7B step's matmuls through each."""
         add = lambda r: r and (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        self.mm2 = CudaMatmul(self.rt, int8x2=True)
+        for tp in (T.Q4_K, T.Q6_K):  # batch 1, int8x2: the paired vector kernel's configurations
+            for n, k in SHAPES_7B[:3]:
+                for v in (None, "r4t2u1", "r4t2u2", "r4t1u2", "r2t2u2", "r1t2u2"):
+                    add(self.vec_pair(tp, n, k, v))
+            self.free_weights()
+        for m in (16, 32, 64):  # 3 stages (more resident blocks) vs the default
+            tile = next(t for t in cuda_matmul.PIPE_TILES if t >= m)
+            for stages in cuda_matmul.PIPE_STAGES_BUILT[tile]:
+                add(self.pipe(T.Q4_K, 11008, 4096, m, stages))
+                add(self.step_7b(fused=True, n_rows=m, tiled=True, stages=stages))
+        self.free_weights()
         rows = (8, 16, 32, 64, 128, 512) if self.quick else (4, 8, 16, 32, 48, 64, 128, 256, 512)
         for tp in (T.Q4_K, T.Q6_K):
             for n, k in SHAPES_7B[:3]:
@@ -283,6 +311,12 @@ class Bench:
                     for stages in cuda_matmul.PIPE_STAGES_BUILT[tile]:
                         add(self.pipe(tp, n, k, m, stages))
             self.free_weights()
+        for n, k in SHAPES_7B[:2]:  # K splits at decode sizes (None: the planner's choice)
+            for m in (16, 32, 64):
+                tile = next(t for t in cuda_matmul.PIPE_TILES if t >= m)
+                for sp in (1, 2, 4, 8):
+                    add(self.pipe(T.Q4_K, n, k, m, cuda_matmul.PIPE_STAGES[tile], sp))
+        self.free_weights()
         saved, self.mm.pipe_min_rows = self.mm.pipe_min_rows, 1
         try:
             for m in (8, 16, 32, 64, 128, 512):

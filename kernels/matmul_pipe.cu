@@ -18,19 +18,18 @@
 // (to_f16_pairs writes each 16-value group as its 8 even values, then its 8 odd ones), so plain ldmatrix
 // loads of x give the matching B fragments.
 //
-// Tiles: a block computes 128 weight rows x 128 x rows; 8 warps = 4 along the weight rows (32 each: two m16
-// tiles) x 2 along x (64 each: eight n8 tiles), 64 f32 accumulators a thread. Per stage, 128 K values (half a
-// k-quant block): x as xs[128 rows][136] f16 (8 halves of padding: the 8 row addresses of an ldmatrix hit
+// Tiles: a block computes 128 weight rows x PM x rows (PM = 128: 8 warps = 4 along the weight rows, 32 each:
+// two m16 tiles, x 2 along x, 64 each: eight n8 tiles, 64 f32 accumulators a thread; smaller PM below at
+// MMP_ENTRY). Per stage, 128 K values (half a k-quant block): x as xs[PM rows][136] f16 (8 halves of padding: the 8 row addresses of an ldmatrix hit
 // distinct banks), the weights as ws[128 rows][ROW_BYTES] (Q4_K: the 16-byte header + 64 quant bytes; Q6_K: 64
 // ql + 32 qh + the 16 scale bytes, and d as a 4-byte word copied around it). Row strides of 80 / 112 bytes put
 // the 8 rows g of a fragment load in distinct banks.
 //
 // Split-K as in matmul_tiled.cu: grid.z = S blocks per output tile, block z covering K values [z ksplit,
-// min(K, (z + 1) ksplit)) (ksplit a multiple of 256); with S > 1 each writes its partial to out + z M N and
-// splitk_reduce sums them. Launch: 256 threads, grid (ceil(M / 128), ceil(N / 128), S) (x tiles fastest: the
+// min(K, (z + 1) ksplit)) (ksplit a multiple of 256); with S > 1 each writes a partial and splitk_reduce_multi
+// sums them. Launch: 256 threads, grid (ceil(M / PM), weight-row tiles of every matrix, S) (x tiles fastest: the
 // blocks sharing a weight tile run together and read it from DRAM once), dynamic shared memory STAGES x stage
-// bytes (pipe_smem_bytes in cuda_matmul.py). Entries: matmul_pipe_<type>_s<STAGES>(q, s, N, K, xp, M, out,
-// ksplit).
+// bytes (pipe_smem_bytes in cuda_matmul.py). Entries: see MMP_ENTRY.
 #include "quant_blocks.cuh"
 
 namespace {
@@ -163,9 +162,10 @@ struct PQ6K {  // upload layout: q blocks of 208 bytes ql[128] | qh[64] | scales
 
 }  // namespace
 
+// one block: weight rows [128 nt, +128) of w (nt = its tile), x rows [PM blockIdx.x, +PM), K split blockIdx.z
 template <class P, int STAGES, int MT, int NT>
-__device__ __forceinline__ void mmp_body(const WPtrs& w, const half* __restrict__ xp, int M, float* __restrict__ out,
-                                         int ksplit) {
+__device__ __forceinline__ void mmp_body(const WPtrs& w, int nt, const half* __restrict__ xp, int M,
+                                         float* __restrict__ out, int ksplit) {
     constexpr int WARPS_W = PN / (16 * MT), WARPS_X = 8 / WARPS_W;  // warps along the weight rows, along x
     constexpr int PM = WARPS_X * 8 * NT;                             // x rows per block
     constexpr int X_BYTES = PM * XLD * 2, W_BYTES = PN * P::ROW_BYTES;
@@ -175,10 +175,9 @@ __device__ __forceinline__ void mmp_body(const WPtrs& w, const half* __restrict_
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int wn = warp / WARPS_X, wm = warp % WARPS_X;  // this warp: weight rows 16 MT wn .., x rows 8 NT wm ..
-    const int m0 = blockIdx.x * PM, n0 = blockIdx.y * PN;
+    const int m0 = blockIdx.x * PM, n0 = nt * PN;
     const int K = w.K, N = w.N, nbk = K >> 8;
     const int kt0 = blockIdx.z * ksplit / PK, kt1 = min(K, (blockIdx.z + 1) * ksplit) / PK;
-    if (gridDim.z > 1) out += (size_t)blockIdx.z * M * N;
 
     // issue the copies of stage kt into slot `slot` (every thread: PM / 16 x pieces, its share of weight pieces)
     auto load = [&](int slot, int kt) {
@@ -265,18 +264,42 @@ __device__ __forceinline__ void mmp_body(const WPtrs& w, const half* __restrict_
 }
 
 // matmul_pipe_<type>_m<PM>_s<STAGES>: PM x rows per block from the warp tile (MT m16 tiles of weight rows x NT n8
-// tiles of x rows): m128 = 4 x 2 warps of 32 x 64, m64 / m32 / m16 = 8 x 1 warps of 16 x 64 / 32 / 16
+// tiles of x rows): m128 = 4 x 2 warps of 32 x 64, m64 / m32 / m16 = 8 x 1 warps of 16 x 64 / 32 / 16.
+// Up to 3 matrices W_0..W_2 of one type sharing x (Q/K/V, gate/up) in one launch: grid.y runs over their
+// concatenated 128-row tiles (unused slots have N_m = 0). With S = gridDim.z > 1 splits, block z writes its
+// partial of matrix m to part + z M Ntot + M (N_0 + .. + N_{m-1}), Ntot = N_0 + N_1 + N_2, and
+// splitk_reduce_multi sums them; with S = 1 it writes out_m.
 #define MMP_ENTRY(suffix, P, PM, MT, NT, STAGES)                                                                \
     extern "C" __global__ void __launch_bounds__(256) matmul_pipe_##suffix##_m##PM##_s##STAGES(                  \
-        const uint8_t* q, const uint8_t* s, int N, int K, const half* xp, int M, float* out, int ksplit) {      \
-        mmp_body<P, STAGES, MT, NT>(WPtrs{q, s, nullptr, N, K}, xp, M, out, ksplit);                            \
+        const uint8_t* q0, const uint8_t* s0, float* o0, int N0, const uint8_t* q1, const uint8_t* s1, float* o1, \
+        int N1, const uint8_t* q2, const uint8_t* s2, float* o2, int N2, int K, const half* xp, int M,           \
+        float* part, int ksplit) {                                                                             \
+        const int nb0 = (N0 + PN - 1) / PN, nb1 = (N1 + PN - 1) / PN;                                          \
+        int nt = blockIdx.y;                                                                                    \
+        const uint8_t *q = q0, *s = s0;                                                                         \
+        float* o = o0;                                                                                          \
+        int N = N0, before = 0;                                                                                 \
+        if (nt >= nb0) {                                                                                        \
+            nt -= nb0;                                                                                          \
+            if (nt < nb1) {                                                                                     \
+                q = q1, s = s1, o = o1, N = N1, before = N0;                                                    \
+            } else {                                                                                            \
+                nt -= nb1;                                                                                      \
+                q = q2, s = s2, o = o2, N = N2, before = N0 + N1;                                               \
+            }                                                                                                   \
+        }                                                                                                       \
+        if (gridDim.z > 1) o = part + ((size_t)blockIdx.z * (N0 + N1 + N2) + before) * M;                       \
+        mmp_body<P, STAGES, MT, NT>(WPtrs{q, s, nullptr, N, K}, nt, xp, M, o, ksplit);                          \
     }
 #define MMP_TYPE(suffix, P)                 \
     MMP_ENTRY(suffix, P, 128, 2, 8, 3)      \
     MMP_ENTRY(suffix, P, 128, 2, 8, 4)      \
+    MMP_ENTRY(suffix, P, 64, 1, 8, 3)       \
     MMP_ENTRY(suffix, P, 64, 1, 8, 4)       \
+    MMP_ENTRY(suffix, P, 32, 1, 4, 3)       \
     MMP_ENTRY(suffix, P, 32, 1, 4, 4)       \
     MMP_ENTRY(suffix, P, 32, 1, 4, 6)       \
+    MMP_ENTRY(suffix, P, 16, 1, 2, 3)       \
     MMP_ENTRY(suffix, P, 16, 1, 2, 4)       \
     MMP_ENTRY(suffix, P, 16, 1, 2, 6)
 MMP_TYPE(q4_k, PQ4K)
@@ -299,5 +322,20 @@ extern "C" __global__ void __launch_bounds__(256) to_f16_pairs(const float* __re
         uint4* dst = reinterpret_cast<uint4*>(y) + 2 * i;
         dst[0] = make_uint4(ev[0], ev[1], ev[2], ev[3]);
         dst[1] = make_uint4(od[0], od[1], od[2], od[3]);
+    }
+}
+
+// out_m (M N_m) = sum_{z < S} part[z] over the matrices of one matmul_pipe launch: part[z] is (M Ntot,) with matrix m
+// at M (N_0 + .. + N_{m-1}); i indexes that concatenation; z ascending (same order every run).
+extern "C" __global__ void __launch_bounds__(256) splitk_reduce_multi(const float* __restrict__ part, float* out0,
+                                                                     int mn0, float* out1, int mn1, float* out2,
+                                                                     int mn2, int S) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x, mn = mn0 + mn1 + mn2;
+    if (i < mn) {
+        float sum = part[i];
+        for (int z = 1; z < S; ++z) sum += part[(size_t)z * mn + i];
+        if (i < mn0) out0[i] = sum;
+        else if (i < mn0 + mn1) out1[i - mn0] = sum;
+        else out2[i - mn0 - mn1] = sum;
     }
 }

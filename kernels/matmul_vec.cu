@@ -168,6 +168,16 @@ MMV_PAIRS(q4_k, TQ4_K)
 MMV_PAIRS(q5_k, TQ5_K)
 MMV_PAIRS(q6_k, TQ6_K)
 
+// paired tuning variants at one output row (benchmark: bench/matmul_bench.py --only pipe)
+#define MMV_PAIR_TUNE(suffix, T)           \
+    MMV_PAIRED(suffix, T, 2, 4, 2, 1)      \
+    MMV_PAIRED(suffix, T, 2, 4, 2, 2)      \
+    MMV_PAIRED(suffix, T, 2, 4, 1, 2)      \
+    MMV_PAIRED(suffix, T, 2, 2, 2, 2)      \
+    MMV_PAIRED(suffix, T, 2, 1, 2, 2)
+MMV_PAIR_TUNE(q4_k, TQ4_K)
+MMV_PAIR_TUNE(q6_k, TQ6_K)
+
 // tuning variants (benchmark)
 #define MMV_TUNE1(suffix, T)               \
     MMV_ENTRY(suffix, T, 1, 4, 1, 2)       \

@@ -42,6 +42,9 @@ VEC_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {
     "f16": {1: "r4t2u1"}, "f32": {1: "r4t2u1"},
 }
 PAIRED_CONFIG = {2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}  # int8x2 (paired) entries, by column count
+# ... by type where another is faster (H200, one row: Q6_K 4096x4096 / 11008x4096 / 4096x11008 at 6.8 / 14.2 / 15.0 us
+# with r4t2u1, 7.0 / 14.4 / 15.6 with r4t4u1; Q4_K best with r4t4u1)
+PAIRED_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {"q6_k": {2: "r4t2u1"}}
 MULTI_MAX = 3  # matrices one vector launch can serve
 TILE_N, TILE_K = 128, 64  # output columns per tiled block, K values per tiled step (kernels/matmul_tiled.cu)
 SPLIT_MAX = 8  # most K splits of one tiled matmul
@@ -55,8 +58,13 @@ PIPE_TYPES = FRAG_TYPES  # types of the pipelined kernel (kernels/matmul_pipe.cu
 # fragments) even at 32 rows, slower below
 PIPE_MIN_ROWS = {"q4_k": 9, "q6_k": 33}
 PIPE_TILES = (16, 32, 64, 128)  # x rows per block of its entries (the smallest that holds the rows, 128 above)
-PIPE_STAGES = {16: 4, 32: 4, 64: 4, 128: 4}  # K stages in flight by tile
-PIPE_STAGES_BUILT = {16: (4, 6), 32: (4, 6), 64: (4,), 128: (3, 4)}  # entries kernels/matmul_pipe.cu has
+# K stages in flight by tile (H200, a 7B step's matmuls at 16 / 32 / 64 rows: 3.40 / 4.07 / 5.46 ms with 3 stages,
+# 3.49 / 4.21 / 5.65 with 4: 3 leave room for 4 resident blocks; 512 rows: 4 stages)
+PIPE_STAGES = {16: 3, 32: 3, 64: 3, 128: 4}
+PIPE_STAGES_BUILT = {16: (3, 4, 6), 32: (3, 4, 6), 64: (3, 4), 128: (3, 4)}  # entries kernels/matmul_pipe.cu has
+# fewest K values per split: its pipeline fill is a fixed cost (H200, 4096-wide Q4_K at 16 / 32 / 64 rows: 4 splits
+# of 1024 values 12.2 / 13.8 / 17.8 us, 8 splits of 512 values 12.7 / 14.9 / 19.4 us)
+PIPE_SPLIT_MIN_K = 1024
 PIPE_ROW_BYTES = {"q4_k": 80, "q6_k": 112 + 4}  # shared memory per weight row and stage (Q6_K: + its d word)
 BLOCKS_PER_SM = {32: 2, 64: 2, 128: 1}  # resident tiled blocks per SM by M tile (registers: ~128 / 128 / ~200)
 _ALIGN = 256
@@ -224,8 +232,9 @@ class CudaMatmul:
 
     @staticmethod
     def workspace_bytes(max_rows: int, max_k: int) -> int:
-        """Bytes of the workspace matmul needs for up to max_rows x max_k inputs (int8 quants + block scales)."""
-        rows = min(max_rows, VEC_MAX_ROWS)
+        """Bytes of the workspace matmul needs for up to max_rows x max_k inputs (int8 quants + block scales). With
+        int8x2 n rows take paired_cols(n) workspace rows (up to VEC_MAX_ROWS), so any input reserves that many."""
+        rows = VEC_MAX_ROWS if max_rows > 0 else 0
         return _align(rows * max_k) + rows * (max_k // 32) * 8
 
     @staticmethod
@@ -270,7 +279,7 @@ class CudaMatmul:
             flavour, variant = variant.split(":")
             suffix += flavour
         if paired:
-            cfg = variant or PAIRED_CONFIG[nc]
+            cfg = variant or PAIRED_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or PAIRED_CONFIG[nc]
         else:
             cfg = variant or VEC_CONFIG_BY_TYPE.get(w.suffix, {}).get(nc) or VEC_CONFIG[nc]
         r, rest = cfg[1:].split("t")
@@ -323,8 +332,12 @@ class CudaMatmul:
                     self._tiled(xh, n_rows, w, o, tile_m)
         if pipe:  # after the others: its f16 copy of x (pair order) reuses the same buffer
             xh = self._to_f16(x_ptr, n_rows, k, pairs=True)
+            by_type: dict[GGMLType, list[tuple[DeviceWeight, int]]] = {}
             for w, o in pipe:
-                self._pipe(xh, n_rows, w, o)
+                by_type.setdefault(w.ggml_type, []).append((w, o))
+            for members in by_type.values():  # same-type matrices share a launch, as on the vector path
+                for i in range(0, len(members), MULTI_MAX):
+                    self._pipe(xh, n_rows, members[i:i + MULTI_MAX])
         if not vec:
             return prequantized
         x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
@@ -369,17 +382,17 @@ class CudaMatmul:
         """M tile of the tiled kernel: the smallest of 32 / 64 / 128 rows that holds the rows, 128 above."""
         return 32 if n_rows <= 32 else 64 if n_rows <= 64 else 128
 
-    def split_k(self, n_rows: int, n: int, k: int, bm: int, per_sm: int | None = None) -> int:
+    def split_k(self, n_rows: int, n: int, k: int, bm: int, per_sm: int | None = None, min_k: int | None = None) -> int:
         """K splits of a tiled matmul: the count that finishes the blocks in the fewest block-waves per unit of
         work, ceil(tiles * S / slots) / S, slots = resident blocks per SM x SMs (smaller S on ties); each split
-        keeps at least SPLIT_MIN_STEPS K steps and the partials fit the reserved buffer."""
+        keeps at least SPLIT_MIN_STEPS K steps (or min_k K values) and the partials fit the reserved buffer."""
         fits = self._part_cap // (4 * n_rows * n)  # splits whose partials fit the reserved buffer
         if self.split_override:
             assert self.split_override == 1 or self.split_override <= fits, "reserve() a larger partials buffer"
             return self.split_override
         tiles = -(-n // TILE_N) * -(-n_rows // bm)
         slots = (per_sm or BLOCKS_PER_SM[bm]) * self.rt.sm_count
-        most = min(SPLIT_MAX, -(-k // TILE_K) // SPLIT_MIN_STEPS, fits)
+        most = min(SPLIT_MAX, -(-k // TILE_K) // SPLIT_MIN_STEPS if min_k is None else k // min_k, fits)
         return min(range(1, max(1, most) + 1), key=lambda s: (-(-tiles * s // slots) / s, s))
 
     def _to_f16(self, x_ptr: int, n_rows: int, k: int, pairs: bool = False) -> int:
@@ -439,24 +452,46 @@ class CudaMatmul:
         """Dynamic shared memory of a pipelined entry: per stage, x (tile rows x 136 f16) + 128 weight rows."""
         return stages * (tile * 136 * 2 + TILE_N * PIPE_ROW_BYTES[suffix])
 
-    def _pipe(self, xp_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int) -> None:
+    def _pipe(self, xp_ptr: int, n_rows: int, members: list[tuple[DeviceWeight, int]]) -> None:
         """Q4_K / Q6_K at many rows: quantized tiles through a cp.async pipeline, fragments built in registers
-        (kernels/matmul_pipe.cu); x in pair order; K splits planned from the entry's blocks per SM."""
+        (kernels/matmul_pipe.cu); x in pair order; up to MULTI_MAX same-type matrices (w, out ptr) sharing x in
+        one launch; K splits planned from their tiles and the entry's blocks per SM."""
+        w0 = members[0][0]
         tile = next((m for m in PIPE_TILES if m >= n_rows), PIPE_TILES[-1])
         stages = self.pipe_stages or PIPE_STAGES[tile]
-        name = f"matmul_pipe_{w.suffix}_m{tile}_s{stages}"
-        shared = self.pipe_smem_bytes(w.suffix, tile, stages)
+        name = f"matmul_pipe_{w0.suffix}_m{tile}_s{stages}"
+        shared = self.pipe_smem_bytes(w0.suffix, tile, stages)
         fn = self._fns.get(name)
         if fn is None:
-            fn = self._fn("matmul_pipe", name, "PPiiPiPi")
+            fn = self._fn("matmul_pipe", name, "PPPi" * MULTI_MAX + "iPiPi")
             drv = self.rt.driver
             fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
             smem_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
             regs_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_REGISTERS_PER_MULTIPROCESSOR)
             self._pipe_slots[name] = max(1, min(smem_sm // (shared + 1024), regs_sm // (256 * max(fn.num_regs, 1))))
-        splits, ksplit = self._plan(n_rows, w, tile, 256, self._pipe_slots[name])
-        args = (w.q_ptr, w.s_ptr, np.int32(w.n), np.int32(w.k), xp_ptr, np.int32(n_rows), np.int32(ksplit))
-        self._launch_split(fn, (-(-n_rows // tile), -(-w.n // TILE_N)), splits, args, n_rows, w, out_ptr, shared)
+        n_tot = sum(w.n for w, _ in members)
+        tiles_n = sum(-(-w.n // TILE_N) for w, _ in members)
+        units = w0.k // 256
+        per = -(-units // min(self.split_k(n_rows, n_tot, w0.k, tile, self._pipe_slots[name], PIPE_SPLIT_MIN_K),
+                              units))
+        splits = -(-units // per)
+        args: list[Any] = []
+        for i in range(MULTI_MAX):
+            if i < len(members):
+                w, o = members[i]
+                args += [w.q_ptr, w.s_ptr, o, np.int32(w.n)]
+            else:
+                args += [0, 0, 0, np.int32(0)]
+        args += [np.int32(w0.k), xp_ptr, np.int32(n_rows), self._part.ptr if splits > 1 else 0, np.int32(per * 256)]
+        fn.prepared_async_call((-(-n_rows // tile), tiles_n, splits), (256, 1, 1), self.rt.stream, *args,
+                               shared_size=shared)
+        if splits > 1:
+            mns = [n_rows * w.n for w, _ in members] + [0] * (MULTI_MAX - len(members))
+            outs = [o for _, o in members] + [0] * (MULTI_MAX - len(members))
+            red = self._fn("matmul_pipe", "splitk_reduce_multi", "PPiPiPii")
+            red.prepared_async_call((-(-sum(mns) // 256), 1), (256, 1, 1), self.rt.stream, self._part.ptr,
+                                    outs[0], np.int32(mns[0]), outs[1], np.int32(mns[1]), outs[2], np.int32(mns[2]),
+                                    np.int32(splits))
 
     def embedding(self, table: DeviceWeight, ids_ptr: int, n_rows: int, out_ptr: int) -> None:
         """out (n_rows, K) f32 = dequantized rows ids[0:n_rows] (int32, device) of the table."""

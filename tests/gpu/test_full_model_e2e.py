@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
 from service.model.llama import LlamaModel

@@ -441,3 +441,41 @@ def test_pipelined_kernel_matches_float64(gpu, ggml_type: T) -> None:
             assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
     finally:
         rt.free(w.buffer)
+
+
+@pytest.mark.gpu
+def test_pipelined_kernel_several_matrices_in_one_launch(gpu) -> None:
+    """matmul_multi on the pipelined path: same-type matrices of different N share one launch (three Q4_K + a
+    fourth in a second launch, Q6_K alone), with and without K splits (the partials of all matrices in one
+    buffer, splitk_reduce_multi); every output is fully written and matches its float64 reference."""
+    rt, mm = gpu
+    mm.use_pipe, mm.pipe_min_rows, mm.frag_vec_rows = True, 1, 0
+    rng = np.random.default_rng(600)
+    types = (T.Q4_K, T.Q6_K, T.Q4_K, T.Q4_K, T.Q4_K)
+    ts = [random_weight(tp, N - 100 * i, K, rng) for i, tp in enumerate(types)]  # N 769, 669, ... 369
+    ws_ = [mm.upload(t) for t in ts]
+    try:
+        for n_rows, splits in ((32, None), (32, 4), (130, 1), (200, 3)):
+            x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
+            mm.split_override = splits
+            bufs = _Bufs(rt, mm, x, N)
+            outs = [rt.alloc(4 * n_rows * w.n, "activations", f"o{i}") for i, w in enumerate(ws_)]
+            try:
+                for w, o in zip(ws_, outs):
+                    rt.htod(o, np.full((n_rows, w.n), np.nan, np.float32))
+                mm.matmul_multi(bufs.x.ptr, n_rows, ws_, [o.ptr for o in outs], bufs.ws.ptr)
+                x16 = x.astype(np.float16).astype(np.float64)  # (n_rows, K)
+                for t, w, o in zip(ts, ws_, outs):
+                    host = np.empty((n_rows, w.n), np.float32)  # (n_rows, N_i)
+                    rt.dtoh(host, o)
+                    rt.synchronize()
+                    case = (n_rows, splits, w.n)
+                    assert np.isfinite(host).all(), case
+                    assert rel(host, x16 @ pipe_weights16(t).T) <= 1e-4, case
+            finally:
+                bufs.free()
+                for o in outs:
+                    rt.free(o)
+    finally:
+        for w in ws_:
+            rt.free(w.buffer)

@@ -1,0 +1,45 @@
+// The int8 activation quantization of the dp4a matmul path: one and two passes (quantize_act_q8, _q8x2 in
+// quantize_act.cu) share this body. (Fusing it into add_rms_norm / silu_mul was measured neutral on an H200:
+// 2.547 vs 2.546 ms per batch-1 decode step, so the separate launches stay.)
+//
+// x f32 (n_rows, K) -> xq int8 (n_rows, K) and xds float2 (n_rows, K/32), per 32 consecutive values b:
+// d = max|x| / 127, xq = round_half_even(x / d) computed as x * (1/d) (0 when d == 0), xds[b] = (d, d *
+// sum(xq[32b:32b+32])) (q8_1 style). The rows are contiguous: one flat sequence of 32-value blocks.
+// PASSES = 2 (--decode-activations int8x2): x ~ d1 q1 + d2 q2, q2 quantizing the residual x - d1 q1 the same way,
+// written res_blocks blocks after the first pass (the vector matmul reads the two passes as extra columns).
+#pragma once
+
+#include "common.cuh"
+
+// Quantize the float4 v = values 4 t .. 4 t + 3 of the flat array. The 8 lanes of a 32-value block (lanes 8j ..
+// 8j + 7 of a warp, t / 8 = the block) call it together; lanes with ok false join the shuffles, store nothing.
+template <int PASSES>
+__device__ __forceinline__ void quantize_f4(float4 v, size_t t, bool ok, int8_t* __restrict__ xq,
+                                            float2* __restrict__ xds, size_t res_blocks) {
+    const size_t b = t >> 3;
+    float r[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int pass = 0; pass < PASSES; ++pass) {
+        float amax = fmaxf(fmaxf(fabsf(r[0]), fabsf(r[1])), fmaxf(fabsf(r[2]), fabsf(r[3])));
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
+        const float d = amax / 127.f;
+        const float id = d > 0.f ? 1.f / d : 0.f;
+        int q[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) q[i] = __float2int_rn(r[i] * id);
+        int sum = q[0] + q[1] + q[2] + q[3];
+#pragma unroll
+        for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+        if (ok) {
+            const size_t at = (size_t)pass * res_blocks * 8 + t;  // the residual pass lands res_blocks further on
+            reinterpret_cast<char4*>(xq)[at] = make_char4(static_cast<signed char>(q[0]), static_cast<signed char>(q[1]),
+                                                          static_cast<signed char>(q[2]), static_cast<signed char>(q[3]));
+            if ((t & 7) == 0) xds[(size_t)pass * res_blocks + b] = make_float2(d, d * static_cast<float>(sum));
+        }
+        if (PASSES > 1) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) r[i] -= d * static_cast<float>(q[i]);  // the residual for the next pass
+        }
+    }
+}
