@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     ap.add_argument("--gen", type=int, default=128)
     ap.add_argument("--batches", default="8,32,64")
-    ap.add_argument("--decode-activations", default="int8", choices=("int8", "int8x2", "f16"),
+    ap.add_argument("--decode-activations", default="int8x2", choices=("int8", "int8x2", "f16"),
                     help="decode matmul activations: int8 / int8x2 (dp4a vector path, one or two passes) or f16 "
                          "(tiled tensor-core path)")
     ap.add_argument("--no-pipe", action="store_true",

@@ -1,5 +1,6 @@
 """Quantized matmul and embedding launcher of the CUDA backend: uploads GGUF weights (still quantized) and
-launches the kernels of kernels/matmul_vec.cu, matmul_tiled.cu, quantize_act.cu and get_rows.cu.
+launches the kernels of kernels/matmul_vec.cu, matmul_tiled.cu, matmul_frag.cu, matmul_pipe.cu, quantize_act.cu
+and get_rows.cu.
 
     mm = CudaMatmul(rt)
     w = mm.upload(qtensor, layer=3)                     # DeviceWeight, accounted as rt "weights"
@@ -12,10 +13,12 @@ Paths: n_rows <= VEC_MAX_ROWS takes the bandwidth-bound vector kernel (quantized
 to int8 per 32 values into the workspace, then __dp4a on the weight quants); more rows take the tensor-core
 tiled kernel (x converted once to f16, f16 MMA on weight tiles dequantized in shared memory; split over K
 into partials + a fixed-order reduction when the output tiles alone would leave SMs idle, as in batched
-decode); Q4_K / Q6_K at a few rows take the fragment kernel instead (kernels/matmul_frag.cu: quants loaded
-straight into MMA fragments, scales applied to the f32 results). Buffers beyond the caller's workspace (f16 x,
-split-K partials) are allocated by `reserve` before the first step. Every launch goes on rt.stream, allocates
-nothing and reads only device memory, so a step can be captured in a CUDA graph.
+decode). Q4_K / Q6_K, the Q4_K_M types, have their own tensor-core kernels instead: the fragment kernel at a few
+rows (kernels/matmul_frag.cu: quants loaded straight into MMA fragments, scales applied to the f32 results)
+and from PIPE_MIN_ROWS rows the pipelined kernel (kernels/matmul_pipe.cu: quantized tiles through a cp.async
+pipeline, fragments built in registers; same-type matrices sharing x in one launch). Buffers beyond the
+caller's workspace (f16 x, split-K partials) are allocated by `reserve` before the first step. Every launch goes
+on rt.stream, allocates nothing and reads only device memory, so a step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
