@@ -1,5 +1,6 @@
 // K-quant matrix x few vectors on tensor cores (batched decode, 2..64 rows): out (M, N) f32 = x (M, K) @ W.T for
-// Q4_K and Q6_K weights, x in f16 (cuda_matmul.py's to_f16). Unlike matmul_tiled.cu, the weights never pass
+// Q4_K and Q6_K weights, x in f16 (cuda_matmul.py's to_f16). By default it takes Q4_K at 3-8 rows and Q6_K at
+// 3-32 rows; more rows go to matmul_pipe.cu (cuda_matmul.PIPE_MIN_ROWS). Unlike matmul_tiled.cu, the weights never pass
 // through shared memory and are never dequantized to f16: each warp loads its 16 weight rows straight into
 // mma.sync A fragments as the integer quants (exact in f16), and the per-sub-block scales are applied to the
 // f32 MMA results afterwards (the llama.cpp MMQ idea, with f16 activations instead of int8, so the rounding is
