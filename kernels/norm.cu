@@ -1,5 +1,6 @@
 // rms_norm: out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w[:]      (float32, row-major (T, D))
-// Launch: grid (T), block 256 (any multiple of 32 up to 1024); each block reduces one row in float32.
+// Launch: grid (T), block: any multiple of 32 up to 1024 (the backend gives one thread per float4 of the row, up to
+// 1024: CudaBackend._norm_block); each block reduces one row in float32.
 // Vectorized float4 path when D % 4 == 0 and pointers are 16-byte aligned (the launcher guarantees it).
 // add_rms_norm_f32: the residual add fused in front: sum = a + b (written), out = rms_norm(sum) * w.
 

@@ -17,6 +17,13 @@
 
 #define ROPE_MAX_HALF 256
 
+// (a c - b s, a s + b c) with every product and sum rounded on its own, as NumPy's float32 arithmetic does (no
+// fused multiply-add), so rotated values match the NumPy twin bit for bit rather than to an ulp (an ulp can flip
+// an int8 KV quant)
+__device__ __forceinline__ float2 rotate(float a, float b, float c, float s) {
+    return make_float2(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c)));
+}
+
 template <bool NEOX>
 __device__ void rope_row(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ pos,
                          const double* __restrict__ inv_freq, int n_heads, int head_dim, int n_rot,
@@ -36,8 +43,9 @@ __device__ void rope_row(const float* __restrict__ x, float* __restrict__ out, c
         const int ib = NEOX ? i + half : 2 * i + 1;
         const size_t base = row + (size_t)h * head_dim;
         const float a = x[base + ia], b = x[base + ib];
-        out[base + ia] = a * c - b * s;
-        out[base + ib] = a * s + b * c;
+        const float2 r = rotate(a, b, c, s);
+        out[base + ia] = r.x;
+        out[base + ib] = r.y;
     }
     const int rest = head_dim - n_rot;
     if (rest > 0) {
@@ -97,18 +105,19 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
         const int ib = NEOX ? i + half : 2 * i + 1;
         const float a = src[ia], b = src[ib];
         const float c = cs[i][0], s = cs[i][1];
-        dst[ia] = a * c - b * s;
-        dst[ib] = a * s + b * c;
+        const float2 r = rotate(a, b, c, s);
+        dst[ia] = r.x;
+        dst[ib] = r.y;
         if (!is_q && k_st != nullptr) {
             const size_t o = ((size_t)t * n_kv_heads + (h - n_heads)) * head_dim;
-            k_st[o + ia] = __float2half_rn(a * c - b * s);
-            k_st[o + ib] = __float2half_rn(a * s + b * c);
+            k_st[o + ia] = __float2half_rn(r.x);
+            k_st[o + ib] = __float2half_rn(r.y);
         }
         if (is_q) {
             float* dsts = qs_out + ((size_t)t * n_heads + h) * head_dim;
-            const float c2 = cs[i][2], s2 = cs[i][3];
-            dsts[ia] = a * c2 - b * s2;
-            dsts[ib] = a * s2 + b * c2;
+            const float2 r2 = rotate(a, b, cs[i][2], cs[i][3]);
+            dsts[ia] = r2.x;
+            dsts[ib] = r2.y;
         }
     }
     const int rest = head_dim - n_rot;
