@@ -335,12 +335,8 @@ class CudaMatmul:
                     self._tiled(xh, n_rows, w, o, tile_m)
         if pipe:  # after the others: its f16 copy of x (pair order) reuses the same buffer
             xh = self._to_f16(x_ptr, n_rows, k, pairs=True)
-            by_type: dict[GGMLType, list[tuple[DeviceWeight, int]]] = {}
-            for w, o in pipe:
-                by_type.setdefault(w.ggml_type, []).append((w, o))
-            for members in by_type.values():  # same-type matrices share a launch, as on the vector path
-                for i in range(0, len(members), MULTI_MAX):
-                    self._pipe(xh, n_rows, members[i:i + MULTI_MAX])
+            for members in self._launch_groups(pipe):
+                self._pipe(xh, n_rows, members)
         if not vec:
             return prequantized
         x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
@@ -353,14 +349,19 @@ class CudaMatmul:
                 self.quantize_act(x_ptr, n_rows, k, workspace_ptr)
             quantized = True
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows if x2 else n_rows, k)
-        groups: dict[GGMLType, list[tuple[DeviceWeight, int]]] = {}
-        for w, o in vec:
-            groups.setdefault(w.ggml_type, []).append((w, o))
-        for members in groups.values():
+        for members in self._launch_groups(vec):
             paired = x2 and _TYPES[members[0][0].ggml_type].q8_act  # both int8 passes, summed in the kernel
-            for i in range(0, len(members), MULTI_MAX):
-                self._vec_launch(x_ptr, xq, xds, n_rows, members[i:i + MULTI_MAX], variant, paired)
+            self._vec_launch(x_ptr, xq, xds, n_rows, members, variant, paired)
         return quantized
+
+    @staticmethod
+    def _launch_groups(pairs: list[tuple[DeviceWeight, int]]) -> list[list[tuple[DeviceWeight, int]]]:
+        """(weight, out) pairs by weight type, in chunks of up to MULTI_MAX: the matrices one multi-matrix launch
+        serves (vector and pipelined kernels)."""
+        by_type: dict[GGMLType, list[tuple[DeviceWeight, int]]] = {}
+        for w, o in pairs:
+            by_type.setdefault(w.ggml_type, []).append((w, o))
+        return [g[i:i + MULTI_MAX] for g in by_type.values() for i in range(0, len(g), MULTI_MAX)]
 
     def _vec_launch(self, x_ptr: int, xq: int, xds: int, n_rows: int, members: list[tuple[DeviceWeight, int]],
                     variant: str | None, paired: bool = False) -> None:
@@ -414,20 +415,20 @@ class CudaMatmul:
         fn.prepared_async_call(((n4 + 255) // 256, 1), (256, 1, 1), self.rt.stream, x_ptr, self._xh.ptr, np.int32(n4))
         return self._xh.ptr
 
-    def _plan(self, n_rows: int, w: DeviceWeight, bm: int, unit: int, per_sm: int | None = None) -> tuple[int, int]:
-        """(splits, K values per split) of a tensor-core matmul: split_k's count, each split a whole number of
-        `unit` K values (rounding can leave fewer non-empty splits)."""
-        units = -(-w.k // unit)
-        per = -(-units // min(self.split_k(n_rows, w.n, w.k, bm, per_sm), units))
+    def _plan(self, n_rows: int, n: int, k: int, bm: int, unit: int, per_sm: int | None = None,
+              min_k: int | None = None) -> tuple[int, int]:
+        """(splits, K values per split) of a tensor-core matmul of n outputs: split_k's count, each split a whole
+        number of `unit` K values (rounding can leave fewer non-empty splits)."""
+        units = -(-k // unit)
+        per = -(-units // min(self.split_k(n_rows, n, k, bm, per_sm, min_k), units))
         return -(-units // per), per * unit
 
     def _launch_split(self, fn: Any, grid_xy: tuple[int, int], splits: int, args: tuple, n_rows: int,
-                      w: DeviceWeight, out_ptr: int, shared: int = 0) -> None:
+                      w: DeviceWeight, out_ptr: int) -> None:
         """Launch a tensor-core matmul whose last two arguments are (out, ksplit) with grid.z = splits; with
         splits > 1 it writes the partials and splitk_reduce sums them into out in a fixed order."""
         dst = self._part.ptr if splits > 1 else out_ptr
-        fn.prepared_async_call((*grid_xy, splits), (256, 1, 1), self.rt.stream, *args[:-1], dst, args[-1],
-                               shared_size=shared)
+        fn.prepared_async_call((*grid_xy, splits), (256, 1, 1), self.rt.stream, *args[:-1], dst, args[-1])
         if splits > 1:
             mn = n_rows * w.n
             red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
@@ -436,7 +437,7 @@ class CudaMatmul:
 
     def _tiled(self, xh_ptr: int, n_rows: int, w: DeviceWeight, out_ptr: int, tile_m: int | None) -> None:
         bm = tile_m or self.tile_m_for(n_rows)
-        splits, ksplit = self._plan(n_rows, w, bm, TILE_K)
+        splits, ksplit = self._plan(n_rows, w.n, w.k, bm, TILE_K)
         fn = self._fn("matmul_tiled", f"matmul_tiled_{w.suffix}_m{bm}", "PPPiiPiPi")
         args = (w.q_ptr, w.s_ptr, w.h_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), np.int32(ksplit))
         self._launch_split(fn, (-(-w.n // TILE_N), -(-n_rows // bm)), splits, args, n_rows, w, out_ptr)
@@ -445,7 +446,7 @@ class CudaMatmul:
         """Q4_K / Q6_K at few rows: quants straight into MMA fragments (kernels/matmul_frag.cu); K splits planned
         like the tiled kernel's (one 64-row tile), in whole 256-value blocks."""
         nt = next(c for c in (1, 2, 4, 8) if 8 * c >= n_rows)
-        splits, ksplit = self._plan(n_rows, w, 64, 256)
+        splits, ksplit = self._plan(n_rows, w.n, w.k, 64, 256)
         fn = self._fn("matmul_frag", f"matmul_frag_{w.suffix}_n{nt}", "PPiiPiPi")
         args = (w.q_ptr, w.s_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), np.int32(ksplit))
         self._launch_split(fn, (-(-w.n // TILE_N), 1), splits, args, n_rows, w, out_ptr)
@@ -474,10 +475,7 @@ class CudaMatmul:
             self._pipe_slots[name] = max(1, min(smem_sm // (shared + 1024), regs_sm // (256 * max(fn.num_regs, 1))))
         n_tot = sum(w.n for w, _ in members)
         tiles_n = sum(-(-w.n // TILE_N) for w, _ in members)
-        units = w0.k // 256
-        per = -(-units // min(self.split_k(n_rows, n_tot, w0.k, tile, self._pipe_slots[name], PIPE_SPLIT_MIN_K),
-                              units))
-        splits = -(-units // per)
+        splits, ksplit = self._plan(n_rows, n_tot, w0.k, tile, 256, self._pipe_slots[name], PIPE_SPLIT_MIN_K)
         args: list[Any] = []
         for i in range(MULTI_MAX):
             if i < len(members):
@@ -485,7 +483,7 @@ class CudaMatmul:
                 args += [w.q_ptr, w.s_ptr, o, np.int32(w.n)]
             else:
                 args += [0, 0, 0, np.int32(0)]
-        args += [np.int32(w0.k), xp_ptr, np.int32(n_rows), self._part.ptr if splits > 1 else 0, np.int32(per * 256)]
+        args += [np.int32(w0.k), xp_ptr, np.int32(n_rows), self._part.ptr if splits > 1 else 0, np.int32(ksplit)]
         fn.prepared_async_call((-(-n_rows // tile), tiles_n, splits), (256, 1, 1), self.rt.stream, *args,
                                shared_size=shared)
         if splits > 1:
