@@ -83,6 +83,12 @@ class Bench:
         self.rt.synchronize()
 
     # -- helpers -------------------------------------------------------------------------------------
+    def add(self, row: dict | None) -> None:
+        """Keep and print a measured row (cases that cannot run here return None)."""
+        if row:
+            self.rows.append(row)
+            print(json.dumps(row), flush=True)
+
     def timed(self, launches: list[Callable[[], None]], reps: int) -> float:
         """Seconds per launch-list entry: capture all launches as one graph, replay `reps` times."""
         g = self.CudaGraph(self.rt)
@@ -250,7 +256,7 @@ class Bench:
     def run_tiled(self) -> None:
         """Few rows: the fragment kernel vs the tiled one (K splits), 512 rows on the tiled one, and whole 7B
         steps through each next to the vector path."""
-        add = lambda r: r and (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        add = self.add
         self.mm.frag_max_rows = 64  # every compiled column count, for the comparison
         try:
             for tp in (T.Q4_K, T.Q6_K):
@@ -288,7 +294,7 @@ class Bench:
     def run_pipe(self) -> None:
         """The pipelined kernel (every built stage count) vs the fragment (<= 32 rows) or tiled kernel per shape and
         row count, and a 7B step's matmuls through each."""
-        add = lambda r: r and (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        add = self.add
         self.mm2 = CudaMatmul(self.rt, int8x2=True)
         for tp in (T.Q4_K, T.Q6_K):  # batch 1, int8x2: the paired vector kernel's configurations
             for n, k in SHAPES_7B[:3]:
@@ -296,7 +302,7 @@ class Bench:
                     add(self.vec_pair(tp, n, k, v))
             self.free_weights()
         for m in (16, 32, 64):  # 3 stages (more resident blocks) vs the default
-            tile = next(t for t in cuda_matmul.PIPE_TILES if t >= m)
+            tile = CudaMatmul.pipe_tile(m)
             for stages in cuda_matmul.PIPE_STAGES_BUILT[tile]:
                 add(self.pipe(T.Q4_K, 11008, 4096, m, stages))
                 add(self.step_7b(fused=True, n_rows=m, tiled=True, stages=stages))
@@ -307,13 +313,13 @@ class Bench:
                 for m in rows:
                     add(self.frag(tp, n, k, m) if m <= cuda_matmul.FRAG_MAX_ROWS else
                         self.tiled(tp, n, k, m, self.mm.tile_m_for(m)))
-                    tile = next((t for t in cuda_matmul.PIPE_TILES if t >= m), cuda_matmul.PIPE_TILES[-1])
+                    tile = CudaMatmul.pipe_tile(m)
                     for stages in cuda_matmul.PIPE_STAGES_BUILT[tile]:
                         add(self.pipe(tp, n, k, m, stages))
             self.free_weights()
         for n, k in SHAPES_7B[:2]:  # K splits at decode sizes (None: the planner's choice)
             for m in (16, 32, 64):
-                tile = next(t for t in cuda_matmul.PIPE_TILES if t >= m)
+                tile = CudaMatmul.pipe_tile(m)
                 for sp in (1, 2, 4, 8):
                     add(self.pipe(T.Q4_K, n, k, m, cuda_matmul.PIPE_STAGES[tile], sp))
         self.free_weights()
@@ -329,7 +335,7 @@ class Bench:
     def run(self) -> None:
         self.copy_bw = self.copy_bandwidth()
         print(f"device {self.rt.name}  copy {self.copy_bw / 1e12:.2f} TB/s  kernel build {self.compile_s:.1f} s", flush=True)
-        add = lambda r: (self.rows.append(r), print(json.dumps(r), flush=True))  # noqa: E731
+        add = self.add
         if self.only == "tiled":
             return self.run_tiled()
         if self.only == "pipe":

@@ -224,7 +224,8 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, 
 }
 
 // attention_combine + kv_append (kv_store.cu) in one launch: the row's n_heads blocks also copy its staged K/V
-// (and scales) into the ring, each a share of the words. Safe after attention_partial (the only reader) has finished: stream order.
+// (and scales) into the ring, each a share of the words. Safe after attention_partial (the only reader) has
+// finished: stream order.
 extern "C" __global__ void attention_combine_append(
     const float* __restrict__ part_ml, const float* __restrict__ part_acc, float* __restrict__ out, int n_heads,
     int head_dim, int n_splits, StepMeta meta, int sinks, int window, int max_positions,

@@ -168,7 +168,8 @@ MMV_PAIRS(q4_k, TQ4_K)
 MMV_PAIRS(q5_k, TQ5_K)
 MMV_PAIRS(q6_k, TQ6_K)
 
-// paired tuning variants at one output row (benchmark: bench/matmul_bench.py --only pipe)
+// paired variants at one output row, measured by bench/matmul_bench.py --only pipe; r4t2u1 is also Q6_K's default
+// (cuda_matmul.PAIRED_CONFIG_BY_TYPE)
 #define MMV_PAIR_TUNE(suffix, T)           \
     MMV_PAIRED(suffix, T, 2, 4, 2, 1)      \
     MMV_PAIRED(suffix, T, 2, 4, 2, 2)      \

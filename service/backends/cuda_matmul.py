@@ -452,6 +452,11 @@ class CudaMatmul:
         self._launch_split(fn, (-(-w.n // TILE_N), 1), splits, args, n_rows, w, out_ptr)
 
     @staticmethod
+    def pipe_tile(n_rows: int) -> int:
+        """x rows per block of the pipelined kernel: the smallest of PIPE_TILES that holds the rows, 128 above."""
+        return next((m for m in PIPE_TILES if m >= n_rows), PIPE_TILES[-1])
+
+    @staticmethod
     def pipe_smem_bytes(suffix: str, tile: int, stages: int) -> int:
         """Dynamic shared memory of a pipelined entry: per stage, x (tile rows x 136 f16) + 128 weight rows."""
         return stages * (tile * 136 * 2 + TILE_N * PIPE_ROW_BYTES[suffix])
@@ -461,7 +466,7 @@ class CudaMatmul:
         (kernels/matmul_pipe.cu); x in pair order; up to MULTI_MAX same-type matrices (w, out ptr) sharing x in
         one launch; K splits planned from their tiles and the entry's blocks per SM."""
         w0 = members[0][0]
-        tile = next((m for m in PIPE_TILES if m >= n_rows), PIPE_TILES[-1])
+        tile = self.pipe_tile(n_rows)
         stages = self.pipe_stages or PIPE_STAGES[tile]
         name = f"matmul_pipe_{w0.suffix}_m{tile}_s{stages}"
         shared = self.pipe_smem_bytes(w0.suffix, tile, stages)
