@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pipe", action="store_true",
                     help="Q4_K / Q6_K at many rows through the tiled / fragment kernels instead of "
                          "kernels/matmul_pipe.cu (for a same-run comparison)")
+    ap.add_argument("--no-pdl", action="store_true",
+                    help="decode graphs without programmatic kernel -> kernel edges (for a comparison)")
     args = ap.parse_args(argv)
 
     from service.backends.cuda_backend import CudaBackend
@@ -164,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     be = CudaBackend(max_rows=512, max_seqs=64, int8_decode=args.decode_activations != "f16",
                      int8x2=args.decode_activations == "int8x2")
     be.mm.use_pipe = not args.no_pipe
+    be.pdl = not args.no_pdl
+    res["pdl"] = be.pdl
     res["device"] = be.rt.name
     res["matmul_pipe"] = not args.no_pipe
     res["copy_bw_gbs"] = copy_bandwidth(be) / 1e9

@@ -276,11 +276,12 @@ class Bench:
         finally:
             self.mm.frag_max_rows = cuda_matmul.FRAG_MAX_ROWS
 
-    def vec_pair(self, ggml_type: T, n: int, k: int, variant: str | None) -> dict:
+    def vec_pair(self, ggml_type: T, n: int, k: int, variant: str | None, hot: bool = False) -> dict:
         """One row through the paired int8x2 vector kernel (the default decode path at batch 1), weights rotating
-        past the L2; the activation quantization done once outside the timed launches."""
+        past the L2 (hot: one copy, read from the L2 after the first launch); the activation quantization done
+        once outside the timed launches."""
         mm2 = self.mm2
-        ws = self.weights(ggml_type, n, k, 3 * self.rt.l2_bytes)
+        ws = self.weights(ggml_type, n, k, 1 if hot else 3 * self.rt.l2_bytes)
         passes = max(1, 48 // len(ws))
         mm2.quantize_act_x2(self.x.ptr, 1, k, self.ws.ptr, 1)
         launches = [(lambda w=w: mm2.matmul(self.x.ptr, 1, w, self.out.ptr, self.ws.ptr, prequantized=True,
@@ -288,8 +289,18 @@ class Bench:
         s = self.timed(launches, reps=10 if self.quick else 30)
         wb = ws[0].nbytes
         cfg = mm2.vec_kernel(ws[0], 1, variant, paired=True)[0].rsplit("_", 1)[1]
-        return dict(path="vec2", type=ggml_type.name, n=n, k=k, n_rows=1, variant=variant or f"={cfg}",
-                    us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
+        return dict(path="vec2" + ("/L2" if hot else ""), type=ggml_type.name, n=n, k=k, n_rows=1,
+                    variant=variant or f"={cfg}", us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
+
+    def run_l2(self) -> None:
+        """Batch-1 (int8x2) vector kernel with weights from HBM vs from the L2, per 7B shape, and a small matrix
+        (the per-launch floor inside a graph): how much of a matmul's time is the DRAM stream."""
+        self.mm2 = CudaMatmul(self.rt, int8x2=True)
+        for tp in (T.Q4_K, T.Q6_K):
+            for n, k in [(512, 4096)] + SHAPES_7B[:3]:
+                for hot in (False, True):
+                    self.add(self.vec_pair(tp, n, k, None, hot))
+            self.free_weights()
 
     def run_pipe(self) -> None:
         """The pipelined kernel (every built stage count) vs the fragment (<= 32 rows) or tiled kernel per shape and
@@ -340,6 +351,8 @@ class Bench:
             return self.run_tiled()
         if self.only == "pipe":
             return self.run_pipe()
+        if self.only == "l2":
+            return self.run_l2()
         shapes = SHAPES_7B
         for tp in VARIANT_TYPES:
             for n, k in shapes:
@@ -391,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, no tuning variants")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"), help="folder for the JSON (e.g. $OUT)")
-    ap.add_argument("--only", default="all", choices=("all", "tiled", "pipe"),
-                    help="tiled: only the few-row tensor-core sweep; pipe: only the many-row (prefill) sweep")
+    ap.add_argument("--only", default="all", choices=("all", "tiled", "pipe", "l2"),
+                    help="tiled: only the few-row tensor-core sweep; pipe: only the many-row (prefill) sweep; "
+                         "l2: batch-1 vector kernel, weights from HBM vs from the L2")
     args = ap.parse_args(argv)
     b = Bench(args.quick, args.only)
     try:

@@ -1,8 +1,10 @@
 // argmax_f32: out[r] = the first index of the maximum of x[r, :]   (greedy decoding on the device)
 // x: (R, N) float32 row-major; out: (R,) int32. Ties go to the lowest index (NumPy's argmax rule); NaN is
 // never chosen over a number. Launch: grid (R), block 1024.
+#include "pdl.cuh"
 
 extern "C" __global__ void argmax_f32(const float* __restrict__ x, int* __restrict__ out, int N) {
+    pdl_start();
     __shared__ float s_val[32];
     __shared__ int s_idx[32];
     const float* row = x + (size_t)blockIdx.x * N;

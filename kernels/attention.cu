@@ -16,6 +16,7 @@
 // groups stride over the split's keys; every lane of a warp runs the same number of iterations so the
 // group shuffles stay convergent. attention_combine: grid (T, n_heads), block HD.
 #include "kv_common.cuh"
+#include "pdl.cuh"
 
 #define ATT_THREADS 128
 
@@ -175,7 +176,7 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
         const void* __restrict__ ring_k, const void* __restrict__ ring_v, const __half* __restrict__ ring_ks,  \
         const __half* __restrict__ ring_vs, const void* __restrict__ st_k, const void* __restrict__ st_v,      \
         const __half* __restrict__ st_ks, const __half* __restrict__ st_vs, float* __restrict__ part_ml,       \
-        float* __restrict__ part_acc, int n_kv_heads, int sinks, int window, int max_positions, float scale) { \
+        float* __restrict__ part_acc, int n_kv_heads, int sinks, int window, int max_positions, float scale) { pdl_start(); \
         attention_partial<HD, G, KVT>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs, st_k, st_v, st_ks,     \
                                       st_vs, part_ml, part_acc, n_kv_heads, sinks, window, max_positions,      \
                                       scale);                                                                  \
@@ -220,6 +221,7 @@ __device__ void combine_block(const float* __restrict__ part_ml, const float* __
 
 extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
                                              float* __restrict__ out, int n_heads, int head_dim, int n_splits) {
+    pdl_start();
     combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
 }
 
@@ -233,6 +235,7 @@ extern "C" __global__ void attention_combine_append(
     const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
     const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
     const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
+    pdl_start();
     combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
     const int t = blockIdx.x;
     size_t ring_row;
@@ -404,7 +407,7 @@ __device__ void attention_prefill(const float* __restrict__ q, const float* __re
         const void* __restrict__ ring_v, const __half* __restrict__ ring_ks, const __half* __restrict__ ring_vs, \
         const void* __restrict__ st_k, const void* __restrict__ st_v, const __half* __restrict__ st_ks,        \
         const __half* __restrict__ st_vs, float* __restrict__ out, int n_kv_heads, int sinks, int window,      \
-        int max_positions, float scale) {                                                                      \
+        int max_positions, float scale) { pdl_start();                                                         \
         attention_prefill<HD, G, KVT>(q, q_sink, meta, tile_seq, tile_row, ring_k, ring_v, ring_ks, ring_vs,    \
                                       st_k, st_v, st_ks, st_vs, out, n_kv_heads, sinks, window, max_positions, \
                                       scale);                                                                  \

@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "kv_common.cuh"
+#include "pdl.cuh"
 
 #define MMA_WARPS 4
 #define MMA_THREADS (32 * MMA_WARPS)
@@ -391,7 +392,7 @@ __device__ void attention_prefill_mma(const float* __restrict__ q, const float* 
         const void* __restrict__ ring_v, const __half* __restrict__ ring_ks, const __half* __restrict__ ring_vs,      \
         const void* __restrict__ st_k, const void* __restrict__ st_v, const __half* __restrict__ st_ks,             \
         const __half* __restrict__ st_vs, float* __restrict__ out, int n_kv_heads, int n_seqs, int sinks,           \
-        int window, int max_positions, float scale) {                                                               \
+        int window, int max_positions, float scale) { pdl_start();                                                  \
         attention_prefill_mma<HD, G, KVT>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs, st_k, st_v, st_ks,      \
                                           st_vs, out, n_kv_heads, n_seqs, sinks, window, max_positions, scale);     \
     }

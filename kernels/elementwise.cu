@@ -3,9 +3,11 @@
 //   add_f32:      out = a + b                                                  (T, D)
 //   take_rows_f32: out[r, :] = x[rows[r], :]   (rows: int32 device buffer)     (S', D)
 // Launch: silu_mul/add: grid-stride, block 256, n = element count; take_rows: grid (S'), block 256.
+#include "pdl.cuh"
 
 extern "C" __global__ void silu_mul_f32(const float* __restrict__ gate, const float* __restrict__ up,
                                         float* __restrict__ out, int n) {
+    pdl_start();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const float g = gate[i];
         out[i] = g / (1.0f + expf(-g)) * up[i];
@@ -14,6 +16,7 @@ extern "C" __global__ void silu_mul_f32(const float* __restrict__ gate, const fl
 
 extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b,
                                    float* __restrict__ out, int n) {
+    pdl_start();
     const int n4 = n >> 2;
     const float4* a4 = reinterpret_cast<const float4*>(a);
     const float4* b4 = reinterpret_cast<const float4*>(b);
@@ -28,6 +31,7 @@ extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __r
 
 extern "C" __global__ void take_rows_f32(const float* __restrict__ x, const int* __restrict__ rows,
                                          float* __restrict__ out, int D) {
+    pdl_start();
     const int r = blockIdx.x;
     const float* src = x + (size_t)rows[r] * D;
     float* dst = out + (size_t)r * D;

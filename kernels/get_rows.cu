@@ -6,6 +6,7 @@
 // grid = (ceil(K/32 / 128), n_rows).
 //   entry get_rows_<type>(q, s, h, N, K, ids, n_rows, out)
 #include "quant_blocks.cuh"
+#include "pdl.cuh"
 
 template <class T>
 __device__ __forceinline__ void get_rows_body(const WPtrs& w, const int* __restrict__ ids, int n_rows,
@@ -32,7 +33,7 @@ __device__ __forceinline__ void get_rows_body(const WPtrs& w, const int* __restr
 #define GET_ROWS_ENTRY(suffix, T)                                                                              \
     extern "C" __global__ void __launch_bounds__(128) get_rows_##suffix(                                       \
         const uint8_t* q, const uint8_t* s, const uint8_t* h, int N, int K, const int* ids, int n_rows,        \
-        float* out) {                                                                                          \
+        float* out) { pdl_start();                                                                             \
         const WPtrs w{q, s, h, N, K};                                                                          \
         get_rows_body<T>(w, ids, n_rows, out);                                                                 \
     }

@@ -10,9 +10,11 @@
 // ring with one decoder. Launch: stage f16: grid-stride, block 256 over n values; stage q8: one warp per
 // 32-value block, block 256; append: grid (T, n_tensors), block 128, words = 4 bytes.
 #include "kv_common.cuh"
+#include "pdl.cuh"
 
 extern "C" __global__ void kv_stage_f16(const float* __restrict__ k, const float* __restrict__ v,
                                         __half* __restrict__ k_st, __half* __restrict__ v_st, int n) {
+    pdl_start();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         k_st[i] = __float2half_rn(k[i]);
         v_st[i] = __float2half_rn(v[i]);
@@ -37,6 +39,7 @@ __device__ __forceinline__ void q8_block(const float* __restrict__ x, signed cha
 extern "C" __global__ void kv_stage_q8(const float* __restrict__ k, const float* __restrict__ v,
                                        signed char* __restrict__ kq, signed char* __restrict__ vq,
                                        __half* __restrict__ ks, __half* __restrict__ vs, int n_blocks) {
+    pdl_start();
     const int lane = threadIdx.x & 31;
     const int warps = (gridDim.x * blockDim.x) >> 5;
     for (int b = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; b < n_blocks; b += warps) {
@@ -50,6 +53,7 @@ extern "C" __global__ void kv_append(StepMeta meta, int sinks, int window, int m
                                      const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
                                      const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
                                      const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
+    pdl_start();
     const int t = blockIdx.x;
     size_t ring_row;
     if (!append_ring_row(meta, t, sinks, window, max_positions, ring_row)) return;  // overwritten in this chunk

@@ -29,6 +29,7 @@
 // S > 1 it writes its partial to out + z M N and splitk_reduce sums them). NT = column tiles of 8 (M <= 8 NT).
 // Entries: matmul_frag_<type>_n<NT>(q, s, N, K, xh, M, out, ksplit), NT in {1, 2, 4, 8}.
 #include "quant_blocks.cuh"
+#include "pdl.cuh"
 
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                          uint32_t b0, uint32_t b1) {
@@ -249,7 +250,7 @@ __device__ __forceinline__ void mmf_body(const WPtrs& w, const half* __restrict_
 
 #define MMF_ENTRY(suffix, F, NT)                                                                               \
     extern "C" __global__ void __launch_bounds__(256) matmul_frag_##suffix##_n##NT(                            \
-        const uint8_t* q, const uint8_t* s, int N, int K, const half* xh, int M, float* out, int ksplit) {     \
+        const uint8_t* q, const uint8_t* s, int N, int K, const half* xh, int M, float* out, int ksplit) { pdl_start(); \
         mmf_body<F, NT>(WPtrs{q, s, nullptr, N, K}, xh, M, out, ksplit);                                       \
     }
 #define MMF_TYPE(suffix, F) MMF_ENTRY(suffix, F, 1) MMF_ENTRY(suffix, F, 2) MMF_ENTRY(suffix, F, 4) MMF_ENTRY(suffix, F, 8)

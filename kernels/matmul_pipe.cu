@@ -31,6 +31,7 @@
 // blocks sharing a weight tile run together and read it from DRAM once), dynamic shared memory STAGES x stage
 // bytes (pipe_smem_bytes in cuda_matmul.py). Entries: see MMP_ENTRY.
 #include "quant_blocks.cuh"
+#include "pdl.cuh"
 
 namespace {
 
@@ -273,7 +274,7 @@ __device__ __forceinline__ void mmp_body(const WPtrs& w, int nt, const half* __r
     extern "C" __global__ void __launch_bounds__(256) matmul_pipe_##suffix##_m##PM##_s##STAGES(                  \
         const uint8_t* q0, const uint8_t* s0, float* o0, int N0, const uint8_t* q1, const uint8_t* s1, float* o1, \
         int N1, const uint8_t* q2, const uint8_t* s2, float* o2, int N2, int K, const half* xp, int M,           \
-        float* part, int ksplit) {                                                                             \
+        float* part, int ksplit) { pdl_start();                                                                \
         const int nb0 = (N0 + PN - 1) / PN, nb1 = (N1 + PN - 1) / PN;                                          \
         int nt = blockIdx.y;                                                                                    \
         const uint8_t *q = q0, *s = s0;                                                                         \
@@ -309,6 +310,7 @@ MMP_TYPE(q6_k, PQ6K)
 // values, then its 8 odd ones (round to nearest even, as to_f16); n a multiple of 16.
 extern "C" __global__ void __launch_bounds__(256) to_f16_pairs(const float* __restrict__ x, half* __restrict__ y,
                                                                int n16) {
+    pdl_start();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;  // 16-value group
     if (i < n16) {
         const float4* src = reinterpret_cast<const float4*>(x) + 4 * i;
@@ -330,6 +332,7 @@ extern "C" __global__ void __launch_bounds__(256) to_f16_pairs(const float* __re
 extern "C" __global__ void __launch_bounds__(256) splitk_reduce_multi(const float* __restrict__ part, float* out0,
                                                                      int mn0, float* out1, int mn1, float* out2,
                                                                      int mn2, int S) {
+    pdl_start();
     const int i = blockIdx.x * blockDim.x + threadIdx.x, mn = mn0 + mn1 + mn2;
     if (i < mn) {
         float sum = part[i];

@@ -23,6 +23,7 @@
 #include <mma.h>
 
 #include "quant_blocks.cuh"
+#include "pdl.cuh"
 
 using namespace nvcuda;
 
@@ -139,23 +140,24 @@ __device__ __forceinline__ void mmt_body(const WPtrs& w, const half* __restrict_
 #define MMT_ENTRY(suffix, T)                                                                                    \
     extern "C" __global__ void __launch_bounds__(256) matmul_tiled_##suffix##_m128(                             \
         const uint8_t* q, const uint8_t* s, const uint8_t* h, int N, int K, const half* xh, int M, float* out,   \
-        int ksplit) {                                                                                           \
+        int ksplit) { pdl_start();                                                                              \
         mmt_body<T, 128>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit);                                             \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) matmul_tiled_##suffix##_m64(                              \
         const uint8_t* q, const uint8_t* s, const uint8_t* h, int N, int K, const half* xh, int M, float* out,   \
-        int ksplit) {                                                                                           \
+        int ksplit) { pdl_start();                                                                              \
         mmt_body<T, 64>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit);                                              \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(256) matmul_tiled_##suffix##_m32(                              \
         const uint8_t* q, const uint8_t* s, const uint8_t* h, int N, int K, const half* xh, int M, float* out,   \
-        int ksplit) {                                                                                           \
+        int ksplit) { pdl_start();                                                                              \
         mmt_body<T, 32>(WPtrs{q, s, h, N, K}, xh, M, out, ksplit);                                              \
     }
 FOR_EACH_WTYPE(MMT_ENTRY)
 
 // x f32 (n,) -> f16 (n,), round to nearest even (the tiled kernel's A operand); n a multiple of 4.
 extern "C" __global__ void __launch_bounds__(256) to_f16(const float* __restrict__ x, half* __restrict__ y, int n4) {
+    pdl_start();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;  // float4 index
     if (i < n4) {
         const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
@@ -170,6 +172,7 @@ extern "C" __global__ void __launch_bounds__(256) to_f16(const float* __restrict
 // out (M*N,) = sum_{z < S} part[z] (M*N,), z ascending (the split-K partials of matmul_tiled, same order every run).
 extern "C" __global__ void __launch_bounds__(256) splitk_reduce(const float* __restrict__ part, float* __restrict__ out,
                                                                int mn, int S) {
+    pdl_start();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < mn) {
         float s = part[i];

@@ -23,6 +23,7 @@
 // Signature: (q0, s0, h0, out0, N0, q1, s1, h1, out1, N1, q2, s2, h2, out2, N2, K,
 //             xq int8 (n_rows, K), xds float2 (n_rows, K/32), xf f32 (n_rows, K), n_rows)
 #include "quant_blocks.cuh"
+#include "pdl.cuh"
 
 template <class T, int NC, int R, int RT, int UNR, bool PAIR>
 __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* __restrict__ xq,
@@ -136,6 +137,7 @@ __device__ __forceinline__ void mmv_body(const WPtrs& w, int blk, const int8_t* 
             }                                                                                                  \
         }                                                                                                      \
         const WPtrs w{q, s, h, N, K};                                                                          \
+        pdl_start();                                                                                           \
         mmv_body<T, NC, R, RT, UNR, PAIR>(w, blk, xq, xds, xf, o, n_rows);                                     \
     }
 #define MMV_ENTRY(suffix, T, NC, R, RT, UNR) MMV_ENTRY_(suffix, T, NC, , false, R, RT, UNR)

@@ -5,6 +5,7 @@
 // add_rms_norm_f32: the residual add fused in front: sum = a + b (written), out = rms_norm(sum) * w.
 
 #include "common.cuh"
+#include "pdl.cuh"
 
 // 1 / sqrt(mean of the row's squares + eps) from each thread's partial sum of squares ss; every thread of the
 // block calls it and gets the result
@@ -55,11 +56,13 @@ __device__ void rms_norm_row(const float* __restrict__ x, const float* __restric
 
 extern "C" __global__ void rms_norm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                         float* __restrict__ out, int D, float eps) {
+    pdl_start();
     rms_norm_row<false>(x, w, out, D, eps);
 }
 
 extern "C" __global__ void rms_norm_f32_vec4(const float* __restrict__ x, const float* __restrict__ w,
                                              float* __restrict__ out, int D, float eps) {
+    pdl_start();
     rms_norm_row<true>(x, w, out, D, eps);
 }
 
@@ -67,6 +70,7 @@ extern "C" __global__ void rms_norm_f32_vec4(const float* __restrict__ x, const 
 extern "C" __global__ void add_rms_norm_f32(const float* __restrict__ a, const float* __restrict__ b,
                                             const float* __restrict__ w, float* __restrict__ sum,
                                             float* __restrict__ out, int D, float eps) {
+    pdl_start();
     const size_t row = (size_t)blockIdx.x * D;
     const float4* a4 = reinterpret_cast<const float4*>(a + row);
     const float4* b4 = reinterpret_cast<const float4*>(b + row);

@@ -4,10 +4,12 @@
 // Launch shape: one thread per 4 values (a float4), 8 threads per block of 32 (max and sum by shuffles within
 // the 8 lanes), 256 threads per CUDA block; grid.x = ceil(nblocks * 8 / 256).
 #include "act_quant.cuh"
+#include "pdl.cuh"
 
 extern "C" __global__ void __launch_bounds__(256) quantize_act_q8(const float* __restrict__ x,
                                                                  int8_t* __restrict__ xq,
                                                                  float2* __restrict__ xds, int nblocks) {
+    pdl_start();
     const int t = blockIdx.x * blockDim.x + threadIdx.x;  // float4 index
     const bool ok = (t >> 3) < nblocks;
     const float4 v = ok ? __ldg(reinterpret_cast<const float4*>(x) + t) : make_float4(0.f, 0.f, 0.f, 0.f);
@@ -22,6 +24,7 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2(const float*
                                                                    int8_t* __restrict__ xq,
                                                                    float2* __restrict__ xds, int nblocks,
                                                                    int res_blocks) {
+    pdl_start();
     const int t = blockIdx.x * blockDim.x + threadIdx.x;  // float4 index
     const bool ok = (t >> 3) < nblocks;
     const float4 v = ok ? __ldg(reinterpret_cast<const float4*>(x) + t) : make_float4(0.f, 0.f, 0.f, 0.f);

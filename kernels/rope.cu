@@ -14,6 +14,7 @@
 // decode step is not one block on one SM), each computing the row's n_rot / 2 angles once into shared memory
 // (n_rot / 2 <= ROPE_MAX_HALF).
 #include <cuda_fp16.h>
+#include "pdl.cuh"
 
 #define ROPE_MAX_HALF 256
 
@@ -59,12 +60,14 @@ __device__ void rope_row(const float* __restrict__ x, float* __restrict__ out, c
 extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ pos,
                                     const double* __restrict__ inv_freq, int n_heads, int head_dim, int n_rot,
                                     int sink, int max_positions) {
+    pdl_start();
     rope_row<false>(x, out, pos, inv_freq, n_heads, head_dim, n_rot, sink, max_positions);
 }
 
 extern "C" __global__ void rope_neox_f32(const float* __restrict__ x, float* __restrict__ out,
                                          const int* __restrict__ pos, const double* __restrict__ inv_freq,
                                          int n_heads, int head_dim, int n_rot, int sink, int max_positions) {
+    pdl_start();
     rope_row<true>(x, out, pos, inv_freq, n_heads, head_dim, n_rot, sink, max_positions);
 }
 
@@ -148,11 +151,13 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
         const float *__restrict__ v, __half *__restrict__ k_st, __half *__restrict__ v_st
 
 extern "C" __global__ void rope_qk_f32(ROPE_QK_ARGS) {
+    pdl_start();
     rope_qk_row<false>(q, k, q_out, qs_out, k_out, pos, inv_freq, n_heads, n_kv_heads, head_dim, n_rot, max_positions,
                        v, k_st, v_st);
 }
 
 extern "C" __global__ void rope_qk_neox_f32(ROPE_QK_ARGS) {
+    pdl_start();
     rope_qk_row<true>(q, k, q_out, qs_out, k_out, pos, inv_freq, n_heads, n_kv_heads, head_dim, n_rot, max_positions,
                       v, k_st, v_st);
 }

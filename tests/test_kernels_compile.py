@@ -78,3 +78,33 @@ def test_every_vector_configuration_the_launcher_picks_is_compiled() -> None:
         if ggml_type == T.Q4_K:
             wanted |= {mm.vec_kernel(w, nc, v)[0] for nc, vs in VARIANTS_CN.items() for v in vs}
     assert wanted - compiled == set()
+
+
+@functools.lru_cache(maxsize=None)
+def _ptx(source: str) -> str:
+    from service.backends.cuda_runtime import NVCC_OPTIONS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "k.ptx")
+        proc = subprocess.run([NVCC, "-arch=sm_90", "-ptx", *NVCC_OPTIONS, "-I", KERNEL_DIR, "-o", out, source],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        with open(out) as f:
+            return f.read()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("source", SOURCES, ids=os.path.basename)
+def test_every_kernel_waits_for_its_predecessor(source: str) -> None:
+    """Decode graphs make every kernel -> kernel edge programmatic (cuda_runtime.CudaGraph), which is only safe
+    for kernels that run griddepcontrol.wait before touching their inputs (kernels/pdl.cuh). Each entry's PTX
+    must contain the wait, and nothing but weight prefetches (no global load or store) before it."""
+    ptx = _ptx(source)
+    entries = re.split(r"\n\.visible \.entry ", ptx)[1:]
+    assert entries, f"no entry in {source}"
+    for body in entries:
+        name = body.split("(", 1)[0]
+        assert "griddepcontrol.wait" in body, f"{name} does not wait for its predecessor"
+        before = body.split("griddepcontrol.wait", 1)[0]
+        assert not re.search(r"\b(ld|st|atom|red)\.global", before), f"{name} touches global memory before the wait"

@@ -181,6 +181,7 @@ class CudaBackend:
         self.max_seqs = int(max_seqs)  # S cap of a step
         self.pool = ActivationPool(self.rt, self.max_rows, min(self.max_rows, max(self.max_seqs, 64)))
         self.use_graphs = use_graphs
+        self.pdl = True  # decode graphs with programmatic kernel -> kernel edges where that is faster (_pdl_for)
         # Prefill-heavy steps (>= 32 rows, >= 4 per sequence) take a prefill attention kernel, the others split-K.
         # "mma" (attention_mma.cu, tensor cores, f16 operands: ~4e-4 of max|out| off the f32 paths) is the default:
         # on an H100 (bench/attention_bench.py, 7B shape, 512-token prefill) 57 us per layer vs 344 split-K and
@@ -656,7 +657,7 @@ class CudaBackend:
             return model.forward(batch)
         self.begin_step(batch)
         if entry is None:
-            graph = CudaGraph(self.rt)
+            graph = CudaGraph(self.rt, programmatic=self._pdl_for(len(batch.seqs)))
             self._capturing = True
             try:
                 graph.capture(lambda: model.forward(batch))
@@ -671,6 +672,14 @@ class CudaBackend:
         self.last_host_s = time.perf_counter() - t0
         self.graph_replays += 1
         return self.to_host(logits)
+
+    def _pdl_for(self, n_seqs: int) -> bool:
+        """Programmatic edges in the decode graph of n_seqs sequences? Where it measured faster (H200,
+        `bench/decode_ab.py`, bench/RESULTS.md): 1 sequence (the one-row vector kernel) and 3-8 (the fragment kernel)
+        gain 4-5 %; 2 sequences (the two-row vector kernel) and 16-32 (the pipelined kernel) lose 4-5 %."""
+        from service.backends.cuda_matmul import PIPE_MIN_ROWS
+
+        return self.pdl and (n_seqs == 1 or 3 <= n_seqs < PIPE_MIN_ROWS["q4_k"])
 
     def kv_to_host(self, kv: CudaKVArena, layer: int) -> dict[str, np.ndarray]:
         """One layer's ring as NumPy arrays shaped like NumpyKVArena's (tests)."""

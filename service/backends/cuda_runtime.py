@@ -391,6 +391,14 @@ class CudaRuntime:
 
 # -- CUDA graphs through the driver API (PyCUDA has no graph capture) --------------------------------
 CU_STREAM_CAPTURE_MODE_RELAXED = 2  # other threads' unsafe calls are not an error during capture
+CU_GRAPH_NODE_TYPE_KERNEL = 0
+CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC = 1
+CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC = 1  # fires once every block of the upstream kernel ran pdl_trigger()
+
+
+class _EdgeData(ctypes.Structure):  # CUgraphEdgeData
+    _fields_ = [("from_port", ctypes.c_ubyte), ("to_port", ctypes.c_ubyte), ("type", ctypes.c_ubyte),
+                ("reserved", ctypes.c_ubyte * 5)]
 
 
 class _Driver:
@@ -410,6 +418,11 @@ class _Driver:
             lib.cuGraphExecDestroy.argtypes = [vp]
             lib.cuGraphDestroy.argtypes = [vp]
             lib.cuGraphGetNodes.argtypes = [vp, pvp, ctypes.POINTER(ctypes.c_size_t)]
+            pe = ctypes.POINTER(_EdgeData)
+            lib.cuGraphGetEdges_v2.argtypes = [vp, pvp, pvp, pe, ctypes.POINTER(ctypes.c_size_t)]
+            lib.cuGraphRemoveDependencies_v2.argtypes = [vp, pvp, pvp, pe, ctypes.c_size_t]
+            lib.cuGraphAddDependencies_v2.argtypes = [vp, pvp, pvp, pe, ctypes.c_size_t]
+            lib.cuGraphNodeGetType.argtypes = [vp, ctypes.POINTER(ctypes.c_int)]
             cls._lib = lib
         return cls._lib
 
@@ -420,13 +433,19 @@ def _check(rc: int, what: str) -> None:
 
 
 class CudaGraph:
-    """Capture a sequence of launches on rt.stream once, then replay it with one cuGraphLaunch."""
+    """Capture a sequence of launches on rt.stream once, then replay it with one cuGraphLaunch.
 
-    def __init__(self, rt: CudaRuntime):
+    programmatic: every kernel -> kernel edge of the captured graph becomes a programmatic one (Hopper's
+    programmatic dependent launch), so a kernel is launched while its predecessor still runs and waits in
+    pdl_wait() (kernels/pdl.cuh, which every kernel here starts with) instead of being launched after it."""
+
+    def __init__(self, rt: CudaRuntime, programmatic: bool = False):
         self.rt = rt
+        self.programmatic = programmatic
         self._graph = ctypes.c_void_p()
         self._exec = ctypes.c_void_p()
         self.n_nodes = 0
+        self.n_programmatic = 0  # edges made programmatic
 
     def capture(self, fn: Callable[[], None]) -> None:
         """Run `fn` (which only enqueues work on rt.stream) under stream capture and instantiate the graph."""
@@ -442,7 +461,42 @@ class CudaGraph:
         n = ctypes.c_size_t(0)
         _check(lib.cuGraphGetNodes(self._graph, None, ctypes.byref(n)), "cuGraphGetNodes")
         self.n_nodes = int(n.value)
+        if self.programmatic:
+            self.n_programmatic = self._make_programmatic()
         _check(lib.cuGraphInstantiateWithFlags(ctypes.byref(self._exec), self._graph, 0), "cuGraphInstantiate")
+
+    def _make_programmatic(self) -> int:
+        """Replace each full-completion kernel -> kernel edge by a programmatic one; returns how many."""
+        lib = _Driver.lib()
+        n = ctypes.c_size_t(0)
+        _check(lib.cuGraphGetEdges_v2(self._graph, None, None, None, ctypes.byref(n)), "cuGraphGetEdges")
+        count = int(n.value)
+        if count == 0:
+            return 0
+        frm, to, data = (ctypes.c_void_p * count)(), (ctypes.c_void_p * count)(), (_EdgeData * count)()
+        _check(lib.cuGraphGetEdges_v2(self._graph, frm, to, data, ctypes.byref(n)), "cuGraphGetEdges")
+        kinds: dict[int, int] = {}
+
+        def is_kernel(node: int) -> bool:
+            if node not in kinds:
+                t = ctypes.c_int(-1)
+                _check(lib.cuGraphNodeGetType(ctypes.c_void_p(node), ctypes.byref(t)), "cuGraphNodeGetType")
+                kinds[node] = t.value
+            return kinds[node] == CU_GRAPH_NODE_TYPE_KERNEL
+
+        sel = [i for i in range(count) if data[i].type == 0 and data[i].from_port == 0
+               and is_kernel(frm[i]) and is_kernel(to[i])]
+        if not sel:
+            return 0
+        k = len(sel)
+        f, t = (ctypes.c_void_p * k)(*[frm[i] for i in sel]), (ctypes.c_void_p * k)(*[to[i] for i in sel])
+        old, new = (_EdgeData * k)(), (_EdgeData * k)()
+        for j in range(k):
+            new[j].from_port = CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC
+            new[j].type = CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC
+        _check(lib.cuGraphRemoveDependencies_v2(self._graph, f, t, old, k), "cuGraphRemoveDependencies")
+        _check(lib.cuGraphAddDependencies_v2(self._graph, f, t, new, k), "cuGraphAddDependencies")
+        return k
 
     def replay(self) -> None:
         assert self._exec.value, "capture first"

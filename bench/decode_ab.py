@@ -1,0 +1,123 @@
+"""A/B of decode-graph settings in one process: GPU time per decode step of the 7B-shaped Q4_K_M dummy model.
+
+    python bench/decode_ab.py [--settings nopdl pdl] [--rounds 3] [--reps 100] [--out DIR]
+
+Settings (see `apply`): pdl / nopdl = every decode graph with or without programmatic kernel -> kernel edges,
+auto = the backend's choice per batch size.
+For every scenario (b1: batch 1 at depth 16, d2048: batch 1 at depth 2048, s<N>: N sequences at depth 512) one
+decode graph is captured per setting; the graphs are then replayed alternately,
+`reps` replays per setting per round, timed with CUDA events, so every setting sees the same machine state.
+Prints a table (median ms per step over rounds, tok/s from it) last and writes DIR/decode_ab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from service.backends.base import SeqChunk, StepBatch  # noqa: E402
+from service.model.llama import LlamaModel  # noqa: E402
+
+MB = 1 << 20
+
+
+def apply(be, setting: str) -> None:
+    """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
+    backend's own choice by batch size)."""
+    if setting not in ("pdl", "nopdl", "auto"):
+        raise SystemExit(f"unknown setting {setting!r}")
+    be.pdl = setting != "nopdl"
+    be._pdl_for = (lambda n: be.pdl) if setting == "pdl" else type(be)._pdl_for.__get__(be)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--settings", nargs="+", default=["nopdl", "pdl"])
+    ap.add_argument("--scenarios", default="b1,d2048,s32")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=100)
+    ap.add_argument("--out", default=os.path.join("bench", "out"))
+    args = ap.parse_args(argv)
+
+    from service.backends.cuda_backend import CudaBackend
+    from service.model.dummy import dummy_gguf_model
+
+    rng = np.random.default_rng(0)
+    be = CudaBackend(max_rows=512, max_seqs=64)
+    cuda = be.rt._cuda
+    g = dummy_gguf_model("7b")
+    be.reserve_weights(g)
+    model = LlamaModel(g, be)
+    vocab = g.hparams.vocab_size
+    maxpos = 2048 + 64
+    scenarios = args.scenarios.split(",")
+    n_slots = max([2] + [int(sc[1:]) for sc in scenarios if sc.startswith("s")])
+    kv = model.alloc_kv(model.kv_layout(slots=n_slots, max_positions=maxpos, sink_tokens=4, dtype="f16"))
+
+    def prefill(slot: int, n: int) -> int:
+        for a in range(0, n, 512):
+            m = min(512, n - a)
+            out = model.forward(StepBatch(rng.integers(0, vocab, m).astype(np.int32), (SeqChunk(slot, a, m),), maxpos))
+        return int(np.argmax(out[0]))
+
+    batches = {}
+    for sc in scenarios:  # b1: one sequence at depth 16; d2048: one at depth 2048; s<N>: N sequences at depth 512
+        slots = [0] if sc == "b1" else [1] if sc == "d2048" else list(range(int(sc[1:])))
+        depth = 16 if sc == "b1" else 2048 if sc == "d2048" else 512
+        toks = [prefill(s, depth) for s in slots]
+        batches[sc] = StepBatch(np.array(toks, np.int32), tuple(SeqChunk(s, depth, 1) for s in slots), maxpos)
+
+    graphs: dict[tuple[str, str], object] = {}
+    for sc, batch in batches.items():
+        be.forward(model, batch)  # eager: learns the matmul order, sizes the pools
+        key = next(k for k in be._seen if k[1] == len(batch.seqs) and k[3] == maxpos)
+        for st in args.settings:
+            apply(be, st)
+            be._graphs.pop(key, None)
+            be.forward(model, batch)  # captures under this setting
+            graphs[(sc, st)] = be._graphs.pop(key)[0]
+    be.rt.synchronize()
+
+    times: dict[tuple[str, str], list[float]] = {k: [] for k in graphs}
+    for sc, batch in batches.items():
+        be.begin_step(batch)  # the graphs read the step's positions from the staging buffer: stage this scenario's
+        be.rt.synchronize()
+        for _ in range(args.rounds):
+            for st in args.settings:
+                graph = graphs[(sc, st)]
+                k = (sc, st)
+                graph.replay()
+                e0, e1 = cuda.Event(), cuda.Event()
+                e0.record(be.rt.stream)
+                for _ in range(args.reps):
+                    graph.replay()
+                e1.record(be.rt.stream)
+                e1.synchronize()
+                times[k].append(e1.time_since(e0) / args.reps)
+
+    res = {"device": be.rt.name, "l2_bytes": be.rt.l2_bytes, "rows": []}
+    print(f"\n{be.rt.name}  L2 {be.rt.l2_bytes / MB:.0f} MB   ms per decode step (median of {args.rounds} rounds)")
+    print(f"{'scenario':10s} {'setting':16s} {'ms/step':>9s} {'tok/s':>9s} {'vs first':>9s}")
+    for sc in batches:
+        base = statistics.median(times[(sc, args.settings[0])])
+        for st in args.settings:
+            ms = statistics.median(times[(sc, st)])
+            n = len(batches[sc].seqs)
+            res["rows"].append({"scenario": sc, "setting": st, "ms": ms, "all_ms": times[(sc, st)]})
+            print(f"{sc:10s} {st:16s} {ms:9.4f} {1e3 * n / ms:9.1f} {base / ms:9.3f}x")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "decode_ab.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    be.free_kv(kv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
