@@ -176,7 +176,8 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
         const void* __restrict__ ring_k, const void* __restrict__ ring_v, const __half* __restrict__ ring_ks,  \
         const __half* __restrict__ ring_vs, const void* __restrict__ st_k, const void* __restrict__ st_v,      \
         const __half* __restrict__ st_ks, const __half* __restrict__ st_vs, float* __restrict__ part_ml,       \
-        float* __restrict__ part_acc, int n_kv_heads, int sinks, int window, int max_positions, float scale) { pdl_start(); \
+        float* __restrict__ part_acc, int n_kv_heads, int sinks, int window, int max_positions, float scale) { \
+        pdl_start();                                                                                           \
         attention_partial<HD, G, KVT>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs, st_k, st_v, st_ks,     \
                                       st_vs, part_ml, part_acc, n_kv_heads, sinks, window, max_positions,      \
                                       scale);                                                                  \

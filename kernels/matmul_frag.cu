@@ -250,7 +250,8 @@ __device__ __forceinline__ void mmf_body(const WPtrs& w, const half* __restrict_
 
 #define MMF_ENTRY(suffix, F, NT)                                                                               \
     extern "C" __global__ void __launch_bounds__(256) matmul_frag_##suffix##_n##NT(                            \
-        const uint8_t* q, const uint8_t* s, int N, int K, const half* xh, int M, float* out, int ksplit) { pdl_start(); \
+        const uint8_t* q, const uint8_t* s, int N, int K, const half* xh, int M, float* out, int ksplit) {     \
+        pdl_start();                                                                                           \
         mmf_body<F, NT>(WPtrs{q, s, nullptr, N, K}, xh, M, out, ksplit);                                       \
     }
 #define MMF_TYPE(suffix, F) MMF_ENTRY(suffix, F, 1) MMF_ENTRY(suffix, F, 2) MMF_ENTRY(suffix, F, 4) MMF_ENTRY(suffix, F, 8)
