@@ -3,7 +3,7 @@
     python bench/decode_ab.py [--settings nopdl pdl] [--rounds 3] [--reps 100] [--out DIR]
 
 Settings (see `apply`): pdl / nopdl = every decode graph with or without programmatic kernel -> kernel edges,
-auto = the backend's choice per batch size.
+auto = the backend's choice per batch size; a suffix -plain:<prefix>,<prefix> keeps the edges into those kernels plain.
 For every scenario (b1: batch 1 at depth 16, d2048: batch 1 at depth 2048, s<N>: N sequences at depth 512) one
 decode graph is captured per setting; the graphs are then replayed alternately,
 `reps` replays per setting per round, timed with CUDA events, so every setting sees the same machine state.
@@ -31,10 +31,12 @@ MB = 1 << 20
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size)."""
-    if setting not in ("pdl", "nopdl", "auto"):
+    base, _, plain = setting.partition("-plain:")  # e.g. pdl-plain:matmul_pipe,splitk: those kernels' edges stay plain
+    if base not in ("pdl", "nopdl", "auto"):
         raise SystemExit(f"unknown setting {setting!r}")
-    be.pdl = setting != "nopdl"
-    be._pdl_for = (lambda n: be.pdl) if setting == "pdl" else type(be)._pdl_for.__get__(be)
+    be.pdl = base != "nopdl"
+    be._pdl_for = (lambda n: be.pdl) if base == "pdl" else type(be)._pdl_for.__get__(be)
+    be.pdl_plain_into = tuple(p for p in plain.split(",") if p)
 
 
 def main(argv: list[str] | None = None) -> int:

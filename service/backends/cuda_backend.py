@@ -182,6 +182,9 @@ class CudaBackend:
         self.pool = ActivationPool(self.rt, self.max_rows, min(self.max_rows, max(self.max_seqs, 64)))
         self.use_graphs = use_graphs
         self.pdl = True  # decode graphs with programmatic kernel -> kernel edges where that is faster (_pdl_for)
+        # kernels whose incoming edges stay plain even so: launched early, the pipelined matmul made 16 / 32 sequences
+        # 5 % slower; launched after its predecessor completes, programmatic edges elsewhere gain 1-2 % there
+        self.pdl_plain_into: tuple[str, ...] = ("matmul_pipe",)
         # Prefill-heavy steps (>= 32 rows, >= 4 per sequence) take a prefill attention kernel, the others split-K.
         # "mma" (attention_mma.cu, tensor cores, f16 operands: ~4e-4 of max|out| off the f32 paths) is the default:
         # on an H100 (bench/attention_bench.py, 7B shape, 512-token prefill) 57 us per layer vs 344 split-K and
@@ -657,7 +660,7 @@ class CudaBackend:
             return model.forward(batch)
         self.begin_step(batch)
         if entry is None:
-            graph = CudaGraph(self.rt, programmatic=self._pdl_for(len(batch.seqs)))
+            graph = CudaGraph(self.rt, programmatic=self._pdl_for(len(batch.seqs)), plain_into=self.pdl_plain_into)
             self._capturing = True
             try:
                 graph.capture(lambda: model.forward(batch))
@@ -674,12 +677,11 @@ class CudaBackend:
         return self.to_host(logits)
 
     def _pdl_for(self, n_seqs: int) -> bool:
-        """Programmatic edges in the decode graph of n_seqs sequences? Where it measured faster (H200,
-        `bench/decode_ab.py`, bench/RESULTS.md): 1 sequence (the one-row vector kernel) and 3-8 (the fragment kernel)
-        gain 4-5 %; 2 sequences (the two-row vector kernel) and 16-32 (the pipelined kernel) lose 4-5 %."""
-        from service.backends.cuda_matmul import PIPE_MIN_ROWS
-
-        return self.pdl and (n_seqs == 1 or 3 <= n_seqs < PIPE_MIN_ROWS["q4_k"])
+        """Programmatic edges in the decode graph of n_seqs sequences? Measured on an H200 (`bench/decode_ab.py`,
+        bench/RESULTS.md): 1 sequence (the one-row vector kernel) and 3-8 (the fragment kernel) gain 4-5 %, 16 and 32
+        (the pipelined kernel, its own edges plain: pdl_plain_into) 1-2 %; 2 sequences (the two-row vector kernel)
+        lose 5 %, or gain 2 % with the vector kernel's edges plain, which costs batch 1 1.4 %: off at 2."""
+        return self.pdl and n_seqs != 2
 
     def kv_to_host(self, kv: CudaKVArena, layer: int) -> dict[str, np.ndarray]:
         """One layer's ring as NumPy arrays shaped like NumpyKVArena's (tests)."""

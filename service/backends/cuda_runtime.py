@@ -423,6 +423,8 @@ class _Driver:
             lib.cuGraphRemoveDependencies_v2.argtypes = [vp, pvp, pvp, pe, ctypes.c_size_t]
             lib.cuGraphAddDependencies_v2.argtypes = [vp, pvp, pvp, pe, ctypes.c_size_t]
             lib.cuGraphNodeGetType.argtypes = [vp, ctypes.POINTER(ctypes.c_int)]
+            lib.cuGraphKernelNodeGetParams_v2.argtypes = [vp, vp]
+            lib.cuFuncGetName.argtypes = [ctypes.POINTER(ctypes.c_char_p), vp]
             cls._lib = lib
         return cls._lib
 
@@ -439,9 +441,10 @@ class CudaGraph:
     programmatic dependent launch), so a kernel is launched while its predecessor still runs and waits in
     pdl_wait() (kernels/pdl.cuh, which every kernel here starts with) instead of being launched after it."""
 
-    def __init__(self, rt: CudaRuntime, programmatic: bool = False):
+    def __init__(self, rt: CudaRuntime, programmatic: bool = False, plain_into: tuple[str, ...] = ()):
         self.rt = rt
         self.programmatic = programmatic
+        self.plain_into = plain_into  # kernel-name prefixes whose incoming edges stay plain
         self._graph = ctypes.c_void_p()
         self._exec = ctypes.c_void_p()
         self.n_nodes = 0
@@ -484,8 +487,17 @@ class CudaGraph:
                 kinds[node] = t.value
             return kinds[node] == CU_GRAPH_NODE_TYPE_KERNEL
 
+        def name(node: int) -> str:
+            params = (ctypes.c_char * 128)()  # CUDA_KERNEL_NODE_PARAMS: the CUfunction comes first
+            _check(lib.cuGraphKernelNodeGetParams_v2(ctypes.c_void_p(node), params), "cuGraphKernelNodeGetParams")
+            fn = ctypes.c_void_p.from_buffer(params).value
+            out = ctypes.c_char_p()
+            _check(lib.cuFuncGetName(ctypes.byref(out), ctypes.c_void_p(fn)), "cuFuncGetName")
+            return (out.value or b"").decode()
+
         sel = [i for i in range(count) if data[i].type == 0 and data[i].from_port == 0
-               and is_kernel(frm[i]) and is_kernel(to[i])]
+               and is_kernel(frm[i]) and is_kernel(to[i])
+               and not (self.plain_into and name(to[i]).startswith(self.plain_into))]
         if not sel:
             return 0
         k = len(sel)

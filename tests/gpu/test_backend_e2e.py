@@ -171,14 +171,18 @@ def test_dummy_q4k_model_matches_numpy_eager_and_graphs():
     assert worst < 2e-2, worst
 
 
-@pytest.mark.parametrize("n_seqs", [1, 3])
-def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs):
+@pytest.mark.parametrize("n_seqs,pipe", [(1, False), (3, False), (3, True)])
+def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
     """Decode graphs with programmatic kernel -> kernel edges (kernels launched while their predecessor runs,
-    waiting in pdl_wait) give bit-identical logits to graphs with plain edges, step after step."""
+    waiting in pdl_wait) give bit-identical logits to graphs with plain edges, step after step. pipe: the
+    matmuls on the pipelined kernel (from 1 row), every edge programmatic, its own included."""
     from service.model.dummy import dummy_gguf_model
 
     g = dummy_gguf_model("tiny", seed=5)
     be = _cuda_backend(max_rows=64, max_seqs=4)
+    if pipe:
+        be.mm.pipe_min_rows = 1
+        be.pdl_plain_into = ()
     gpu = LlamaModel(g, be)
     gpu.alloc_kv(gpu.kv_layout(slots=n_seqs, max_positions=48, sink_tokens=4, dtype="q8"))
     rng = np.random.default_rng(n_seqs)
