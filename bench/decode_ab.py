@@ -94,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):
             for st in args.settings:
                 graph = graphs[(sc, st)]
-                k = (sc, st)
                 graph.replay()
                 e0, e1 = cuda.Event(), cuda.Event()
                 e0.record(be.rt.stream)
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     graph.replay()
                 e1.record(be.rt.stream)
                 e1.synchronize()
-                times[k].append(e1.time_since(e0) / args.reps)
+                times[(sc, st)].append(e1.time_since(e0) / args.reps)
 
     res = {"device": be.rt.name, "l2_bytes": be.rt.l2_bytes, "rows": []}
     print(f"\n{be.rt.name}  L2 {be.rt.l2_bytes / MB:.0f} MB   ms per decode step (median of {args.rounds} rounds)")

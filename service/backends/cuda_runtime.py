@@ -487,7 +487,7 @@ class CudaGraph:
                 kinds[node] = t.value
             return kinds[node] == CU_GRAPH_NODE_TYPE_KERNEL
 
-        def name(node: int) -> str:
+        def name(node: int) -> str:  # the kernel's name (each node is looked up about once: one incoming edge)
             params = (ctypes.c_char * 128)()  # CUDA_KERNEL_NODE_PARAMS: the CUfunction comes first
             _check(lib.cuGraphKernelNodeGetParams_v2(ctypes.c_void_p(node), params), "cuGraphKernelNodeGetParams")
             fn = ctypes.c_void_p.from_buffer(params).value
