@@ -3,7 +3,9 @@
     python bench/decode_ab.py [--settings nopdl pdl] [--rounds 3] [--reps 100] [--out DIR]
 
 Settings (see `apply`): pdl / nopdl = every decode graph with or without programmatic kernel -> kernel edges,
-auto = the backend's choice per batch size; a suffix -plain:<prefix>,<prefix> keeps the edges into those kernels plain.
+auto = the backend's choice per batch size; a suffix -plain:<prefix>,<prefix> keeps the edges into those kernels plain;
+a suffix +nodec sends batch-1 Q4_K through the paired vector kernel instead of kernels/matmul_dec.cu, +dec:<config>
+picks that decode-kernel configuration (e.g. pdl+dec:r1p0).
 For every scenario (b1: batch 1 at depth 16, d2048: batch 1 at depth 2048, s<N>: N sequences at depth 512) one
 decode graph is captured per setting; the graphs are then replayed alternately,
 `reps` replays per setting per round, timed with CUDA events, so every setting sees the same machine state.
@@ -30,7 +32,10 @@ MB = 1 << 20
 
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
-    backend's own choice by batch size)."""
+    backend's own choice by batch size); +nodec / +dec:<config>: the batch-1 Q4_K kernel."""
+    setting, _, dec = setting.partition("+")
+    be.mm.use_dec = dec != "nodec"
+    be.mm.dec_variant = dec if dec.startswith("dec:") else None
     base, _, plain = setting.partition("-plain:")  # e.g. pdl-plain:matmul_pipe,splitk: those kernels' edges stay plain
     if base not in ("pdl", "nopdl", "auto"):
         raise SystemExit(f"unknown setting {setting!r}")

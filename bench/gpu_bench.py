@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                          "kernels/matmul_pipe.cu (for a same-run comparison)")
     ap.add_argument("--no-pdl", action="store_true",
                     help="decode graphs without programmatic kernel -> kernel edges (for a comparison)")
+    ap.add_argument("--no-dec", action="store_true",
+                    help="batch-1 Q4_K through the paired vector kernel instead of kernels/matmul_dec.cu (comparison)")
     args = ap.parse_args(argv)
 
     from service.backends.cuda_backend import CudaBackend
@@ -167,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                      int8x2=args.decode_activations == "int8x2")
     be.mm.use_pipe = not args.no_pipe
     be.pdl = not args.no_pdl
+    be.mm.use_dec = not args.no_dec
     res["pdl"] = be.pdl
+    res["matmul_dec"] = be.mm.use_dec
     res["device"] = be.rt.name
     res["matmul_pipe"] = not args.no_pipe
     res["copy_bw_gbs"] = copy_bandwidth(be) / 1e9

@@ -283,13 +283,15 @@ class Bench:
         mm2 = self.mm2
         ws = self.weights(ggml_type, n, k, 1 if hot else 3 * self.rt.l2_bytes)
         passes = max(1, 48 // len(ws))
-        mm2.quantize_act_x2(self.x.ptr, 1, k, self.ws.ptr, 1)
+        mm2.quantize_act_x2(self.x.ptr, 1, k, self.ws.ptr, 1, decode=True)
         launches = [(lambda w=w: mm2.matmul(self.x.ptr, 1, w, self.out.ptr, self.ws.ptr, prequantized=True,
                                             variant=variant)) for _ in range(passes) for w in ws]
         s = self.timed(launches, reps=10 if self.quick else 30)
         wb = ws[0].nbytes
-        cfg = mm2.vec_kernel(ws[0], 1, variant, paired=True)[0].rsplit("_", 1)[1]
-        return dict(path="vec2" + ("/L2" if hot else ""), type=ggml_type.name, n=n, k=k, n_rows=1,
+        dec = mm2.use_dec and ws[0].suffix in cuda_matmul.DEC_TYPES and (variant is None or variant.startswith("dec"))
+        name = mm2.dec_kernel(ws[0], variant)[0] if dec else mm2.vec_kernel(ws[0], 1, variant, paired=True)[0]
+        cfg = name.rsplit("_", 1)[1]
+        return dict(path=("dec" if dec else "vec2") + ("/L2" if hot else ""), type=ggml_type.name, n=n, k=k, n_rows=1,
                     variant=variant or f"={cfg}", us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
 
     def run_l2(self) -> None:
@@ -300,6 +302,19 @@ class Bench:
             for n, k in [(512, 4096)] + SHAPES_7B[:3]:
                 for hot in (False, True):
                     self.add(self.vec_pair(tp, n, k, None, hot))
+            self.free_weights()
+
+    def run_dec(self) -> None:
+        """Batch-1 int8x2 Q4_K: the decode kernel (every compiled configuration) vs the paired vector kernel, per 7B
+        shape (weights from HBM; the defaults also from the L2)."""
+        self.mm2 = CudaMatmul(self.rt, int8x2=True)
+        for n, k in [(512, 4096)] + SHAPES_7B[:3] + [(12288, 4096), (22016, 4096)]:
+            for hot in (False, True):
+                self.mm2.use_dec = False
+                self.add(self.vec_pair(T.Q4_K, n, k, None, hot))
+                self.mm2.use_dec = True
+                for v in cuda_matmul.DEC_VARIANTS if not hot else (cuda_matmul.DEC_CONFIG,):
+                    self.add(self.vec_pair(T.Q4_K, n, k, f"dec:{v}", hot))
             self.free_weights()
 
     def run_pipe(self) -> None:
@@ -353,6 +368,8 @@ class Bench:
             return self.run_pipe()
         if self.only == "l2":
             return self.run_l2()
+        if self.only == "dec":
+            return self.run_dec()
         shapes = SHAPES_7B
         for tp in VARIANT_TYPES:
             for n, k in shapes:
@@ -404,9 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, no tuning variants")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"), help="folder for the JSON (e.g. $OUT)")
-    ap.add_argument("--only", default="all", choices=("all", "tiled", "pipe", "l2"),
+    ap.add_argument("--only", default="all", choices=("all", "tiled", "pipe", "l2", "dec"),
                     help="tiled: only the few-row tensor-core sweep; pipe: only the many-row (prefill) sweep; "
-                         "l2: batch-1 vector kernel, weights from HBM vs from the L2")
+                         "l2: batch-1 vector kernel, weights from HBM vs from the L2; dec: the batch-1 Q4_K decode "
+                         "kernel's configurations vs the paired vector kernel")
     args = ap.parse_args(argv)
     b = Bench(args.quick, args.only)
     try:

@@ -5,8 +5,13 @@
 // x f32 (n_rows, K) -> xq int8 (n_rows, K) and xds float2 (n_rows, K/32), per 32 consecutive values b:
 // d = max|x| / 127, xq = round_half_even(x / d) computed as x * (1/d) (0 when d == 0), xds[b] = (d, d *
 // sum(xq[32b:32b+32])) (q8_1 style). The rows are contiguous: one flat sequence of 32-value blocks.
-// PASSES = 2 (--decode-activations int8x2): x ~ d1 q1 + d2 q2, q2 quantizing the residual x - d1 q1 the same way,
-// written res_blocks blocks after the first pass (the vector matmul reads the two passes as extra columns).
+// PASSES = 2 (--decode-activations int8x2): x ~ d1 q1 + d2 q2, q2 quantizing the residual x - d1 q1 with the fixed
+// scale d2 = d1 / 256 (exact; |x - d1 q1| <= d1 / 2, so |q2| <= 128, clamped to 127), written res_blocks blocks
+// after the first pass (the vector matmul reads the two passes as extra columns). The fixed ratio lets a kernel
+// add the passes as integers, 256 q1.w + q2.w (matmul_dec.cu).
+// Decode copy (PASSES = 2, one row, xd not null): both passes again in the order matmul_dec.cu's lanes read them,
+// pass p at xd + p * Kp, the 16-value chunk c of 64-value unit u at (u/32)*2048 + c*512 + (u%32)*16; and
+// dsd[b] = (d2, d1 sum(q1) + d2 sum(q2)) per 32 values.
 #pragma once
 
 #include "common.cuh"
@@ -15,31 +20,47 @@
 // 8j + 7 of a warp, t / 8 = the block) call it together; lanes with ok false join the shuffles, store nothing.
 template <int PASSES>
 __device__ __forceinline__ void quantize_f4(float4 v, size_t t, bool ok, int8_t* __restrict__ xq,
-                                            float2* __restrict__ xds, size_t res_blocks) {
+                                            float2* __restrict__ xds, size_t res_blocks,
+                                            int8_t* __restrict__ xd = nullptr, float2* __restrict__ dsd = nullptr,
+                                            int Kp = 0) {
     const size_t b = t >> 3;
     float r[4] = {v.x, v.y, v.z, v.w};
+    float d = 0.f, id = 0.f, total = 0.f;  // this pass's scale and its inverse; sum of the quantized values so far
 #pragma unroll
     for (int pass = 0; pass < PASSES; ++pass) {
-        float amax = fmaxf(fmaxf(fabsf(r[0]), fabsf(r[1])), fmaxf(fabsf(r[2]), fabsf(r[3])));
+        if (pass == 0) {
+            float amax = fmaxf(fmaxf(fabsf(r[0]), fabsf(r[1])), fmaxf(fabsf(r[2]), fabsf(r[3])));
 #pragma unroll
-        for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
-        const float d = amax / 127.f;
-        const float id = d > 0.f ? 1.f / d : 0.f;
+            for (int o = 1; o < 8; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
+            d = amax / 127.f;
+            id = d > 0.f ? 1.f / d : 0.f;
+        } else {
+            d *= 1.f / 256.f;  // powers of two: exact
+            id *= 256.f;
+        }
         int q[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) q[i] = __float2int_rn(r[i] * id);
+        for (int i = 0; i < 4; ++i) q[i] = pass == 0 ? __float2int_rn(r[i] * id) : max(-127, min(127, __float2int_rn(r[i] * id)));
         int sum = q[0] + q[1] + q[2] + q[3];
 #pragma unroll
         for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+        total += d * static_cast<float>(sum);
         if (ok) {
+            const char4 q4 = make_char4(static_cast<signed char>(q[0]), static_cast<signed char>(q[1]),
+                                        static_cast<signed char>(q[2]), static_cast<signed char>(q[3]));
             const size_t at = (size_t)pass * res_blocks * 8 + t;  // the residual pass lands res_blocks further on
-            reinterpret_cast<char4*>(xq)[at] = make_char4(static_cast<signed char>(q[0]), static_cast<signed char>(q[1]),
-                                                          static_cast<signed char>(q[2]), static_cast<signed char>(q[3]));
+            reinterpret_cast<char4*>(xq)[at] = q4;
             if ((t & 7) == 0) xds[(size_t)pass * res_blocks + b] = make_float2(d, d * static_cast<float>(sum));
+            if (PASSES > 1 && xd != nullptr) {
+                const size_t u = t >> 4;  // 64-value unit; chunk (t / 4) % 4, word t % 4 of it
+                const size_t pos = (u >> 5) * 2048 + ((t >> 2) & 3) * 512 + (u & 31) * 16 + (t & 3) * 4;
+                *reinterpret_cast<char4*>(xd + (size_t)pass * Kp + pos) = q4;
+            }
         }
         if (PASSES > 1) {
 #pragma unroll
             for (int i = 0; i < 4; ++i) r[i] -= d * static_cast<float>(q[i]);  // the residual for the next pass
         }
     }
+    if (PASSES > 1 && xd != nullptr && ok && (t & 7) == 0) dsd[b] = make_float2(d, total);
 }

@@ -20,13 +20,16 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8(const float* _
 // written res_blocks blocks (res_rows >= n_rows rows) after the first-pass rows, so the vector matmul treats them
 // as extra columns and its paired entries store W.(d1 q1) + W.(d2 q2) (matmul_vec.cu). Integer work doubles,
 // weight bytes read do not; the rounding error falls ~100x (bench/int8_activation_error.py). Same launch shape.
+// With xd not null (one row only) it also writes the decode copy matmul_dec.cu reads (xd int8 (2, Kp), dsd float2
+// (K/32)).
 extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2(const float* __restrict__ x,
                                                                    int8_t* __restrict__ xq,
                                                                    float2* __restrict__ xds, int nblocks,
-                                                                   int res_blocks) {
+                                                                   int res_blocks, int8_t* __restrict__ xd,
+                                                                   float2* __restrict__ dsd, int Kp) {
     pdl_start();
     const int t = blockIdx.x * blockDim.x + threadIdx.x;  // float4 index
     const bool ok = (t >> 3) < nblocks;
     const float4 v = ok ? __ldg(reinterpret_cast<const float4*>(x) + t) : make_float4(0.f, 0.f, 0.f, 0.f);
-    quantize_f4<2>(v, t, ok, xq, xds, res_blocks);
+    quantize_f4<2>(v, t, ok, xq, xds, res_blocks, xd, dsd, Kp);
 }

@@ -42,3 +42,21 @@ def test_decode_sized_matmuls_are_split() -> None:
 def test_split_respects_a_small_partials_buffer() -> None:
     mm = _mm(part_cap=4 * 32 * 4096 * 2)  # room for 2 partial (32, 4096) tiles
     assert mm.split_k(32, 4096, 4096, 32) == 2
+
+
+@pytest.mark.parametrize("k", [256, 2048, 4096, 5376, 11008, 14336])
+def test_workspace_regions_do_not_overlap(k: int) -> None:
+    """The int8 / scale arrays of the widest use (VEC_MAX_ROWS rows), the decode copy of x (2 passes of Kp bytes)
+    and its scales follow one another inside workspace_bytes, each 16-byte aligned for the kernels' vector loads."""
+    from service.backends.cuda_matmul import VEC_MAX_ROWS
+
+    base = 1 << 20
+    xq, xds = CudaMatmul._ws_parts(base, VEC_MAX_ROWS, k)
+    xd, dsd = CudaMatmul._dec_parts(base, k)
+    kp = CudaMatmul.dec_kp(k)
+    assert kp >= k and kp % 2048 == 0  # whole 32-unit groups of 64 values
+    spans = [(xq, VEC_MAX_ROWS * k), (xds, VEC_MAX_ROWS * (k // 32) * 8), (xd, 2 * kp), (dsd, (k // 32) * 8)]
+    for (a, n), (b, _) in zip(spans, spans[1:]):
+        assert a + n <= b
+    assert all(p % 16 == 0 for p, _ in spans)
+    assert dsd + (k // 32) * 8 <= base + CudaMatmul.workspace_bytes(1, k) <= base + CudaMatmul.workspace_bytes(8, k + 256)

@@ -34,7 +34,7 @@ def _compile(source: str) -> tuple[int, str, int]:
     return proc.returncode, proc.stderr, size
 
 
-NO_SPILL = {"matmul_vec.cu", "matmul_tiled.cu", "matmul_frag.cu", "matmul_pipe.cu", "quantize_act.cu", "get_rows.cu", "attention_mma.cu"}  # hot loops: local memory is a bug
+NO_SPILL = {"matmul_vec.cu", "matmul_dec.cu", "matmul_tiled.cu", "matmul_frag.cu", "matmul_pipe.cu", "quantize_act.cu", "get_rows.cu", "attention_mma.cu"}  # hot loops: local memory is a bug
 
 
 @pytest.mark.slow  # ~45-80 s for all files on 2 busy cores (matmul_vec.cu alone ~30 s: 116 entries)
@@ -80,6 +80,23 @@ def test_every_vector_configuration_the_launcher_picks_is_compiled() -> None:
     assert wanted - compiled == set()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+def test_every_decode_configuration_is_compiled() -> None:
+    """DEC_CONFIG and the benchmark's DEC_VARIANTS name entries of matmul_dec.cu, with no spills."""
+    from gguf import GGMLQuantizationType as T
+
+    from service.backends.cuda_matmul import DEC_CONFIG, DEC_TYPES, DEC_VARIANTS, CudaMatmul, DeviceWeight
+
+    rc, stderr, _ = _compile(os.path.join(KERNEL_DIR, "matmul_dec.cu"))
+    assert rc == 0, stderr[-4000:]
+    compiled = set(re.findall(r"Compiling entry function '(\w+)'", stderr))
+    assert DEC_CONFIG in DEC_VARIANTS and DEC_TYPES == {"q4_k"}
+    w = DeviceWeight("w", T.Q4_K, 1, 256, 0, 0, 0, 0)
+    wanted = {CudaMatmul.dec_kernel(w, f"dec:{v}")[0] for v in DEC_VARIANTS} | {CudaMatmul.dec_kernel(w)[0]}
+    assert wanted == compiled
+
+
 @functools.lru_cache(maxsize=None)
 def _ptx(source: str) -> str:
     from service.backends.cuda_runtime import NVCC_OPTIONS
@@ -99,7 +116,8 @@ def _ptx(source: str) -> str:
 def test_every_kernel_waits_for_its_predecessor(source: str) -> None:
     """Decode graphs make every kernel -> kernel edge programmatic (cuda_runtime.CudaGraph), which is only safe
     for kernels that run griddepcontrol.wait before touching their inputs (kernels/pdl.cuh). Each entry's PTX
-    must contain the wait, and nothing but weight prefetches (no global load or store) before it."""
+    must contain the wait, and no global load or store before it; the decode matmul (matmul_dec_*) may issue its
+    first weight loads before it (weights are constant; read-only loads only, kernels/matmul_dec.cu)."""
     ptx = _ptx(source)
     entries = re.split(r"\n\.visible \.entry ", ptx)[1:]
     assert entries, f"no entry in {source}"
@@ -107,4 +125,7 @@ def test_every_kernel_waits_for_its_predecessor(source: str) -> None:
         name = body.split("(", 1)[0]
         assert "griddepcontrol.wait" in body, f"{name} does not wait for its predecessor"
         before = body.split("griddepcontrol.wait", 1)[0]
+        if name.startswith("matmul_dec_"):
+            before = re.sub(r"\bld\.global\.nc\b", "", before)  # the weight loads
+            assert "ld.global.nc" in body.split("griddepcontrol.wait", 1)[0], f"{name}: no weight load before the wait"
         assert not re.search(r"\b(ld|st|atom|red)\.global", before), f"{name} touches global memory before the wait"

@@ -1,6 +1,6 @@
 """Quantized matmul and embedding launcher of the CUDA backend: uploads GGUF weights (still quantized) and
-launches the kernels of kernels/matmul_vec.cu, matmul_tiled.cu, matmul_frag.cu, matmul_pipe.cu, quantize_act.cu
-and get_rows.cu.
+launches the kernels of kernels/matmul_vec.cu, matmul_dec.cu, matmul_tiled.cu, matmul_frag.cu, matmul_pipe.cu,
+quantize_act.cu and get_rows.cu.
 
     mm = CudaMatmul(rt)
     w = mm.upload(qtensor, layer=3)                     # DeviceWeight, accounted as rt "weights"
@@ -10,7 +10,8 @@ and get_rows.cu.
     mm.embedding(table, ids_ptr, n_rows, out_ptr)       # out (n_rows, K) f32 = dequant(table[ids])
 
 Paths: n_rows <= VEC_MAX_ROWS takes the bandwidth-bound vector kernel (quantized types: x is first quantized
-to int8 per 32 values into the workspace, then __dp4a on the weight quants); more rows take the tensor-core
+to int8 per 32 values into the workspace, then __dp4a on the weight quants; at one row with int8x2 activations,
+Q4_K takes its own decode kernel, kernels/matmul_dec.cu, on a copy of x in its lanes' order); more rows take the tensor-core
 tiled kernel (x converted once to f16, f16 MMA on weight tiles dequantized in shared memory; split over K
 into partials + a fixed-order reduction when the output tiles alone would leave SMs idle, as in batched
 decode). Q4_K / Q6_K, the Q4_K_M types, have their own tensor-core kernels instead: the fragment kernel at a few
@@ -48,6 +49,12 @@ PAIRED_CONFIG = {2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}  # int8x2 (paired) entri
 # ... by type where another is faster (H200, one row: Q6_K 4096x4096 / 11008x4096 / 4096x11008 at 6.8 / 14.2 / 15.0 us
 # with r4t2u1, 7.0 / 14.4 / 15.6 with r4t4u1; Q4_K best with r4t4u1)
 PAIRED_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {"q6_k": {2: "r4t2u1"}}
+# the batch-1 Q4_K decode kernel (kernels/matmul_dec.cu, int8x2 at one row): "r<RT>p<PRE>" = RT rows per warp, PRE
+# whether each lane loads its next unit's weights one iteration ahead
+DEC_CONFIG = "r2p0"
+DEC_VARIANTS = ("r1p0", "r2p0", "r1p1", "r2p1", "r4p1")  # the entries kernels/matmul_dec.cu compiles
+DEC_TYPES = frozenset({"q4_k"})
+DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
 MULTI_MAX = 3  # matrices one vector launch can serve
 TILE_N, TILE_K = 128, 64  # output columns per tiled block, K values per tiled step (kernels/matmul_tiled.cu)
 SPLIT_MAX = 8  # most K splits of one tiled matmul
@@ -176,6 +183,8 @@ class CudaMatmul:
         self.frag_max_rows = FRAG_MAX_ROWS  # rows up to this take it (more: the tiled kernel)
         self.frag_vec_rows = 2 if int8x2 else 4  # ... from this many rows + 1 (fewer: the vector kernel)
         self.use_pipe = True  # Q4_K / Q6_K at many rows: the pipelined kernel (False: the tiled one)
+        self.use_dec = True  # int8x2 at one row: Q4_K through kernels/matmul_dec.cu (False: the paired vector kernel)
+        self.dec_variant: str | None = None  # "dec:<config>" in place of DEC_CONFIG (benchmark)
         self.pipe_min_rows: int | None = None  # override of PIPE_MIN_ROWS for every type (tests, benchmark)
         self.pipe_stages: int | None = None  # override of PIPE_STAGES (benchmark)
         self._pipe_slots: dict[str, int] = {}  # resident blocks per SM of each pipelined entry
@@ -192,7 +201,7 @@ class CudaMatmul:
 
     def warm_up(self) -> None:
         """Build the kernel modules now (first use would otherwise compile inside a step)."""
-        for module in ("quantize_act", "matmul_vec", "matmul_tiled", "matmul_frag", "matmul_pipe", "get_rows"):
+        for module in ("quantize_act", "matmul_vec", "matmul_dec", "matmul_tiled", "matmul_frag", "matmul_pipe", "get_rows"):
             self.rt.module(module)
 
     # -- upload --------------------------------------------------------------------------------------
@@ -235,15 +244,33 @@ class CudaMatmul:
 
     @staticmethod
     def workspace_bytes(max_rows: int, max_k: int) -> int:
-        """Bytes of the workspace matmul needs for up to max_rows x max_k inputs (int8 quants + block scales). With
-        int8x2 n rows take paired_cols(n) workspace rows (up to VEC_MAX_ROWS), so any input reserves that many."""
-        rows = VEC_MAX_ROWS if max_rows > 0 else 0
-        return _align(rows * max_k) + rows * (max_k // 32) * 8
+        """Bytes of the workspace matmul needs for up to max_rows x max_k inputs (int8 quants + block scales, then
+        the decode kernel's copy of one row). With int8x2 n rows take paired_cols(n) workspace rows (up to
+        VEC_MAX_ROWS), so any input reserves that many."""
+        if max_rows <= 0:
+            return 0
+        return CudaMatmul._dec_offset(max_k) + _align(2 * CudaMatmul.dec_kp(max_k)) + (max_k // 32) * 8
 
     @staticmethod
     def _ws_parts(workspace_ptr: int, n_rows: int, k: int) -> tuple[int, int]:
         """(xq ptr (n_rows, K) int8, xds ptr (n_rows, K/32) float2) inside the workspace."""
         return workspace_ptr, workspace_ptr + _align(n_rows * k)
+
+    @staticmethod
+    def dec_kp(k: int) -> int:
+        """Bytes per pass of the decode copy of x (K rounded up to 2048: whole 32-unit groups, kernels/matmul_dec.cu)."""
+        return -(-k // 2048) * 2048
+
+    @staticmethod
+    def _dec_offset(k: int) -> int:
+        """Where the decode copy starts in the workspace: after the largest int8 / scale arrays of K-wide rows."""
+        return _align(VEC_MAX_ROWS * k) + _align(VEC_MAX_ROWS * (k // 32) * 8)
+
+    @staticmethod
+    def _dec_parts(workspace_ptr: int, k: int) -> tuple[int, int]:
+        """(xd ptr (2, Kp) int8, dsd ptr (K/32) float2) of the decode copy inside the workspace."""
+        xd = workspace_ptr + CudaMatmul._dec_offset(k)
+        return xd, xd + _align(2 * CudaMatmul.dec_kp(k))
 
     # -- ops -----------------------------------------------------------------------------------------
     def quantize_act(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int) -> None:
@@ -255,16 +282,21 @@ class CudaMatmul:
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
                                x_ptr, xq, xds, np.int32(nblocks))
 
-    def quantize_act_x2(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int, res_rows: int | None = None) -> None:
+    def quantize_act_x2(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int, res_rows: int | None = None,
+                        decode: bool = False) -> None:
         """x (n_rows, K) f32 -> int8 + scales of x in rows [0, n_rows) and of its residual in rows
-        [res_rows, res_rows + n_rows) of a (2 res_rows, K) workspace array (res_rows defaults to n_rows)."""
+        [res_rows, res_rows + n_rows) of a (2 res_rows, K) workspace array (res_rows defaults to n_rows); with
+        `decode` (one row) also the copy the decode kernel reads (kernels/act_quant.cuh)."""
         res_rows = res_rows or n_rows
         assert n_rows <= res_rows and 2 * res_rows <= VEC_MAX_ROWS and k % 32 == 0
+        assert not decode or n_rows == 1
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows, k)
+        xd, dsd = self._dec_parts(workspace_ptr, k) if decode else (0, 0)
         nblocks = n_rows * k // 32
-        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPii")
+        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPiiPPi")
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
-                               x_ptr, xq, xds, np.int32(nblocks), np.int32(res_rows * k // 32))
+                               x_ptr, xq, xds, np.int32(nblocks), np.int32(res_rows * k // 32), xd, dsd,
+                               np.int32(self.dec_kp(k)))
 
     @staticmethod
     def paired_cols(n_rows: int) -> int:
@@ -340,16 +372,20 @@ class CudaMatmul:
         if not vec:
             return prequantized
         x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
+        dec = x2 and n_rows == 1 and self.use_dec  # the decode copy is written (whatever the types: x may be reused)
         res_rows = self.paired_cols(n_rows) // 2 if x2 else n_rows
         quantized = prequantized
         if not prequantized and any(_TYPES[w.ggml_type].q8_act for w, _ in vec):
             if x2:
-                self.quantize_act_x2(x_ptr, n_rows, k, workspace_ptr, res_rows)
+                self.quantize_act_x2(x_ptr, n_rows, k, workspace_ptr, res_rows, decode=dec)
             else:
                 self.quantize_act(x_ptr, n_rows, k, workspace_ptr)
             quantized = True
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows if x2 else n_rows, k)
         for members in self._launch_groups(vec):
+            if dec and members[0][0].suffix in DEC_TYPES and not (variant and not variant.startswith("dec")):
+                self._dec_launch(workspace_ptr, members, variant or self.dec_variant)
+                continue
             paired = x2 and _TYPES[members[0][0].ggml_type].q8_act  # both int8 passes, summed in the kernel
             self._vec_launch(x_ptr, xq, xds, n_rows, members, variant, paired)
         return quantized
@@ -380,6 +416,31 @@ class CudaMatmul:
                 args += [0, 0, 0, 0, np.int32(0)]
         args += [np.int32(w0.k), xq if q8 else 0, xds if q8 else 0, 0 if q8 else x_ptr, np.int32(n_rows)]
         fn.prepared_async_call((blocks, 1), (128, 1, 1), self.rt.stream, *args)
+
+    @staticmethod
+    def dec_kernel(w: DeviceWeight, variant: str | None = None) -> tuple[str, int]:
+        """(kernel name, rows per block) of the decode kernel; variant "dec:r<RT>p<PRE>" overrides DEC_CONFIG."""
+        cfg = variant.split(":", 1)[1] if variant and ":" in variant else DEC_CONFIG
+        rows_per_warp = int(cfg[1:].split("p")[0])
+        return f"matmul_dec_{w.suffix}_{cfg}", DEC_WARPS * rows_per_warp
+
+    def _dec_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], variant: str | None) -> None:
+        """One row of int8x2 activations x up to MULTI_MAX Q4_K matrices (kernels/matmul_dec.cu)."""
+        w0 = members[0][0]
+        name, rpb = self.dec_kernel(w0, variant)
+        fn = self._fn("matmul_dec", name, "PPi" * MULTI_MAX + "iPPi")
+        args: list[Any] = []
+        blocks = 0
+        for i in range(MULTI_MAX):
+            if i < len(members):
+                w, o = members[i]
+                args += [w.q_ptr, o, np.int32(w.n)]
+                blocks += (w.n + rpb - 1) // rpb
+            else:
+                args += [0, 0, np.int32(0)]
+        xd, dsd = self._dec_parts(workspace_ptr, w0.k)
+        args += [np.int32(w0.k), xd, dsd, np.int32(self.dec_kp(w0.k))]
+        fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args)
 
     @staticmethod
     def tile_m_for(n_rows: int) -> int:

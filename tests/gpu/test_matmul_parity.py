@@ -72,6 +72,20 @@ def q8_simulated(x: np.ndarray) -> np.ndarray:
     return (d.astype(np.float64) * q.astype(np.float64)).reshape(x.shape)  # (rows, K)
 
 
+def q8x2_simulated(x: np.ndarray) -> np.ndarray:
+    """x (rows, K) f32 after the two-pass (int8x2) quantization, as float64: d1 q1 as q8_simulated, then the f32
+    residual quantized with the fixed scale d2 = d1 / 256 (kernels/act_quant.cuh), clamped to +-127."""
+    b = x.reshape(-1, 32).astype(np.float32)  # (blocks, 32)
+    d = (np.abs(b).max(axis=1, keepdims=True) / np.float32(127)).astype(np.float32)  # (blocks, 1)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d > 0, np.float32(1) / d, np.float32(0)).astype(np.float32)  # (blocks, 1)
+    q1 = np.rint(b * inv)  # (blocks, 32)
+    r = (b.astype(np.float64) - d.astype(np.float64) * q1).astype(np.float32)  # (blocks, 32) as the kernel's fma
+    q2 = np.clip(np.rint(r * (inv * np.float32(256))), -127, 127)  # (blocks, 32)
+    d64 = d.astype(np.float64)
+    return (d64 * q1 + d64 / 256 * q2).reshape(x.shape)  # (rows, K)
+
+
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
@@ -223,13 +237,95 @@ def test_vector_path_int8x2_matches_float64(gpu, ggml_type: T) -> None:
             assert np.isfinite(out).all(), f"{np.isnan(out).sum()} outputs not written (n_rows={n_rows})"
             ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
             x1 = q8_simulated(x)  # (n_rows, K) float64
-            x2 = x1 + q8_simulated((x.astype(np.float64) - x1).astype(np.float32))  # the residual pass
-            ref_q = x2 @ w64.T  # (n_rows, N)
+            ref_q = q8x2_simulated(x) @ w64.T  # (n_rows, N)
             single = rel(x1 @ w64.T, ref)  # what one int8 pass costs on this input
             assert rel(out, ref_q) <= 1e-4, (n_rows, rel(out, ref_q))
             assert rel(out, ref) <= 1e-4 < single, (n_rows, rel(out, ref), single)
     finally:
         rt.free(w.buffer)
+
+
+@pytest.mark.gpu
+def test_decode_kernel_matches_float64_and_the_paired_kernel(gpu) -> None:
+    """The batch-1 Q4_K decode kernel (kernels/matmul_dec.cu: both int8 passes in one integer sum, x from its
+    lane-ordered copy), every compiled configuration: within 1e-4 of float64 on the same two-pass rounding of x and
+    within 1e-5 of the paired vector kernel, which computes the same products by another route; deterministic.
+    K = 5376 leaves the last 32-unit group partly empty, K = 256 is a single block; N = 769 a partial last block."""
+    from service.backends.cuda_matmul import DEC_VARIANTS
+
+    rt, _ = gpu
+    mm = CudaMatmul(rt, int8x2=True)
+    rng = np.random.default_rng(401)
+    for k in (K, 256):
+        t = random_weight(T.Q4_K, N, k, rng)
+        w = mm.upload(t)
+        w64 = dequant64(t)  # (N, k)
+        try:
+            x = rng.standard_normal((1, k)).astype(np.float32)  # (1, k)
+            x[:, 7] *= 60.0  # an outlier channel
+            ref_q = q8x2_simulated(x) @ w64.T  # (1, N)
+            mm.use_dec = False
+            paired = _matmul_twice(rt, mm, x, w, ("paired", k))
+            mm.use_dec = True
+            for v in DEC_VARIANTS:
+                out = _matmul_twice(rt, mm, x, w, (v, k), variant=f"dec:{v}")
+                assert rel(out, ref_q) <= 1e-4, (v, k, rel(out, ref_q))
+                assert rel(out, paired) <= 1e-5, (v, k, rel(out, paired))
+        finally:
+            rt.free(w.buffer)
+
+
+@pytest.mark.gpu
+def test_decode_kernel_shares_its_input_and_replays(gpu) -> None:
+    """At one int8x2 row, matmul_multi (one quantization writing both copies of x, Q4_K matrices through the decode
+    kernel three per launch, Q6_K through the paired kernel) gives bit-identical results to separate calls, and a
+    captured graph recomputes them after x changes in place."""
+    from service.backends.cuda_runtime import CudaGraph
+
+    rt, _ = gpu
+    mm = CudaMatmul(rt, int8x2=True)
+    rng = np.random.default_rng(402)
+    types = (T.Q4_K, T.Q6_K, T.Q4_K, T.Q4_K, T.Q4_K)  # a 3-matrix decode launch + a single one
+    ws_ = [mm.upload(random_weight(tp, N - 3 * i, K, rng)) for i, tp in enumerate(types)]
+    x = rng.standard_normal((1, K)).astype(np.float32)  # (1, K)
+    bufs = _Bufs(rt, mm, x, N)
+    outs = [rt.alloc(4 * N, "activations", f"o{i}") for i in range(len(ws_))]
+
+    def separate() -> list[np.ndarray]:
+        res = []
+        for w in ws_:
+            bufs.poison()
+            mm.matmul(bufs.x.ptr, 1, w, bufs.out.ptr, bufs.ws.ptr)
+            res.append(bufs.result()[:, :w.n].copy())  # (1, N_i)
+        return res
+
+    def fetched() -> list[np.ndarray]:
+        res = []
+        for w, o in zip(ws_, outs):
+            host = np.empty((1, w.n), np.float32)  # (1, N_i)
+            rt.dtoh(host, o)
+            rt.synchronize()
+            res.append(host)
+        return res
+
+    try:
+        want = separate()
+        graph = CudaGraph(rt)
+        graph.capture(lambda: mm.matmul_multi(bufs.x.ptr, 1, ws_, [o.ptr for o in outs], bufs.ws.ptr))
+        graph.replay()
+        rt.synchronize()
+        for got, ref in zip(fetched(), want):
+            assert np.array_equal(got, ref)
+        rt.htod(bufs.x, rng.standard_normal((1, K)).astype(np.float32))  # new input, same buffer
+        graph.replay()
+        rt.synchronize()
+        got = fetched()
+        for g, ref, old in zip(got, separate(), want):
+            assert np.array_equal(g, ref) and not np.array_equal(g, old)
+    finally:
+        bufs.free()
+        for b in outs + [w.buffer for w in ws_]:
+            rt.free(b)
 
 
 def _check_f16_operands(rt, mm: CudaMatmul, x: np.ndarray, w, w16: np.ndarray, w64: np.ndarray, case, **kw) -> None:

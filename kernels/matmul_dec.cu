@@ -1,0 +1,192 @@
+// The batch-1 decode matmul of Q4_K weights with two-pass int8 activations (--decode-activations int8x2 at one
+// row, the default decode path at batch 1): out_m (N_m) f32 = W_m (N_m, K) . x for up to 3 Q4_K matrices W_0..W_2
+// sharing x (Q/K/V, gate/up), one launch.
+//
+// Why not the paired vector kernel (matmul_vec.cu, which runs the two passes as two columns): measured on an H200 it
+// issues 2.3 instructions per weight with 11.7 % occupancy and is bound by issue latency, not by the weight bytes
+// (bench/RESULTS.md, fourth round). This kernel does the same arithmetic with about half the instructions:
+//   * the two passes share one integer sum. quantize_act_q8x2 quantizes the residual with d2 = d1 / 256 exactly,
+//     so per 32 values  x . w = d2 * (256 * (q1 . w) + q2 . w): the dp4a chain of pass 1, a shift by 8, the
+//     chain of pass 2 into the same accumulator, then one float scaling (not one per pass);
+//   * a high nibble is used in place as the byte 16 * h (one mask, no shift) with an unsigned x signed dp4a; the
+//     factor 16 leaves the integer sum by a shift;
+//   * the activations come from a copy in the order the lanes read them (below), so each activation load of a
+//     warp is 512 contiguous bytes instead of 32 pieces 64 bytes apart;
+//   * the (scale, min) pair of both sub-blocks of a unit is decoded once for both passes.
+// Integer ranges: per sub-block |256 * q1.w + q2.w| <= 257 * 32 * 15 * 127 < 2^24; times a 6-bit scale < 2^30.
+//
+// Weights: the file's 144-byte Q4_K blocks (quant_blocks.cuh). Unit u of a row (64 values) = the 32 bytes
+// qs[32j, 32j+32) of block u/4, j = u%4: low nibbles = sub-block 2j (values 64u + 0..31), high nibbles =
+// sub-block 2j+1 (values 64u + 32..63); its 16-byte halves q0, q1 hold values 0..15 / 16..31 of each sub-block.
+// Activations (quantize_act.cu, the decode copy): per pass p (0, 1) at xd + p * Kp (Kp = K rounded up to 2048),
+// the 16-value chunk c (0..3) of unit u at (u/32)*2048 + c*512 + (u%32)*16: chunks 0, 1 = sub-block 2j, chunks
+// 2, 3 = sub-block 2j+1. dsd (K/32) float2 = (d2, sum of the quantized x) per 32 values.
+//
+// Launch shape: 128 threads = 4 warps per block; a warp owns RT consecutive rows, lane l takes units l, l+32, ...
+// of each; blocks are numbered over the concatenated row ranges of W_0..W_2: grid.x = sum ceil(N_m / (4 RT)).
+// Each lane keeps the next unit's weight loads in flight while it computes the current one, and the first unit's
+// loads are issued before griddepcontrol.wait: weights are constant, only x depends on the previous kernel, so
+// under programmatic launch their DRAM latency overlaps that kernel (kernels/pdl.cuh).
+//
+// Entries: matmul_dec_q4_k_r<RT>p<PRE> (PRE: the next unit's weights loaded one iteration ahead). Signature: (q0, out0, N0, q1, out1, N1, q2, out2, N2, K, xd int8, dsd float2, Kp)
+#include "quant_blocks.cuh"
+#include "pdl.cuh"
+
+namespace {
+
+constexpr int WARPS = 4;
+constexpr int BLOCK_BYTES = 144;  // Q4_K: (d, dmin) f16, 12 scale bytes, 128 quant bytes per 256 values
+
+struct Unit { int4 hdr, q0, q1; };  // one unit of one row: its block's header and 32 quant bytes
+
+// unsigned bytes of a . signed bytes of b, + c
+__device__ __forceinline__ int dp4a_us(uint32_t a, int b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// unit j of the block whose header is at h
+__device__ __forceinline__ Unit load_unit(const uint8_t* h, int j) {
+    return Unit{ld16(h), ld16(h + 16 + 32 * j), ld16(h + 32 + 32 * j)};
+}
+
+struct Act { int4 c[2][4]; float4 ds; };  // a unit's activation chunks per pass; (d2, sum) of its two 32-blocks
+
+// Per-lane constants of the (scale, min) unpacking: a lane always sees the same j = u % 4 (u = lane + 32 i)
+struct SubBlocks {
+    uint32_t sel;  // byte_perm selector of bytes 2(j%2), 2(j%2)+1 of a header word
+    bool upper;    // j >= 2: sub-blocks 4..7, whose 6-bit fields are split over two words
+};
+
+// Unit u's contribution to one row: d * sum_s d2_s sc_s I_s - dmin * sum_s m_s S_s over its sub-blocks s = 2j, 2j+1
+// (I_s the combined integer sum, S_s the sum of the quantized x).
+__device__ __forceinline__ float unit_dot(const Unit& w, const Act& a, SubBlocks sb) {
+    uint32_t lo[8], hi[8];  // words of q0 then q1: low nibbles as 0..15, high nibbles as 16 * (0..15)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const uint32_t v0 = static_cast<uint32_t>(word(w.q0, i)), v1 = static_cast<uint32_t>(word(w.q1, i));
+        lo[i] = v0 & 0x0F0F0F0Fu, lo[4 + i] = v1 & 0x0F0F0F0Fu;
+        hi[i] = v0 & 0xF0F0F0F0u, hi[4 + i] = v1 & 0xF0F0F0F0u;
+    }
+    int s_lo = 0, s_hi = 0;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+        if (p == 1) s_lo <<= 8, s_hi <<= 8;  // pass 1 counts 256 times pass 2 (d1 = 256 d2)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            s_lo = __dp4a(static_cast<int>(lo[i]), word(a.c[p][0], i), s_lo);
+            s_lo = __dp4a(static_cast<int>(lo[4 + i]), word(a.c[p][1], i), s_lo);
+            s_hi = dp4a_us(hi[i], word(a.c[p][2], i), s_hi);
+            s_hi = dp4a_us(hi[4 + i], word(a.c[p][3], i), s_hi);
+        }
+    }
+    s_hi >>= 4;  // exact: every high-nibble byte carried a factor 16
+    // (scale, min) of sub-blocks 2j, 2j+1 as byte pairs; header words y, z, w = scale bytes 0..3, 4..7, 8..11
+    // (ggml's get_scale_min_k4: sub-block s < 4: scale = b[s] & 63, min = b[s+4] & 63; s >= 4: scale =
+    // (b[s+4] & 15) | (b[s-4] >> 6) << 4, min = (b[s+4] >> 4) | (b[s] >> 6) << 4)
+    const uint32_t y = __byte_perm(w.hdr.y, 0, sb.sel), z = __byte_perm(w.hdr.z, 0, sb.sel),
+                   x = __byte_perm(w.hdr.w, 0, sb.sel);
+    const uint32_t sc = sb.upper ? (x & 0x0F0Fu) | ((y >> 2) & 0x3030u) : y & 0x3F3Fu;
+    const uint32_t m = sb.upper ? ((x >> 4) & 0x0F0Fu) | ((z >> 2) & 0x3030u) : z & 0x3F3Fu;
+    const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(&w.hdr.x));  // (d, dmin)
+    const float dot = a.ds.x * static_cast<float>(s_lo * static_cast<int>(sc & 0xFFu)) +
+                      a.ds.z * static_cast<float>(s_hi * static_cast<int>(sc >> 8));
+    const float mins = a.ds.y * u2f(m & 0xFFu) + a.ds.w * u2f(m >> 8);
+    return dd.x * dot - dd.y * mins;
+}
+
+template <int RT, bool PRE>
+__device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* __restrict__ out, int N, int K,
+                                         int blk, const int8_t* __restrict__ xd, const float4* __restrict__ dsd,
+                                         int Kp) {
+    constexpr int STEP = 8 * BLOCK_BYTES;  // 32 units = 8 blocks of a row per iteration
+    const int lane = threadIdx.x & 31;
+    const int row0 = (blk * WARPS + (threadIdx.x >> 5)) * RT;
+    const int units = K >> 6;
+    const int j = lane & 3;
+    const SubBlocks sb{(2u * (j & 1)) | ((2u * (j & 1) + 1) << 4), j >= 2};
+    const uint8_t* hp[RT];  // this lane's block header in each of its rows; its quants at + 16 + 32 j
+#pragma unroll
+    for (int t = 0; t < RT; ++t)  // rows past N reload row N-1, not stored
+        hp[t] = q + (size_t)min(row0 + t, N - 1) * (K >> 8) * BLOCK_BYTES + (lane >> 2) * BLOCK_BYTES;
+    const bool live = row0 < N;
+
+    Unit cur[RT];
+    if (live && lane < units) {
+#pragma unroll
+        for (int t = 0; t < RT; ++t) cur[t] = load_unit(hp[t], j);
+    }
+    pdl_start();  // x is the previous kernel's output: everything below may read it
+
+    float acc[RT];
+#pragma unroll
+    for (int t = 0; t < RT; ++t) acc[t] = 0.f;
+    if (live) {
+        const int8_t* xa = xd + lane * 16;
+#pragma unroll 2
+        for (int u = lane; u < units; u += 32) {
+            Unit w[RT];  // this unit's weights: loaded one iteration ahead (PRE), or now (the first: before the wait)
+            if constexpr (PRE) {
+#pragma unroll
+                for (int t = 0; t < RT; ++t) w[t] = cur[t];
+                if (u + 32 < units) {
+#pragma unroll
+                    for (int t = 0; t < RT; ++t) cur[t] = load_unit(hp[t] + STEP, j);
+                }
+            } else {
+#pragma unroll
+                for (int t = 0; t < RT; ++t) w[t] = u == lane ? cur[t] : load_unit(hp[t], j);
+            }
+#pragma unroll
+            for (int t = 0; t < RT; ++t) hp[t] += STEP;
+            Act a;
+#pragma unroll
+            for (int p = 0; p < 2; ++p)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) a.c[p][c] = __ldg(reinterpret_cast<const int4*>(xa + (size_t)p * Kp + c * 512));
+            a.ds = __ldg(dsd + u);
+            xa += 2048;
+#pragma unroll
+            for (int t = 0; t < RT; ++t) acc[t] += unit_dot(w[t], a, sb);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < RT; ++t) acc[t] = warp_sum(acc[t]);
+    if (lane == 0) {
+#pragma unroll
+        for (int t = 0; t < RT; ++t)
+            if (row0 + t < N) out[row0 + t] = acc[t];
+    }
+}
+
+}  // namespace
+
+#define DEC_ENTRY(RT, PRE)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) matmul_dec_q4_k_r##RT##p##PRE(                            \
+        const uint8_t* q0, float* o0, int N0, const uint8_t* q1, float* o1, int N1, const uint8_t* q2,        \
+        float* o2, int N2, int K, const int8_t* xd, const float2* dsd, int Kp) {                             \
+        constexpr int RPB = WARPS * RT;                                                                       \
+        const int nb0 = (N0 + RPB - 1) / RPB, nb1 = (N1 + RPB - 1) / RPB;                                     \
+        int blk = blockIdx.x;                                                                                 \
+        const uint8_t* q = q0;                                                                                \
+        float* o = o0;                                                                                        \
+        int N = N0;                                                                                           \
+        if (blk >= nb0) {                                                                                     \
+            blk -= nb0;                                                                                       \
+            if (blk < nb1) {                                                                                  \
+                q = q1, o = o1, N = N1;                                                                       \
+            } else {                                                                                          \
+                blk -= nb1;                                                                                   \
+                q = q2, o = o2, N = N2;                                                                       \
+            }                                                                                                 \
+        }                                                                                                     \
+        dec_body<RT, PRE>(q, o, N, K, blk, xd, reinterpret_cast<const float4*>(dsd), Kp); /* pdl_start inside */  \
+    }
+
+// cuda_matmul.DEC_VARIANTS (r4p0 is left out: it spills)
+DEC_ENTRY(1, 0)
+DEC_ENTRY(2, 0)
+DEC_ENTRY(1, 1)
+DEC_ENTRY(2, 1)
+DEC_ENTRY(4, 1)
