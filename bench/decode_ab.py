@@ -4,8 +4,11 @@
 
 Settings (see `apply`): pdl / nopdl = every decode graph with or without programmatic kernel -> kernel edges,
 auto = the backend's choice per batch size; a suffix -plain:<prefix>,<prefix> keeps the edges into those kernels plain;
-a suffix +nodec sends batch-1 Q4_K through the paired vector kernel instead of kernels/matmul_dec.cu, +dec:<config>
-picks that decode-kernel configuration (e.g. pdl+dec:r1p0).
+options after "+": nodec sends batch-1 Q4_K through the paired vector kernel instead of kernels/matmul_dec.cu,
+dec:<config> picks that decode-kernel configuration (e.g. pdl+dec:r1p0), qlast makes the two-pass quantizer trigger
+its dependent after its own wait (not before: CudaMatmul.quant_trigger_first), skip:<prefix>,<prefix> launches no kernel
+whose name starts with a prefix (the outputs are then wrong: it measures what those kernels cost inside the graph,
+e.g. pdl+skip:quantize_act).
 For every scenario (b1: batch 1 at depth 16, d2048: batch 1 at depth 2048, s<N>: N sequences at depth 512) one
 decode graph is captured per setting; the graphs are then replayed alternately,
 `reps` replays per setting per round, timed with CUDA events, so every setting sees the same machine state.
@@ -30,12 +33,37 @@ from service.model.llama import LlamaModel  # noqa: E402
 MB = 1 << 20
 
 
+class _NoLaunch:
+    """A prepared kernel whose launches are dropped (skip:); everything else is the real function's."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def prepared_async_call(self, *args, **kwargs) -> None:
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._fn, name)
+
+
+def _skip(be, prefixes: tuple[str, ...]) -> None:
+    """Drop the launches of kernels whose name starts with one of the prefixes (backend ops and matmul launcher)."""
+    cls, mm = type(be), be.mm
+    be._launch = lambda module, name, *a: None if name.startswith(prefixes) else cls._launch(be, module, name, *a)
+    mm._fns = {}
+    mm._fn = lambda module, name, sig: (_NoLaunch if prefixes and name.startswith(prefixes) else lambda f: f)(
+        type(mm)._fn(mm, module, name, sig))
+
+
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
-    backend's own choice by batch size); +nodec / +dec:<config>: the batch-1 Q4_K kernel."""
-    setting, _, dec = setting.partition("+")
-    be.mm.use_dec = dec != "nodec"
-    be.mm.dec_variant = dec if dec.startswith("dec:") else None
+    backend's own choice by batch size); options +nodec, +dec:<config>, +qlast, +skip:<prefixes> (module docstring)."""
+    setting, *opts = setting.split("+")
+    be.mm.use_dec = "nodec" not in opts
+    be.mm.dec_variant = next((o for o in opts if o.startswith("dec:")), None)
+    be.mm.quant_trigger_first = "qlast" not in opts
+    skip = next((o[5:] for o in opts if o.startswith("skip:")), "")
+    _skip(be, tuple(p for p in skip.split(",") if p))
     base, _, plain = setting.partition("-plain:")  # e.g. pdl-plain:matmul_pipe,splitk: those kernels' edges stay plain
     if base not in ("pdl", "nopdl", "auto"):
         raise SystemExit(f"unknown setting {setting!r}")

@@ -117,7 +117,7 @@ def test_every_kernel_waits_for_its_predecessor(source: str) -> None:
     """Decode graphs make every kernel -> kernel edge programmatic (cuda_runtime.CudaGraph), which is only safe
     for kernels that run griddepcontrol.wait before touching their inputs (kernels/pdl.cuh). Each entry's PTX
     must contain the wait, and no global load or store before it; the decode matmul (matmul_dec_*) may issue its
-    first weight loads before it (weights are constant; read-only loads only, kernels/matmul_dec.cu)."""
+    first weight loads before it (weights are constant; read-only loads or bulk copies, kernels/matmul_dec.cu)."""
     ptx = _ptx(source)
     entries = re.split(r"\n\.visible \.entry ", ptx)[1:]
     assert entries, f"no entry in {source}"
@@ -126,6 +126,5 @@ def test_every_kernel_waits_for_its_predecessor(source: str) -> None:
         assert "griddepcontrol.wait" in body, f"{name} does not wait for its predecessor"
         before = body.split("griddepcontrol.wait", 1)[0]
         if name.startswith("matmul_dec_"):
-            before = re.sub(r"\bld\.global\.nc\b", "", before)  # the weight loads
-            assert "ld.global.nc" in body.split("griddepcontrol.wait", 1)[0], f"{name}: no weight load before the wait"
+            before = re.sub(r"\bld\.global\.nc\b", "", before)  # the weight loads (cp.async.bulk does not match)
         assert not re.search(r"\b(ld|st|atom|red)\.global", before), f"{name} touches global memory before the wait"

@@ -49,10 +49,12 @@ PAIRED_CONFIG = {2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}  # int8x2 (paired) entri
 # ... by type where another is faster (H200, one row: Q6_K 4096x4096 / 11008x4096 / 4096x11008 at 6.8 / 14.2 / 15.0 us
 # with r4t2u1, 7.0 / 14.4 / 15.6 with r4t4u1; Q4_K best with r4t4u1)
 PAIRED_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {"q6_k": {2: "r4t2u1"}}
-# the batch-1 Q4_K decode kernel (kernels/matmul_dec.cu, int8x2 at one row): "r<RT>p<PRE>" = RT rows per warp, PRE
-# whether each lane loads its next unit's weights one iteration ahead
-DEC_CONFIG = "r2p0"
-DEC_VARIANTS = ("r1p0", "r2p0", "r1p1", "r2p1", "r4p1")  # the entries kernels/matmul_dec.cu compiles
+# the batch-1 Q4_K decode kernel (kernels/matmul_dec.cu, int8x2 at one row): "r<RT>p<PRE>" = RT rows per warp, each
+# lane loading its weights PRE units ahead into registers; "r<RT>t" = RT rows per warp copied whole into shared memory
+# H200, bench/decode_ab.py (batch 1, GPU time per decode step): r4p1 2.308 ms, r2t 2.218, r2t with the quantizer's
+# early trigger 2.182 (the paired vector kernel 2.392)
+DEC_CONFIG = "r2t"
+DEC_VARIANTS = ("r1p0", "r2p0", "r1p1", "r2p1", "r4p1", "r1p2", "r2p2", "r1t", "r2t", "r4t")  # entries it compiles
 DEC_TYPES = frozenset({"q4_k"})
 DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
 MULTI_MAX = 3  # matrices one vector launch can serve
@@ -185,6 +187,9 @@ class CudaMatmul:
         self.use_pipe = True  # Q4_K / Q6_K at many rows: the pipelined kernel (False: the tiled one)
         self.use_dec = True  # int8x2 at one row: Q4_K through kernels/matmul_dec.cu (False: the paired vector kernel)
         self.dec_variant: str | None = None  # "dec:<config>" in place of DEC_CONFIG (benchmark)
+        # the two-pass quantizer writing the decode copy lets its dependent (the decode kernel, which starts its weight
+        # copies before its own wait) launch before the quantizer's PDL wait (kernels/quantize_act.cu)
+        self.quant_trigger_first = True
         self.pipe_min_rows: int | None = None  # override of PIPE_MIN_ROWS for every type (tests, benchmark)
         self.pipe_stages: int | None = None  # override of PIPE_STAGES (benchmark)
         self._pipe_slots: dict[str, int] = {}  # resident blocks per SM of each pipelined entry
@@ -293,10 +298,10 @@ class CudaMatmul:
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows, k)
         xd, dsd = self._dec_parts(workspace_ptr, k) if decode else (0, 0)
         nblocks = n_rows * k // 32
-        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPiiPPi")
+        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPiiPPii")
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
                                x_ptr, xq, xds, np.int32(nblocks), np.int32(res_rows * k // 32), xd, dsd,
-                               np.int32(self.dec_kp(k)))
+                               np.int32(self.dec_kp(k)), np.int32(self.quant_trigger_first and decode))
 
     @staticmethod
     def paired_cols(n_rows: int) -> int:
@@ -421,14 +426,22 @@ class CudaMatmul:
     def dec_kernel(w: DeviceWeight, variant: str | None = None) -> tuple[str, int]:
         """(kernel name, rows per block) of the decode kernel; variant "dec:r<RT>p<PRE>" overrides DEC_CONFIG."""
         cfg = variant.split(":", 1)[1] if variant and ":" in variant else DEC_CONFIG
-        rows_per_warp = int(cfg[1:].split("p")[0])
+        rows_per_warp = int(cfg[1:].split("p")[0].rstrip("t"))
         return f"matmul_dec_{w.suffix}_{cfg}", DEC_WARPS * rows_per_warp
 
     def _dec_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], variant: str | None) -> None:
         """One row of int8x2 activations x up to MULTI_MAX Q4_K matrices (kernels/matmul_dec.cu)."""
         w0 = members[0][0]
         name, rpb = self.dec_kernel(w0, variant)
-        fn = self._fn("matmul_dec", name, "PPi" * MULTI_MAX + "iPPi")
+        shared = rpb * (w0.k // 256) * 144 if name.endswith("t") else 0  # the TMA entries' rows in shared memory
+        fn = self._fns.get(name)
+        if fn is None:
+            fn = self._fn("matmul_dec", name, "PPi" * MULTI_MAX + "iPPi")
+            if shared:
+                drv = self.rt.driver
+                optin = getattr(drv.device_attribute, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
+                most = self.rt.device.get_attribute(optin) if optin is not None else 227 << 10
+                fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, most - fn.shared_size_bytes)
         args: list[Any] = []
         blocks = 0
         for i in range(MULTI_MAX):
@@ -440,7 +453,7 @@ class CudaMatmul:
                 args += [0, 0, np.int32(0)]
         xd, dsd = self._dec_parts(workspace_ptr, w0.k)
         args += [np.int32(w0.k), xd, dsd, np.int32(self.dec_kp(w0.k))]
-        fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args)
+        fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args, shared_size=shared)
 
     @staticmethod
     def tile_m_for(n_rows: int) -> int:
