@@ -289,7 +289,9 @@ class Bench:
         s = self.timed(launches, reps=10 if self.quick else 30)
         wb = ws[0].nbytes
         dec = mm2.use_dec and ws[0].suffix in cuda_matmul.DEC_TYPES and (variant is None or variant.startswith("dec"))
-        name = mm2.dec_kernel(ws[0], variant)[0] if dec else mm2.vec_kernel(ws[0], 1, variant, paired=True)[0]
+        found = mm2.dec_kernel(ws[0], variant) if dec else None
+        dec = found is not None
+        name = found[0] if found else mm2.vec_kernel(ws[0], 1, variant, paired=True)[0]
         cfg = name.rsplit("_", 1)[1]
         return dict(path=("dec" if dec else "vec2") + ("/L2" if hot else ""), type=ggml_type.name, n=n, k=k, n_rows=1,
                     variant=variant or f"={cfg}", us=s * 1e6, gbps=wb / s / 1e9, pct_copy=100 * wb / s / self.copy_bw)
@@ -305,17 +307,21 @@ class Bench:
             self.free_weights()
 
     def run_dec(self) -> None:
-        """Batch-1 int8x2 Q4_K: the decode kernel (every compiled configuration) vs the paired vector kernel, per 7B
-        shape (weights from HBM; the defaults also from the L2)."""
+        """Batch-1 int8x2 Q4_K / Q6_K: the decode kernel (every compiled configuration) vs the paired vector kernel,
+        per 7B shape (weights from HBM; the defaults also from the L2)."""
         self.mm2 = CudaMatmul(self.rt, int8x2=True)
-        for n, k in [(512, 4096)] + SHAPES_7B[:3] + [(12288, 4096), (22016, 4096)]:
-            for hot in (False, True):
-                self.mm2.use_dec = False
-                self.add(self.vec_pair(T.Q4_K, n, k, None, hot))
-                self.mm2.use_dec = True
-                for v in cuda_matmul.DEC_VARIANTS if not hot else (cuda_matmul.DEC_CONFIG,):
-                    self.add(self.vec_pair(T.Q4_K, n, k, f"dec:{v}", hot))
-            self.free_weights()
+        for tp in (T.Q4_K, T.Q6_K):
+            suffix = tp.name.lower()
+            shapes = [(512, 4096)] + SHAPES_7B[:3] + ([(12288, 4096), (22016, 4096)] if tp == T.Q4_K else SHAPES_7B[3:])
+            for n, k in shapes:
+                for hot in (False, True):
+                    self.mm2.use_dec = False
+                    self.add(self.vec_pair(tp, n, k, None, hot))
+                    self.mm2.use_dec = True
+                    cfgs = cuda_matmul.DEC_VARIANTS[suffix] if not hot else cuda_matmul.DEC_CONFIG[suffix][:1]
+                    for v in cfgs:
+                        self.add(self.vec_pair(tp, n, k, f"dec:{v}", hot))
+                self.free_weights()
 
     def run_pipe(self) -> None:
         """The pipelined kernel (every built stage count) vs the fragment (<= 32 rows) or tiled kernel per shape and

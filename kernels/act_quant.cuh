@@ -11,7 +11,7 @@
 // add the passes as integers, 256 q1.w + q2.w (matmul_dec.cu).
 // Decode copy (PASSES = 2, one row, xd not null): both passes again in the order matmul_dec.cu's lanes read them,
 // pass p at xd + p * Kp, the 16-value chunk c of 64-value unit u at (u/32)*2048 + c*512 + (u%32)*16; and
-// dsd[b] = (d2, d1 sum(q1) + d2 sum(q2)) per 32 values.
+// dsd[b] = (d2, d1 sum(q1) + d2 sum(q2)) per 32 values, xs16[i] = 256 sum(q1) + sum(q2) per 16 values.
 #pragma once
 
 #include "common.cuh"
@@ -22,10 +22,11 @@ template <int PASSES>
 __device__ __forceinline__ void quantize_f4(float4 v, size_t t, bool ok, int8_t* __restrict__ xq,
                                             float2* __restrict__ xds, size_t res_blocks,
                                             int8_t* __restrict__ xd = nullptr, float2* __restrict__ dsd = nullptr,
-                                            int Kp = 0) {
+                                            int* __restrict__ xs16 = nullptr, int Kp = 0) {
     const size_t b = t >> 3;
     float r[4] = {v.x, v.y, v.z, v.w};
     float d = 0.f, id = 0.f, total = 0.f;  // this pass's scale and its inverse; sum of the quantized values so far
+    int sum16 = 0;                         // 256 sum(q1) + sum(q2) over this lane's 16 values
 #pragma unroll
     for (int pass = 0; pass < PASSES; ++pass) {
         if (pass == 0) {
@@ -43,7 +44,9 @@ __device__ __forceinline__ void quantize_f4(float4 v, size_t t, bool ok, int8_t*
         for (int i = 0; i < 4; ++i) q[i] = pass == 0 ? __float2int_rn(r[i] * id) : max(-127, min(127, __float2int_rn(r[i] * id)));
         int sum = q[0] + q[1] + q[2] + q[3];
 #pragma unroll
-        for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+        for (int o = 1; o < 4; o <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+        sum16 = 256 * sum16 + sum;  // (pass 1's 16-value sum, then 256 times it plus pass 2's)
+        sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 4);
         total += d * static_cast<float>(sum);
         if (ok) {
             const char4 q4 = make_char4(static_cast<signed char>(q[0]), static_cast<signed char>(q[1]),
@@ -63,4 +66,5 @@ __device__ __forceinline__ void quantize_f4(float4 v, size_t t, bool ok, int8_t*
         }
     }
     if (PASSES > 1 && xd != nullptr && ok && (t & 7) == 0) dsd[b] = make_float2(d, total);
+    if (PASSES > 1 && xd != nullptr && ok && (t & 3) == 0) xs16[t >> 2] = sum16;
 }

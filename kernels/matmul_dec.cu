@@ -1,6 +1,6 @@
-// The batch-1 decode matmul of Q4_K weights with two-pass int8 activations (--decode-activations int8x2 at one
-// row, the default decode path at batch 1): out_m (N_m) f32 = W_m (N_m, K) . x for up to 3 Q4_K matrices W_0..W_2
-// sharing x (Q/K/V, gate/up), one launch.
+// The batch-1 decode matmul of Q4_K (and, pipelined variant only, Q6_K) weights with two-pass int8 activations
+// (--decode-activations int8x2 at one row, the default decode path at batch 1): out_m (N_m) f32 = W_m (N_m, K) . x
+// for up to 3 matrices W_0..W_2 of one type sharing x (Q/K/V, gate/up), one launch.
 //
 // Why not the paired vector kernel (matmul_vec.cu, which runs the two passes as two columns): measured on an H200 it
 // issues 2.3 instructions per weight with 11.7 % occupancy and is bound by issue latency, not by the weight bytes
@@ -20,7 +20,12 @@
 // sub-block 2j+1 (values 64u + 32..63); its 16-byte halves q0, q1 hold values 0..15 / 16..31 of each sub-block.
 // Activations (quantize_act.cu, the decode copy): per pass p (0, 1) at xd + p * Kp (Kp = K rounded up to 2048),
 // the 16-value chunk c (0..3) of unit u at (u/32)*2048 + c*512 + (u%32)*16: chunks 0, 1 = sub-block 2j, chunks
-// 2, 3 = sub-block 2j+1. dsd (K/32) float2 = (d2, sum of the quantized x) per 32 values.
+// 2, 3 = sub-block 2j+1. dsd (K/32) float2 = (d2, sum of the quantized x) per 32 values; xs16 (K/16) int32 =
+// 256 sum(q1) + sum(q2) per 16 values (Q6_K's offset of 32, below).
+// Q6_K (repacked 208-byte blocks ql | qh | scales, d apart: quant_blocks.cuh): unit u (64 values, j = u%4, h = j/2)
+// = low (j even) or high (j odd) nibbles of ql[64h, 64h+64) + 2 bits of qh[32h, 32h+32) shifted by 4(j%2) (values
+// 0..31) or 4(j%2)+2 (32..63), scales[4j, 4j+4) one per chunk; y = d sc (q - 32): the quants enter dp4a unsigned
+// (0..63) and 32 xs16 is subtracted per chunk. Per chunk |I - 32 X| < 2^26: converted to float before the scale.
 //
 // Launch shape: 128 threads = 4 warps per block; a warp owns RT consecutive rows, lane l takes units l, l+32, ...
 // of each; blocks are numbered over the concatenated row ranges of W_0..W_2: grid.x = sum ceil(N_m / (4 RT)).
@@ -29,7 +34,9 @@
 // under programmatic launch their DRAM latency overlaps that kernel (kernels/pdl.cuh).
 //
 // Entries: matmul_dec_q4_k_r<RT>p<PRE> (PRE: each row's weights loaded PRE units ahead, the first PRE before the
-// wait; 0: at use, the first before the wait). Signature: (q0, out0, N0, q1, out1, N1, q2, out2, N2, K, xd int8, dsd float2, Kp)
+// wait; 0: at use, the first before the wait), _r<RT>t and _r<RT>s<STAGES> (shared-memory variants below), and
+// matmul_dec_q6_k_r<RT>s<STAGES>. Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2, out2, N2, K, xd int8,
+// dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
 #include "quant_blocks.cuh"
 #include "pdl.cuh"
 
@@ -52,7 +59,11 @@ __device__ __forceinline__ Unit load_unit(const uint8_t* h, int j) {
     return Unit{ld16(h), ld16(h + 16 + 32 * j), ld16(h + 32 + 32 * j)};
 }
 
-struct Act { int4 c[2][4]; float4 ds; };  // a unit's activation chunks per pass; (d2, sum) of its two 32-blocks
+struct Act {
+    int4 c[2][4];  // the unit's activation chunks per pass
+    float4 ds;     // (d2, sum) of its two 32-blocks
+    int4 x16;      // Q6_K: 256 sum(q1) + sum(q2) of each chunk
+};
 
 // Per-lane constants of the (scale, min) unpacking: a lane always sees the same j = u % 4 (u = lane + 32 i)
 struct SubBlocks {
@@ -187,10 +198,10 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t b
                  ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
 }
 
-__device__ __forceinline__ void bulk_wait(uint64_t* bar) {  // phase 0 of a fresh barrier
+__device__ __forceinline__ void bulk_wait(uint64_t* bar, uint32_t parity = 0) {  // until phase `parity` completes
     asm volatile("{\n\t.reg .pred done;\n\tWAIT:\n\t"
-                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], 0;\n\t"
-                 "@!done bra WAIT;\n\t}" ::"r"(smem_addr(bar)) : "memory");
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+                 "@!done bra WAIT;\n\t}" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
 }
 
 __device__ __forceinline__ int4 lds16(const uint8_t* p) { return *reinterpret_cast<const int4*>(p); }
@@ -256,6 +267,153 @@ __device__ __forceinline__ void dec_tma_body(const uint8_t* __restrict__ q, floa
     }
 }
 
+// --- pipelined TMA variant -------------------------------------------------------------------------------------
+// The single-shot TMA variant copies at block start only, so while a wave of blocks computes, the copy engine idles
+// (H200: 22016x4096 at 73 % of copy bandwidth). Here the grid is only as large as fits on the GPU at once, and each
+// warp walks groups of RT rows g = first, first + stride, ... (stride = the grid's warps, the groups numbered over the
+// concatenated row ranges of W_0..W_2) with STAGES groups in flight: while it computes one group from shared memory,
+// the copies of the next STAGES - 1 are on their way; the stage it frees gets the group STAGES strides ahead.
+
+// The weight types of the pipelined variant: row bytes per 256 values, and a unit's contribution to a row from its
+// block in shared memory (Q6_K also reads its block's d from s_row, the row's scales in global memory).
+struct DecQ4K {
+    static constexpr int BYTES = 144;
+    static constexpr bool X16 = false;
+    __device__ static float dot(const uint8_t* blk, int j, SubBlocks sb, const Act& a, const uint8_t*, int) {
+        return unit_dot(Unit{lds16(blk), lds16(blk + 16 + 32 * j), lds16(blk + 32 + 32 * j)}, a, sb);
+    }
+};
+
+struct DecQ6K {
+    static constexpr int BYTES = 208;
+    static constexpr bool X16 = true;
+    __device__ static float dot(const uint8_t* blk, int j, SubBlocks, const Act& a, const uint8_t* s_row, int b) {
+        const int h = j >> 1, nsh = 4 * (j & 1);  // nibble of ql; qh's 2-bit field of values 0..31 at 2 * 2(j%2)
+        int4 ql[4], qh[2];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) ql[c] = lds16(blk + 64 * h + 16 * c);
+#pragma unroll
+        for (int c = 0; c < 2; ++c) qh[c] = lds16(blk + 128 + 32 * h + 16 * c);
+        const uint32_t sc4 = *reinterpret_cast<const uint32_t*>(blk + 192 + 4 * j);  // int8 scale of each chunk
+        float v[4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int sh = nsh + 2 * (c >> 1);  // values 16c..16c+15: qh bytes 16(c%2).. shifted by this
+            uint32_t q[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                q[i] = ((static_cast<uint32_t>(word(ql[c], i)) >> nsh) & 0x0F0F0F0Fu) |
+                       (((static_cast<uint32_t>(word(qh[c & 1], i)) >> sh) << 4) & 0x30303030u);
+            int s_c = 0;
+#pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                if (p == 1) s_c <<= 8;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) s_c = dp4a_us(q[i], word(a.c[p][c], i), s_c);
+            }
+            const int sc = static_cast<int8_t>((sc4 >> (8 * c)) & 0xFFu);
+            v[c] = static_cast<float>(s_c - 32 * word(a.x16, c)) * static_cast<float>(sc);
+        }
+        const float d = __half2float(__ldg(reinterpret_cast<const __half*>(s_row) + b));
+        return d * (a.ds.x * (v[0] + v[1]) + a.ds.z * (v[2] + v[3]));
+    }
+};
+
+struct Group { const uint8_t* q; const uint8_t* s; float* out; int N, row0; };
+template <int RT>
+__device__ __forceinline__ Group group_of(int g, const uint8_t* q0, const uint8_t* s0, float* o0, int N0,
+                                         const uint8_t* q1, const uint8_t* s1, float* o1, int N1,
+                                         const uint8_t* q2, const uint8_t* s2, float* o2, int N2) {
+    const int g0 = (N0 + RT - 1) / RT, g1 = (N1 + RT - 1) / RT;
+    if (g < g0) return Group{q0, s0, o0, N0, g * RT};
+    if (g < g0 + g1) return Group{q1, s1, o1, N1, (g - g0) * RT};
+    return Group{q2, s2, o2, N2, (g - g0 - g1) * RT};
+}
+
+template <class W, int RT, int STAGES>
+__device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* s0, float* o0, int N0,
+                                              const uint8_t* q1, const uint8_t* s1, float* o1, int N1,
+                                              const uint8_t* q2, const uint8_t* s2, float* o2, int N2, int K,
+                                              const int8_t* __restrict__ xd, const float4* __restrict__ dsd,
+                                              const int4* __restrict__ xs16, int Kp) {
+    extern __shared__ __align__(128) uint8_t wsm[];  // (WARPS, STAGES, RT, row bytes)
+    __shared__ __align__(8) uint64_t bar[WARPS][STAGES];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int units = K >> 6;
+    const int nbk = K >> 8;
+    const int row_bytes = nbk * W::BYTES;
+    const int groups = (N0 + RT - 1) / RT + (N1 + RT - 1) / RT + (N2 + RT - 1) / RT;
+    const int stride = gridDim.x * WARPS, first = blockIdx.x * WARPS + warp;
+    uint8_t* stages = wsm + (size_t)warp * STAGES * RT * row_bytes;
+    // lane 0: start the copy of group g into stage s (its rows are contiguous: one copy)
+    auto issue = [&](int s, int g) {
+        const Group gr = group_of<RT>(g, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);
+        const uint32_t bytes = min(RT, gr.N - gr.row0) * row_bytes;
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(&bar[warp][s])),
+                     "r"(bytes) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                     ::"r"(smem_addr(stages + (size_t)s * RT * row_bytes)),
+                     "l"(gr.q + (size_t)gr.row0 * row_bytes), "r"(bytes), "r"(smem_addr(&bar[warp][s])) : "memory");
+    };
+    if (lane == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s)
+            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bar[warp][s])) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s)
+            if (first + s * stride < groups) issue(s, first + s * stride);
+    }
+    __syncwarp();
+    pdl_start();  // x is the previous kernel's output: everything below may read it
+
+    const int j = lane & 3;
+    const SubBlocks sb{(2u * (j & 1)) | ((2u * (j & 1) + 1) << 4), j >= 2};
+    uint32_t parity = 0;  // bit s: the phase of stage s's barrier to wait for next
+    int s = 0;
+    for (int g = first; g < groups; g += stride) {
+        const Group gr = group_of<RT>(g, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);
+        const int live = min(RT, gr.N - gr.row0);  // rows past N: shared memory left as it was, sums not stored
+        bulk_wait(&bar[warp][s], (parity >> s) & 1u);
+        parity ^= 1u << s;
+        float acc[RT];
+#pragma unroll
+        for (int t = 0; t < RT; ++t) acc[t] = 0.f;
+        const int8_t* xa = xd + lane * 16;
+        const uint8_t* hp = stages + (size_t)s * RT * row_bytes + (lane >> 2) * W::BYTES;
+#pragma unroll 2
+        for (int u = lane; u < units; u += 32) {
+            Act a;
+#pragma unroll
+            for (int p = 0; p < 2; ++p)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) a.c[p][c] = __ldg(reinterpret_cast<const int4*>(xa + (size_t)p * Kp + c * 512));
+            a.ds = __ldg(dsd + u);
+            if (W::X16) a.x16 = __ldg(xs16 + u);
+            xa += 2048;
+#pragma unroll
+            for (int t = 0; t < RT; ++t) {
+                const int row = min(gr.row0 + t, gr.N - 1);
+                acc[t] += W::dot(hp + (size_t)t * row_bytes, j, sb, a, gr.s + (size_t)row * nbk * 2, u >> 2);
+            }
+            hp += 8 * W::BYTES;
+        }
+#pragma unroll
+        for (int t = 0; t < RT; ++t) acc[t] = warp_sum(acc[t]);
+        __syncwarp();  // every lane is done reading stage s
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < RT; ++t)
+                if (t < live) gr.out[gr.row0 + t] = acc[t];
+            if (g + STAGES * stride < groups) {
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // our reads before the copy's writes
+                issue(s, g + STAGES * stride);
+            }
+        }
+        s = s + 1 == STAGES ? 0 : s + 1;
+    }
+}
+
 // Block blockIdx.x of a launch over the concatenated row ranges of W_0..W_2, rows_per_block each: its matrix and
 // its block index inside that matrix.
 struct Target { const uint8_t* q; float* out; int N, blk; };
@@ -271,8 +429,9 @@ __device__ __forceinline__ Target target(int rows_per_block, const uint8_t* q0, 
 }  // namespace
 
 #define DEC_ARGS                                                                                              \
-    const uint8_t *q0, float *o0, int N0, const uint8_t *q1, float *o1, int N1, const uint8_t *q2, float *o2, \
-        int N2, int K, const int8_t *xd, const float2 *dsd, int Kp
+    const uint8_t *q0, const uint8_t *s0, float *o0, int N0, const uint8_t *q1, const uint8_t *s1, float *o1,  \
+        int N1, const uint8_t *q2, const uint8_t *s2, float *o2, int N2, int K, const int8_t *xd,             \
+        const float2 *dsd, const int *xs16, int Kp
 #define DEC_ENTRY(RT, PRE)                                                                                    \
     extern "C" __global__ void __launch_bounds__(128) matmul_dec_q4_k_r##RT##p##PRE(DEC_ARGS) {               \
         const Target m = target(WARPS * RT, q0, o0, N0, q1, o1, N1, q2, o2, N2);                              \
@@ -282,6 +441,12 @@ __device__ __forceinline__ Target target(int rows_per_block, const uint8_t* q0, 
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) matmul_dec_q4_k_r##RT##t(DEC_ARGS) {        \
         const Target m = target(WARPS * RT, q0, o0, N0, q1, o1, N1, q2, o2, N2);                              \
         dec_tma_body<RT>(m.q, m.out, m.N, K, m.blk, xd, reinterpret_cast<const float4*>(dsd), Kp);            \
+    }
+#define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS)                                                     \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
+        matmul_dec_##suffix##_r##RT##s##STAGES(DEC_ARGS) {                                                    \
+        dec_pipe_body<W, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,                   \
+                                     reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), Kp); \
     }
 
 // cuda_matmul.DEC_VARIANTS (r4p0 is left out: it spills)
@@ -295,3 +460,9 @@ DEC_ENTRY(2, 2)
 DEC_TMA_ENTRY(1, 6)
 DEC_TMA_ENTRY(2, 5)
 DEC_TMA_ENTRY(4, 4)
+DEC_PIPE_ENTRY(q4_k, DecQ4K, 1, 2, 6)
+DEC_PIPE_ENTRY(q4_k, DecQ4K, 2, 2, 5)
+DEC_PIPE_ENTRY(q4_k, DecQ4K, 1, 4, 6)
+DEC_PIPE_ENTRY(q4_k, DecQ4K, 2, 3, 5)
+DEC_PIPE_ENTRY(q6_k, DecQ6K, 1, 2, 6)
+DEC_PIPE_ENTRY(q6_k, DecQ6K, 2, 2, 5)

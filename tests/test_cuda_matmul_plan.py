@@ -46,17 +46,36 @@ def test_split_respects_a_small_partials_buffer() -> None:
 
 @pytest.mark.parametrize("k", [256, 2048, 4096, 5376, 11008, 14336])
 def test_workspace_regions_do_not_overlap(k: int) -> None:
-    """The int8 / scale arrays of the widest use (VEC_MAX_ROWS rows), the decode copy of x (2 passes of Kp bytes)
-    and its scales follow one another inside workspace_bytes, each 16-byte aligned for the kernels' vector loads."""
+    """The int8 / scale arrays of the widest use (VEC_MAX_ROWS rows), the decode copy of x (2 passes of Kp bytes),
+    its scales and its 16-value sums follow one another inside workspace_bytes, each 16-byte aligned for the
+    kernels' vector loads."""
     from service.backends.cuda_matmul import VEC_MAX_ROWS
 
     base = 1 << 20
     xq, xds = CudaMatmul._ws_parts(base, VEC_MAX_ROWS, k)
-    xd, dsd = CudaMatmul._dec_parts(base, k)
+    xd, dsd, xs16 = CudaMatmul._dec_parts(base, k)
     kp = CudaMatmul.dec_kp(k)
     assert kp >= k and kp % 2048 == 0  # whole 32-unit groups of 64 values
-    spans = [(xq, VEC_MAX_ROWS * k), (xds, VEC_MAX_ROWS * (k // 32) * 8), (xd, 2 * kp), (dsd, (k // 32) * 8)]
+    spans = [(xq, VEC_MAX_ROWS * k), (xds, VEC_MAX_ROWS * (k // 32) * 8), (xd, 2 * kp), (dsd, (k // 32) * 8),
+             (xs16, (k // 16) * 4)]
     for (a, n), (b, _) in zip(spans, spans[1:]):
         assert a + n <= b
     assert all(p % 16 == 0 for p, _ in spans)
-    assert dsd + (k // 32) * 8 <= base + CudaMatmul.workspace_bytes(1, k) <= base + CudaMatmul.workspace_bytes(8, k + 256)
+    assert xs16 + (k // 16) * 4 <= base + CudaMatmul.workspace_bytes(1, k) <= base + CudaMatmul.workspace_bytes(8, k + 256)
+
+
+def test_decode_kernel_configuration_by_type_and_width() -> None:
+    """DEC_CONFIG: Q4_K at every K, Q6_K only up to DEC_SHORT_K (the paired kernel above it); a variant overrides
+    the configuration only where the type compiles it."""
+    from gguf import GGMLQuantizationType as T
+
+    from service.backends.cuda_matmul import DEC_CONFIG, DEC_SHORT_K, DeviceWeight
+
+    w = lambda t, k: DeviceWeight("w", t, 4096, k, 0, 0, 0, 0)  # noqa: E731
+    assert CudaMatmul.dec_kernel(w(T.Q4_K, 11008))[0] == f"matmul_dec_q4_k_{DEC_CONFIG['q4_k'][1]}"
+    assert CudaMatmul.dec_kernel(w(T.Q6_K, DEC_SHORT_K))[0] == f"matmul_dec_q6_k_{DEC_CONFIG['q6_k'][0]}"
+    assert CudaMatmul.dec_kernel(w(T.Q6_K, DEC_SHORT_K + 256)) is None
+    assert CudaMatmul.dec_kernel(w(T.Q6_K, 11008), "dec:r1s2")[0] == "matmul_dec_q6_k_r1s2"
+    assert CudaMatmul.dec_kernel(w(T.Q6_K, 4096), "dec:r4p1")[0] == f"matmul_dec_q6_k_{DEC_CONFIG['q6_k'][0]}"
+    name, rows = CudaMatmul.dec_kernel(w(T.Q4_K, 11008), "dec:r2s2/r4p1")
+    assert (name, rows) == ("matmul_dec_q4_k_r4p1", 16)

@@ -91,9 +91,14 @@ def test_every_decode_configuration_is_compiled() -> None:
     rc, stderr, _ = _compile(os.path.join(KERNEL_DIR, "matmul_dec.cu"))
     assert rc == 0, stderr[-4000:]
     compiled = set(re.findall(r"Compiling entry function '(\w+)'", stderr))
-    assert DEC_CONFIG in DEC_VARIANTS and DEC_TYPES == {"q4_k"}
-    w = DeviceWeight("w", T.Q4_K, 1, 256, 0, 0, 0, 0)
-    wanted = {CudaMatmul.dec_kernel(w, f"dec:{v}")[0] for v in DEC_VARIANTS} | {CudaMatmul.dec_kernel(w)[0]}
+    assert DEC_TYPES == {"q4_k", "q6_k"} == set(DEC_VARIANTS)
+    wanted = set()
+    for ggml_type in (T.Q4_K, T.Q6_K):
+        w = DeviceWeight("w", ggml_type, 1, 256, 0, 0, 0, 0)
+        assert all(c is None or c in DEC_VARIANTS[w.suffix] for c in DEC_CONFIG[w.suffix])
+        names = {CudaMatmul.dec_kernel(w, f"dec:{v}")[0] for v in DEC_VARIANTS[w.suffix]}
+        assert len(names) == len(DEC_VARIANTS[w.suffix])  # each configuration its own entry
+        wanted |= names | {CudaMatmul.dec_kernel(w)[0]}
     assert wanted == compiled
 
 

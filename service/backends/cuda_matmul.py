@@ -24,6 +24,7 @@ on rt.stream, allocates nothing and reads only device memory, so a step can be c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +50,22 @@ PAIRED_CONFIG = {2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}  # int8x2 (paired) entri
 # ... by type where another is faster (H200, one row: Q6_K 4096x4096 / 11008x4096 / 4096x11008 at 6.8 / 14.2 / 15.0 us
 # with r4t2u1, 7.0 / 14.4 / 15.6 with r4t4u1; Q4_K best with r4t4u1)
 PAIRED_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {"q6_k": {2: "r4t2u1"}}
-# the batch-1 Q4_K decode kernel (kernels/matmul_dec.cu, int8x2 at one row): "r<RT>p<PRE>" = RT rows per warp, each
-# lane loading its weights PRE units ahead into registers; "r<RT>t" = RT rows per warp copied whole into shared memory
-# H200, bench/decode_ab.py (batch 1, GPU time per decode step): r4p1 2.308 ms, r2t 2.218, r2t with the quantizer's
-# early trigger 2.182 (the paired vector kernel 2.392)
-DEC_CONFIG = "r2t"
-DEC_VARIANTS = ("r1p0", "r2p0", "r1p1", "r2p1", "r4p1", "r1p2", "r2p2", "r1t", "r2t", "r4t")  # entries it compiles
-DEC_TYPES = frozenset({"q4_k"})
+# the batch-1 Q4_K / Q6_K decode kernel (kernels/matmul_dec.cu, int8x2 at one row): "r<RT>p<PRE>" = RT rows per warp,
+# each lane loading its weights PRE units ahead into registers; "r<RT>t" = RT rows per warp copied whole into shared
+# memory; "r<RT>s<STAGES>" = a grid that fits on the GPU, each warp walking groups of RT rows with STAGES in flight.
+# By type: (configuration up to K = DEC_SHORT_K, configuration above; None: the paired vector kernel there). H200,
+# bench/decode_ab.py, GPU time per batch-1 decode step of the 7B Q4_K_M: paired vector kernel 2.409 ms, Q4_K r2s2 at
+# every K 2.197, + Q6_K r2s2 up to K = 4096 2.159, with Q4_K r4p1 above K = 4096 2.147 (r2t there 2.155). Q6_K at
+# K = 11008 (r2s2: 143 KB of rows per block, 1 resident block per SM) took 20.4 us against 15.0 on the paired kernel
+# (bench/matmul_bench.py --only dec); at K = 4096 it is as fast or faster (32000x4096: 30.6 vs 32.2 us).
+DEC_CONFIG = {"q4_k": ("r2s2", "r4p1"), "q6_k": ("r2s2", None)}
+DEC_SHORT_K = 4096
+DEC_VARIANTS = {  # the entries it compiles, by type
+    "q4_k": ("r1p0", "r2p0", "r1p1", "r2p1", "r4p1", "r1p2", "r2p2", "r1t", "r2t", "r4t", "r1s2", "r2s2", "r1s4", "r2s3"),
+    "q6_k": ("r1s2", "r2s2"),
+}
+DEC_TYPES = frozenset(DEC_CONFIG)
+DEC_BLOCK_BYTES = {"q4_k": 144, "q6_k": 208}  # bytes per 256 values of the copied rows
 DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
 MULTI_MAX = 3  # matrices one vector launch can serve
 TILE_N, TILE_K = 128, 64  # output columns per tiled block, K values per tiled step (kernels/matmul_tiled.cu)
@@ -186,7 +196,8 @@ class CudaMatmul:
         self.frag_vec_rows = 2 if int8x2 else 4  # ... from this many rows + 1 (fewer: the vector kernel)
         self.use_pipe = True  # Q4_K / Q6_K at many rows: the pipelined kernel (False: the tiled one)
         self.use_dec = True  # int8x2 at one row: Q4_K through kernels/matmul_dec.cu (False: the paired vector kernel)
-        self.dec_variant: str | None = None  # "dec:<config>" in place of DEC_CONFIG (benchmark)
+        self.dec_variant: str | None = None  # "dec:<config>[/<config above DEC_SHORT_K>]" in place of DEC_CONFIG
+        self.dec_types = DEC_TYPES  # the types it takes (benchmark: a subset)
         # the two-pass quantizer writing the decode copy lets its dependent (the decode kernel, which starts its weight
         # copies before its own wait) launch before the quantizer's PDL wait (kernels/quantize_act.cu)
         self.quant_trigger_first = True
@@ -254,7 +265,8 @@ class CudaMatmul:
         VEC_MAX_ROWS), so any input reserves that many."""
         if max_rows <= 0:
             return 0
-        return CudaMatmul._dec_offset(max_k) + _align(2 * CudaMatmul.dec_kp(max_k)) + (max_k // 32) * 8
+        return CudaMatmul._dec_offset(max_k) + _align(2 * CudaMatmul.dec_kp(max_k)) + _align((max_k // 32) * 8) + \
+            (max_k // 16) * 4
 
     @staticmethod
     def _ws_parts(workspace_ptr: int, n_rows: int, k: int) -> tuple[int, int]:
@@ -272,10 +284,11 @@ class CudaMatmul:
         return _align(VEC_MAX_ROWS * k) + _align(VEC_MAX_ROWS * (k // 32) * 8)
 
     @staticmethod
-    def _dec_parts(workspace_ptr: int, k: int) -> tuple[int, int]:
-        """(xd ptr (2, Kp) int8, dsd ptr (K/32) float2) of the decode copy inside the workspace."""
+    def _dec_parts(workspace_ptr: int, k: int) -> tuple[int, int, int]:
+        """(xd ptr (2, Kp) int8, dsd ptr (K/32) float2, xs16 ptr (K/16) int32) of the decode copy in the workspace."""
         xd = workspace_ptr + CudaMatmul._dec_offset(k)
-        return xd, xd + _align(2 * CudaMatmul.dec_kp(k))
+        dsd = xd + _align(2 * CudaMatmul.dec_kp(k))
+        return xd, dsd, dsd + _align((k // 32) * 8)
 
     # -- ops -----------------------------------------------------------------------------------------
     def quantize_act(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int) -> None:
@@ -296,11 +309,11 @@ class CudaMatmul:
         assert n_rows <= res_rows and 2 * res_rows <= VEC_MAX_ROWS and k % 32 == 0
         assert not decode or n_rows == 1
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows, k)
-        xd, dsd = self._dec_parts(workspace_ptr, k) if decode else (0, 0)
+        xd, dsd, xs16 = self._dec_parts(workspace_ptr, k) if decode else (0, 0, 0)
         nblocks = n_rows * k // 32
-        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPiiPPii")
+        fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPiiPPPii")
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
-                               x_ptr, xq, xds, np.int32(nblocks), np.int32(res_rows * k // 32), xd, dsd,
+                               x_ptr, xq, xds, np.int32(nblocks), np.int32(res_rows * k // 32), xd, dsd, xs16,
                                np.int32(self.dec_kp(k)), np.int32(self.quant_trigger_first and decode))
 
     @staticmethod
@@ -388,7 +401,8 @@ class CudaMatmul:
             quantized = True
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows if x2 else n_rows, k)
         for members in self._launch_groups(vec):
-            if dec and members[0][0].suffix in DEC_TYPES and not (variant and not variant.startswith("dec")):
+            if dec and members[0][0].suffix in self.dec_types and not (variant and not variant.startswith("dec")) and \
+                    self.dec_kernel(members[0][0], variant or self.dec_variant) is not None:
                 self._dec_launch(workspace_ptr, members, variant or self.dec_variant)
                 continue
             paired = x2 and _TYPES[members[0][0].ggml_type].q8_act  # both int8 passes, summed in the kernel
@@ -423,20 +437,34 @@ class CudaMatmul:
         fn.prepared_async_call((blocks, 1), (128, 1, 1), self.rt.stream, *args)
 
     @staticmethod
-    def dec_kernel(w: DeviceWeight, variant: str | None = None) -> tuple[str, int]:
-        """(kernel name, rows per block) of the decode kernel; variant "dec:r<RT>p<PRE>" overrides DEC_CONFIG."""
-        cfg = variant.split(":", 1)[1] if variant and ":" in variant else DEC_CONFIG
-        rows_per_warp = int(cfg[1:].split("p")[0].rstrip("t"))
+    def dec_kernel(w: DeviceWeight, variant: str | None = None) -> tuple[str, int] | None:
+        """(kernel name, rows per block) of the decode kernel for w, or None where DEC_CONFIG leaves w's K to the
+        paired vector kernel; variant "dec:<config>[/<config>]" (up to DEC_SHORT_K / above) overrides DEC_CONFIG
+        where the type has that configuration."""
+        long_k = w.k > DEC_SHORT_K
+        cfg = DEC_CONFIG[w.suffix][long_k]
+        if variant and ":" in variant:
+            want = variant.split(":", 1)[1].split("/")
+            want = want[long_k] if len(want) > 1 else want[0]
+            if want in DEC_VARIANTS[w.suffix]:
+                cfg = want
+        if cfg is None:
+            return None
+        rows_per_warp = int(re.match(r"r(\d+)", cfg).group(1))
         return f"matmul_dec_{w.suffix}_{cfg}", DEC_WARPS * rows_per_warp
 
     def _dec_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], variant: str | None) -> None:
-        """One row of int8x2 activations x up to MULTI_MAX Q4_K matrices (kernels/matmul_dec.cu)."""
+        """One row of int8x2 activations x up to MULTI_MAX Q4_K or Q6_K matrices (kernels/matmul_dec.cu)."""
         w0 = members[0][0]
-        name, rpb = self.dec_kernel(w0, variant)
-        shared = rpb * (w0.k // 256) * 144 if name.endswith("t") else 0  # the TMA entries' rows in shared memory
+        found = self.dec_kernel(w0, variant)
+        assert found is not None
+        name, rpb = found
+        cfg = name.rsplit("_", 1)[1]
+        stages = int(cfg.split("s")[1]) if "s" in cfg else 1 if cfg.endswith("t") else 0
+        shared = stages * rpb * (w0.k // 256) * DEC_BLOCK_BYTES[w0.suffix]  # the TMA entries' rows in shared memory
         fn = self._fns.get(name)
         if fn is None:
-            fn = self._fn("matmul_dec", name, "PPi" * MULTI_MAX + "iPPi")
+            fn = self._fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi")
             if shared:
                 drv = self.rt.driver
                 optin = getattr(drv.device_attribute, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
@@ -447,13 +475,25 @@ class CudaMatmul:
         for i in range(MULTI_MAX):
             if i < len(members):
                 w, o = members[i]
-                args += [w.q_ptr, o, np.int32(w.n)]
+                args += [w.q_ptr, w.s_ptr, o, np.int32(w.n)]
                 blocks += (w.n + rpb - 1) // rpb
             else:
-                args += [0, 0, np.int32(0)]
-        xd, dsd = self._dec_parts(workspace_ptr, w0.k)
-        args += [np.int32(w0.k), xd, dsd, np.int32(self.dec_kp(w0.k))]
+                args += [0, 0, 0, np.int32(0)]
+        if "s" in cfg:  # pipelined: as many blocks as are resident at once, the warps walk the row groups
+            blocks = min(blocks, self.rt.sm_count * self._resident_blocks(fn, shared))
+        xd, dsd, xs16 = self._dec_parts(workspace_ptr, w0.k)
+        args += [np.int32(w0.k), xd, dsd, xs16, np.int32(self.dec_kp(w0.k))]
         fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args, shared_size=shared)
+
+    def _resident_blocks(self, fn: Any, shared: int) -> int:
+        """Blocks of DEC_WARPS warps of fn with `shared` dynamic shared memory that one SM holds at once (registers
+        are allocated per warp in 256-register units; the driver reserves 1 KB of shared memory per block)."""
+        drv = self.rt.driver
+        smem_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+        regs_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_REGISTERS_PER_MULTIPROCESSOR)
+        warp_regs = -(-max(fn.num_regs, 1) * 32 // 256) * 256
+        by_smem = smem_sm // (shared + fn.shared_size_bytes + 1024)
+        return max(1, min(by_smem, regs_sm // (DEC_WARPS * warp_regs), 64 // DEC_WARPS))
 
     @staticmethod
     def tile_m_for(n_rows: int) -> int:

@@ -246,18 +246,19 @@ def test_vector_path_int8x2_matches_float64(gpu, ggml_type: T) -> None:
 
 
 @pytest.mark.gpu
-def test_decode_kernel_matches_float64_and_the_paired_kernel(gpu) -> None:
-    """The batch-1 Q4_K decode kernel (kernels/matmul_dec.cu: both int8 passes in one integer sum, x from its
-    lane-ordered copy), every compiled configuration: within 1e-4 of float64 on the same two-pass rounding of x and
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_decode_kernel_matches_float64_and_the_paired_kernel(gpu, ggml_type: T) -> None:
+    """The batch-1 decode kernel (kernels/matmul_dec.cu: both int8 passes in one integer sum, x from its lane-ordered
+    copy), every compiled configuration of the type: within 1e-4 of float64 on the same two-pass rounding of x and
     within 1e-5 of the paired vector kernel, which computes the same products by another route; deterministic.
     K = 5376 leaves the last 32-unit group partly empty, K = 256 is a single block; N = 769 a partial last block."""
     from service.backends.cuda_matmul import DEC_VARIANTS
 
     rt, _ = gpu
     mm = CudaMatmul(rt, int8x2=True)
-    rng = np.random.default_rng(401)
+    rng = np.random.default_rng(401 + int(ggml_type))
     for k in (K, 256):
-        t = random_weight(T.Q4_K, N, k, rng)
+        t = random_weight(ggml_type, N, k, rng)
         w = mm.upload(t)
         w64 = dequant64(t)  # (N, k)
         try:
@@ -267,7 +268,7 @@ def test_decode_kernel_matches_float64_and_the_paired_kernel(gpu) -> None:
             mm.use_dec = False
             paired = _matmul_twice(rt, mm, x, w, ("paired", k))
             mm.use_dec = True
-            for v in DEC_VARIANTS:
+            for v in DEC_VARIANTS[w.suffix]:
                 out = _matmul_twice(rt, mm, x, w, (v, k), variant=f"dec:{v}")
                 assert rel(out, ref_q) <= 1e-4, (v, k, rel(out, ref_q))
                 assert rel(out, paired) <= 1e-5, (v, k, rel(out, paired))
@@ -276,16 +277,19 @@ def test_decode_kernel_matches_float64_and_the_paired_kernel(gpu) -> None:
 
 
 @pytest.mark.gpu
-def test_decode_kernel_shares_its_input_and_replays(gpu) -> None:
+@pytest.mark.parametrize("variant", [None, "dec:r2s2", "dec:r1s4"])
+def test_decode_kernel_shares_its_input_and_replays(gpu, variant) -> None:
     """At one int8x2 row, matmul_multi (one quantization writing both copies of x, Q4_K matrices through the decode
-    kernel three per launch, Q6_K through the paired kernel) gives bit-identical results to separate calls, and a
-    captured graph recomputes them after x changes in place."""
+    kernel three per launch, the Q6_K one through its own) gives bit-identical results to separate calls, and a
+    captured graph recomputes them after x changes in place. The pipelined variants' warps walk row groups across
+    the three matrices."""
     from service.backends.cuda_runtime import CudaGraph
 
     rt, _ = gpu
     mm = CudaMatmul(rt, int8x2=True)
+    mm.dec_variant = variant
     rng = np.random.default_rng(402)
-    types = (T.Q4_K, T.Q6_K, T.Q4_K, T.Q4_K, T.Q4_K)  # a 3-matrix decode launch + a single one
+    types = (T.Q4_K, T.Q6_K, T.Q4_K, T.Q4_K, T.Q4_K, T.Q6_K)  # Q4_K: a 3-matrix launch + a single one; Q6_K: 2
     ws_ = [mm.upload(random_weight(tp, N - 3 * i, K, rng)) for i, tp in enumerate(types)]
     x = rng.standard_normal((1, K)).astype(np.float32)  # (1, K)
     bufs = _Bufs(rt, mm, x, N)
