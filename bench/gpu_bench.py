@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-pdl", action="store_true",
                     help="decode graphs without programmatic kernel -> kernel edges (for a comparison)")
     ap.add_argument("--no-dec", action="store_true",
-                    help="batch-1 Q4_K through the paired vector kernel instead of kernels/matmul_dec.cu (comparison)")
+                    help="batch-1 Q4_K / Q6_K through the paired vector kernel instead of kernels/matmul_dec.cu (comparison)")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="batch-1 matmul inputs quantized in launches of their own, not inside rms_norm / silu_mul")
     args = ap.parse_args(argv)
 
     from service.backends.cuda_backend import CudaBackend
@@ -170,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     be.mm.use_pipe = not args.no_pipe
     be.pdl = not args.no_pdl
     be.mm.use_dec = not args.no_dec
+    be.fuse_quant = not args.no_fuse
     res["pdl"] = be.pdl
     res["matmul_dec"] = be.mm.use_dec
+    res["fuse_quant"] = be.fuse_quant
     res["device"] = be.rt.name
     res["matmul_pipe"] = not args.no_pipe
     res["copy_bw_gbs"] = copy_bandwidth(be) / 1e9

@@ -4,6 +4,7 @@
 // Launch shape: one thread per 4 values (a float4), 8 threads per block of 32 (max and sum by shuffles within
 // the 8 lanes), 256 threads per CUDA block; grid.x = ceil(nblocks * 8 / 256).
 #include "act_quant.cuh"
+#include "norm.cuh"
 #include "pdl.cuh"
 
 extern "C" __global__ void __launch_bounds__(256) quantize_act_q8(const float* __restrict__ x,
@@ -37,4 +38,73 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2(const float*
     const bool ok = (t >> 3) < nblocks;
     const float4 v = ok ? __ldg(reinterpret_cast<const float4*>(x) + t) : make_float4(0.f, 0.f, 0.f, 0.f);
     quantize_f4<2>(v, t, ok, xq, xds, res_blocks, xd, dsd, xs16, Kp);
+}
+
+// --- producers of one decode row that write its two-pass quantization themselves -------------------------------
+// At batch 1 every matmul input is an rms_norm or silu_mul output, quantized by quantize_act_q8x2 in a launch of its
+// own. These do the op and the quantization (with the decode copy, act_quant.cuh) in one launch, so the matmul
+// after them reads a workspace that is already filled (CudaBackend.fuse_quant). The op's f32 output is written too
+// and is computed exactly as norm.cu / elementwise.cu compute it.
+
+// [sum = a + b (b not null),] out = rms_norm(sum or a) * w for one row of D values (D % 32 == 0); one block, any
+// multiple of 32 threads (the backend gives rms_norm's: one per float4, up to 1024).
+extern "C" __global__ void rms_norm_quant_x2(const float* __restrict__ a, const float* __restrict__ b,
+                                             const float* __restrict__ w, float* __restrict__ sum,
+                                             float* __restrict__ out, int D, float eps, int8_t* __restrict__ xq,
+                                             float2* __restrict__ xds, int8_t* __restrict__ xd,
+                                             float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
+                                             int trigger_first) {
+    if (trigger_first) pdl_trigger();
+    pdl_wait();
+    if (!trigger_first) pdl_trigger();
+    const int n4 = D / 4;
+    const float4* a4 = reinterpret_cast<const float4*>(a);
+    const float4* b4 = reinterpret_cast<const float4*>(b);
+    float4* s4 = reinterpret_cast<float4*>(sum);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+        float4 v = a4[i];
+        if (b != nullptr) {
+            const float4 y = b4[i];
+            v = make_float4(v.x + y.x, v.y + y.y, v.z + y.z, v.w + y.w);
+            s4[i] = v;
+        }
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    const float inv = block_inv_rms(ss, D, eps);
+    const float4* w4 = reinterpret_cast<const float4*>(w);
+    float4* o4 = reinterpret_cast<float4*>(out);
+    const int rounds = (n4 + blockDim.x - 1) / blockDim.x * blockDim.x;  // whole warps call quantize_f4
+    for (int i = threadIdx.x; i < rounds; i += blockDim.x) {
+        const bool ok = i < n4;
+        float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (ok) {
+            const float4 v = b != nullptr ? s4[i] : a4[i], g = w4[i];  // (this thread's own writes)
+            o = make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w);
+            o4[i] = o;
+        }
+        quantize_f4<2>(o, i, ok, xq, xds, D / 32, xd, dsd, xs16, Kp);
+    }
+}
+
+// out = silu(gate) * up for one row of n values (n % 32 == 0). Launch: one thread per float4, 256 per block.
+extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2(const float* __restrict__ gate,
+                                                                   const float* __restrict__ up,
+                                                                   float* __restrict__ out, int n,
+                                                                   int8_t* __restrict__ xq, float2* __restrict__ xds,
+                                                                   int8_t* __restrict__ xd, float2* __restrict__ dsd,
+                                                                   int* __restrict__ xs16, int Kp, int trigger_first) {
+    if (trigger_first) pdl_trigger();
+    pdl_wait();
+    if (!trigger_first) pdl_trigger();
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;  // float4 index
+    const bool ok = t < n / 4;
+    float4 o = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (ok) {
+        const float4 g = reinterpret_cast<const float4*>(gate)[t], u = reinterpret_cast<const float4*>(up)[t];
+        o = make_float4(g.x / (1.0f + expf(-g.x)) * u.x, g.y / (1.0f + expf(-g.y)) * u.y,
+                        g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
+        reinterpret_cast<float4*>(out)[t] = o;
+    }
+    quantize_f4<2>(o, t, ok, xq, xds, n / 32, xd, dsd, xs16, Kp);
 }

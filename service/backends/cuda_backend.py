@@ -192,6 +192,9 @@ class CudaBackend:
         self.use_prefill_kernel = True
         self.prefill_kernel = "mma"
         self.defer = True  # deferred add/matmul/rope (fusions); False issues every op at once (profiling)
+        # at one row with int8x2 activations, rms_norm and silu_mul write their output's quantization themselves
+        # (kernels/quantize_act.cu), so the matmuls after them start from a filled workspace
+        self.fuse_quant = True
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
         self._max_k = 0
@@ -424,14 +427,31 @@ class CudaBackend:
     def _run_matmuls(self, x: CudaTensor, ws: list[MatWeight], outs: list[CudaTensor]) -> None:
         """outs[i] = x @ ws[i].T, one multi-matrix launch per weight type on the vector path; x's int8
         quantization is made once (and reused by a later group on the same x)."""
-        if self._workspace is None:
-            n = int(self.mm.workspace_bytes(self.max_rows, self._max_k))
-            self._workspace = self.rt.alloc(max(n, 16), "activations", "matmul.workspace")
-            self.mm.reserve(self.max_rows, self._max_k)
+        self._ensure_workspace()
         held = self.mm.matmul_multi(x.ptr, x.rows, [w.dw for w in ws], [o.ptr for o in outs], self._workspace.ptr,
                                     prequantized=self._ws_x is x)  # True: the workspace holds x's int8 quantization
         if held:
             self._ws_x = x  # held, so its buffer is not recycled while the workspace describes it
+
+    def _ensure_workspace(self) -> DeviceBuffer:
+        if self._workspace is None:
+            n = int(self.mm.workspace_bytes(self.max_rows, self._max_k))
+            self._workspace = self.rt.alloc(max(n, 16), "activations", "matmul.workspace")
+            self.mm.reserve(self.max_rows, self._max_k)
+        return self._workspace
+
+    def _quant_out(self, rows: int, cols: int) -> tuple | None:
+        """The quantization arguments (xq, xds, xd, dsd, xs16, Kp, trigger_first) of a fused producer (fuse_quant)
+        of a (rows, cols) tensor, or None where the matmuls would not read them: more than one row, activations
+        other than int8x2, or a width no weight has."""
+        mm = self.mm
+        if not (self.fuse_quant and rows == 1 and mm.int8x2 and mm.vec_max_rows >= 1 and cols % 32 == 0
+                and cols <= self._max_k):
+            return None
+        ws = self._ensure_workspace().ptr
+        xq, xds = mm._ws_parts(ws, 2 * (mm.paired_cols(1) // 2), cols)
+        xd, dsd, xs16 = mm._dec_parts(ws, cols) if mm.use_dec else (0, 0, 0)
+        return (xq, xds, xd, dsd, xs16, np.int32(mm.dec_kp(cols)), np.int32(mm.quant_trigger_first and mm.use_dec))
 
     # -- ops ---------------------------------------------------------------------------------------
     @staticmethod
@@ -444,6 +464,16 @@ class CudaBackend:
     def rms_norm(self, x: CudaTensor, weight: VecWeight, eps: float) -> CudaTensor:
         out = self.pool.get(x.rows, x.cols)  # (T, D)
         d = x.pending
+        quant = self._quant_out(x.rows, x.cols)
+        if quant is not None:  # one launch: [the residual add,] the norm and its quantization for the matmuls
+            a, b = d.args if d is not None and d.kind == "add" else (x, None)
+            x.pending = None if b is not None else x.pending
+            self._ready(a, b)
+            self._launch("quantize_act", "rms_norm_quant_x2", "PPPPPif" + "PPPPPii", (1, 1, 1),
+                         (self._norm_block(x.cols), 1, 1), a.ptr, b.ptr if b is not None else 0, weight.buf.ptr,
+                         x.ptr if b is not None else 0, out.ptr, np.int32(x.cols), np.float32(eps), *quant)
+            self._ws_x = out
+            return out
         if d is not None and d.kind == "add" and x.cols % 4 == 0:  # residual add fused in front
             x.pending = None
             a, b = d.args
@@ -602,6 +632,12 @@ class CudaBackend:
         self._ready(gate, up)
         out = self.pool.get(gate.rows, gate.cols)  # (T, F)
         n = gate.rows * gate.cols
+        quant = self._quant_out(gate.rows, gate.cols)
+        if quant is not None:  # one launch: silu_mul and its quantization for the down projection
+            self._launch("quantize_act", "silu_mul_quant_x2", "PPPi" + "PPPPPii", (-(-n // 1024), 1, 1),
+                         (256, 1, 1), gate.ptr, up.ptr, out.ptr, np.int32(n), *quant)
+            self._ws_x = out
+            return out
         self._launch("elementwise", "silu_mul_f32", "PPPi", self._grid1d(n), (256, 1, 1), gate.ptr, up.ptr, out.ptr,
                      np.int32(n))
         return out

@@ -198,9 +198,12 @@ class CudaMatmul:
         self.use_dec = True  # int8x2 at one row: Q4_K through kernels/matmul_dec.cu (False: the paired vector kernel)
         self.dec_variant: str | None = None  # "dec:<config>[/<config above DEC_SHORT_K>]" in place of DEC_CONFIG
         self.dec_types = DEC_TYPES  # the types it takes (benchmark: a subset)
-        # the two-pass quantizer writing the decode copy lets its dependent (the decode kernel, which starts its weight
-        # copies before its own wait) launch before the quantizer's PDL wait (kernels/quantize_act.cu)
-        self.quant_trigger_first = True
+        # True: the two-pass quantizer writing the decode copy lets its dependent (the decode kernel, which starts its
+        # weight copies before its own wait) launch before the quantizer's own PDL wait (kernels/quantize_act.cu).
+        # H200, bench/decode_ab.py, batch 1: 2.218 -> 2.182 ms per step with the separate quantizer launches; with the
+        # quantization fused into rms_norm / silu_mul (CudaBackend.fuse_quant) 2.165 with it, 2.089 without (the
+        # default), so off
+        self.quant_trigger_first = False
         self.pipe_min_rows: int | None = None  # override of PIPE_MIN_ROWS for every type (tests, benchmark)
         self.pipe_stages: int | None = None  # override of PIPE_STAGES (benchmark)
         self._pipe_slots: dict[str, int] = {}  # resident blocks per SM of each pipelined entry

@@ -211,6 +211,50 @@ def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
     assert n_plain == 0 and n_prog >= 10 * g.hparams.n_layers  # every kernel -> kernel edge of the step
 
 
+def test_fused_norm_and_silu_quantization_leave_logits_unchanged():
+    """At batch 1 with int8x2 activations rms_norm / silu_mul write their output's quantization themselves
+    (CudaBackend.fuse_quant): the logits match the separate quantize_act launches (the same f32 values quantized the
+    same way; only the norms' float rounding could differ) over eager and graph-replayed steps, and the fused
+    kernels are what ran: one per norm and silu_mul, quantize_act_q8x2 left only for the attention output."""
+    from service.model.dummy import dummy_gguf_model
+
+    g = dummy_gguf_model("tiny", seed=6)
+    be = _cuda_backend(max_rows=64, max_seqs=2)
+    gpu = LlamaModel(g, be)
+    gpu.alloc_kv(gpu.kv_layout(slots=1, max_positions=48, sink_tokens=4, dtype="f16"))
+    rng = np.random.default_rng(6)
+    V = g.hparams.vocab_size
+    gpu.forward(StepBatch(rng.integers(0, V, 9).astype(np.int32), (SeqChunk(0, 0, 9),), 48))
+    tokens = rng.integers(0, V, 6).astype(np.int32)
+    launched: list[str] = []
+    real_launch = be._launch
+    be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
+    quantized = []
+    real_fn = be.mm._fn
+    be.mm._fn = lambda module, name, sig: (quantized.append(name), real_fn(module, name, sig))[1]
+
+    def run(fuse: bool) -> np.ndarray:
+        be.fuse_quant = fuse
+        be._graphs.clear()
+        be._seen.clear()
+        outs = [be.forward(gpu, StepBatch(tokens[i:i + 1], (SeqChunk(0, 9 + i, 1),), 48)) for i in range(len(tokens))]
+        return np.stack(outs)
+
+    n_layers = g.hparams.n_layers
+    apart = run(False)
+    steps, rest = divmod(quantized.count("quantize_act_q8x2"), 4 * n_layers + 1)  # steps that launched (not replays)
+    assert steps >= 1 and rest == 0 and "rms_norm_quant_x2" not in launched
+    launched.clear()
+    quantized.clear()
+    fused = run(True)
+    assert launched.count("rms_norm_quant_x2") == steps * (2 * n_layers + 1)
+    assert launched.count("silu_mul_quant_x2") == steps * n_layers
+    assert quantized.count("quantize_act_q8x2") == steps * n_layers
+    assert np.isfinite(fused).all()
+    np.testing.assert_allclose(fused, apart, rtol=0, atol=1e-5 * np.abs(apart).max())
+    assert (fused.argmax(-1) == apart.argmax(-1)).all()
+
+
 @pytest.fixture(scope="module")
 def real():
     if not (os.path.exists(CUT_PATH) and os.path.exists(REF_PATH)):
