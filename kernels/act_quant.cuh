@@ -41,7 +41,10 @@ __device__ __forceinline__ void quantize_f4(float4 v, size_t t, bool ok, int8_t*
         }
         int q[4];
 #pragma unroll
-        for (int i = 0; i < 4; ++i) q[i] = pass == 0 ? __float2int_rn(r[i] * id) : max(-127, min(127, __float2int_rn(r[i] * id)));
+        for (int i = 0; i < 4; ++i) {
+            q[i] = __float2int_rn(r[i] * id);
+            if (pass > 0) q[i] = max(-127, min(127, q[i]));
+        }
         int sum = q[0] + q[1] + q[2] + q[3];
 #pragma unroll
         for (int o = 1; o < 4; o <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);

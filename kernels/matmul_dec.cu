@@ -3,8 +3,9 @@
 // for up to 3 matrices W_0..W_2 of one type sharing x (Q/K/V, gate/up), one launch.
 //
 // Why not the paired vector kernel (matmul_vec.cu, which runs the two passes as two columns): measured on an H200 it
-// issues 2.3 instructions per weight with 11.7 % occupancy and is bound by issue latency, not by the weight bytes
-// (bench/RESULTS.md, fourth round). This kernel does the same arithmetic with about half the instructions:
+// issues 2.3 instructions per weight with 11.7 % occupancy and is bound by latency, not by the weight bytes
+// (bench/RESULTS.md, fourth round). This kernel does the same arithmetic with fewer instructions (inner loop: 1.6-1.8
+// per Q4_K weight against 1.9) and, in its shared-memory variant, many more bytes in flight (fifth round):
 //   * the two passes share one integer sum. quantize_act_q8x2 quantizes the residual with d2 = d1 / 256 exactly,
 //     so per 32 values  x . w = d2 * (256 * (q1 . w) + q2 . w): the dp4a chain of pass 1, a shift by 8, the
 //     chain of pass 2 into the same accumulator, then one float scaling (not one per pass);
@@ -27,14 +28,15 @@
 // 0..31) or 4(j%2)+2 (32..63), scales[4j, 4j+4) one per chunk; y = d sc (q - 32): the quants enter dp4a unsigned
 // (0..63) and 32 xs16 is subtracted per chunk. Per chunk |I - 32 X| < 2^26: converted to float before the scale.
 //
-// Launch shape: 128 threads = 4 warps per block; a warp owns RT consecutive rows, lane l takes units l, l+32, ...
-// of each; blocks are numbered over the concatenated row ranges of W_0..W_2: grid.x = sum ceil(N_m / (4 RT)).
-// Each lane keeps the next unit's weight loads in flight while it computes the current one, and the first unit's
-// loads are issued before griddepcontrol.wait: weights are constant, only x depends on the previous kernel, so
-// under programmatic launch their DRAM latency overlaps that kernel (kernels/pdl.cuh).
+// Launch shape of the register variant: 128 threads = 4 warps per block; a warp owns RT consecutive rows, lane l takes
+// units l, l+32, ... of each; blocks are numbered over the concatenated row ranges of W_0..W_2: grid.x = sum
+// ceil(N_m / (4 RT)). Each lane keeps the next PRE units' weight loads in flight while it computes the current one,
+// and the first ones are issued before griddepcontrol.wait: weights are constant, only x depends on the previous
+// kernel, so under programmatic launch their DRAM latency overlaps that kernel (kernels/pdl.cuh). The shared-memory
+// variant (below) has its own grid.
 //
 // Entries: matmul_dec_q4_k_r<RT>p<PRE> (PRE: each row's weights loaded PRE units ahead, the first PRE before the
-// wait; 0: at use, the first before the wait), _r<RT>t and _r<RT>s<STAGES> (shared-memory variants below), and
+// wait; 0: at use, the first before the wait), _r<RT>s<STAGES> (the shared-memory variant below), and
 // matmul_dec_q6_k_r<RT>s<STAGES>. Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2, out2, N2, K, xd int8,
 // dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
 #include "quant_blocks.cuh"
@@ -64,6 +66,20 @@ struct Act {
     float4 ds;     // (d2, sum) of its two 32-blocks
     int4 x16;      // Q6_K: 256 sum(q1) + sum(q2) of each chunk
 };
+
+// Unit u's activations; xa = this lane's place in the 32-unit group of u (xd + (u/32)*2048 + (u%32)*16)
+template <bool X16>
+__device__ __forceinline__ Act load_act(const int8_t* xa, int Kp, const float4* __restrict__ dsd,
+                                        const int4* __restrict__ xs16, int u) {
+    Act a;
+#pragma unroll
+    for (int p = 0; p < 2; ++p)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) a.c[p][c] = __ldg(reinterpret_cast<const int4*>(xa + (size_t)p * Kp + c * 512));
+    a.ds = __ldg(dsd + u);
+    if (X16) a.x16 = __ldg(xs16 + u);
+    return a;
+}
 
 // Per-lane constants of the (scale, min) unpacking: a lane always sees the same j = u % 4 (u = lane + 32 i)
 struct SubBlocks {
@@ -161,12 +177,7 @@ __device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* _
             }
 #pragma unroll
             for (int t = 0; t < RT; ++t) hp[t] += STEP;
-            Act a;
-#pragma unroll
-            for (int p = 0; p < 2; ++p)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) a.c[p][c] = __ldg(reinterpret_cast<const int4*>(xa + (size_t)p * Kp + c * 512));
-            a.ds = __ldg(dsd + u);
+            const Act a = load_act<false>(xa, Kp, dsd, nullptr, u);
             xa += 2048;
 #pragma unroll
             for (int t = 0; t < RT; ++t) acc[t] += unit_dot(w[t], a, sb);
@@ -181,98 +192,41 @@ __device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* _
     }
 }
 
-// --- TMA variant ------------------------------------------------------------------------------------------------
+// --- shared-memory (TMA) variant ---------------------------------------------------------------------------------
 // The register variants above keep only PRE units per row in flight (their registers), and ncu shows them waiting
 // on those loads (H200, 22016x4096: 14 cycles per issued instruction, 9.5 of them on L1TEX loads, DRAM 57 % busy).
-// Here each warp's RT rows (contiguous in memory) are copied whole into shared memory by the bulk-copy engine
-// (cp.async.bulk, one per row, completing on an mbarrier) when the warp starts, before griddepcontrol.wait: the
-// bytes in flight are bounded by shared memory (4 RT rows per block), not registers, and under programmatic launch
-// the copies overlap the previous kernels. The lanes then read their units from shared memory (per quarter warp
-// the 16-byte reads of 8 lanes fall in 8 distinct bank groups) and compute exactly as the register variants.
+// Here the rows are copied by the bulk-copy engine (cp.async.bulk, completing on an mbarrier) into shared memory:
+// the bytes in flight are bounded by shared memory, not registers, and the first copies are issued before
+// griddepcontrol.wait, so under programmatic launch they overlap the previous kernels. The grid is only as large as
+// fits on the GPU at once, and each warp walks groups of RT rows g = first, first + stride, ... (stride = the grid's
+// warps, the groups numbered over the concatenated row ranges of W_0..W_2) with STAGES groups in flight: while it
+// computes one group from shared memory (per quarter warp the 16-byte reads of 8 lanes fall in 8 distinct bank
+// groups), the copies of the next STAGES - 1 are on their way; the stage it frees gets the group STAGES strides
+// ahead. (Copying each warp's rows once at block start, with a grid of every row, left the copy engine idle while a
+// wave of blocks computed: 22016x4096 16.4 us against 15.4 here.)
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
 
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+__device__ __forceinline__ void bulk_init(uint64_t* bar) {  // one arrival per phase (the copy's issuer)
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
+}
+
+// copy `bytes` (a multiple of 16, both addresses 16-byte aligned) to shared memory; completes bar's current phase
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                  ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
 }
 
-__device__ __forceinline__ void bulk_wait(uint64_t* bar, uint32_t parity = 0) {  // until phase `parity` completes
+__device__ __forceinline__ void bulk_wait(uint64_t* bar, uint32_t parity) {  // until phase `parity` completes
     asm volatile("{\n\t.reg .pred done;\n\tWAIT:\n\t"
                  "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
                  "@!done bra WAIT;\n\t}" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
 }
 
 __device__ __forceinline__ int4 lds16(const uint8_t* p) { return *reinterpret_cast<const int4*>(p); }
-
-template <int RT>
-__device__ __forceinline__ void dec_tma_body(const uint8_t* __restrict__ q, float* __restrict__ out, int N, int K,
-                                             int blk, const int8_t* __restrict__ xd, const float4* __restrict__ dsd,
-                                             int Kp) {
-    extern __shared__ __align__(128) uint8_t wsm[];  // (WARPS, RT, row bytes): each warp's rows
-    __shared__ __align__(8) uint64_t bar[WARPS][RT];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row0 = (blk * WARPS + warp) * RT;
-    const int units = K >> 6;
-    const int row_bytes = (K >> 8) * BLOCK_BYTES;
-    const uint8_t* rows = wsm + (size_t)warp * RT * row_bytes;
-    const int live = max(0, min(RT, N - row0));  // rows of this warp inside the matrix
-    if (lane == 0) {
-#pragma unroll
-        for (int t = 0; t < RT; ++t)
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bar[warp][t])) : "memory");
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        for (int t = 0; t < live; ++t)
-            bulk_load(wsm + ((size_t)warp * RT + t) * row_bytes, q + (size_t)(row0 + t) * row_bytes, row_bytes,
-                      &bar[warp][t]);
-    }
-    __syncwarp();
-    pdl_start();  // x is the previous kernel's output: everything below may read it
-
-    const int j = lane & 3;
-    const SubBlocks sb{(2u * (j & 1)) | ((2u * (j & 1) + 1) << 4), j >= 2};
-    float acc[RT];
-#pragma unroll
-    for (int t = 0; t < RT; ++t) acc[t] = 0.f;
-    if (live > 0) {
-#pragma unroll
-        for (int t = 0; t < RT; ++t)
-            if (t < live) bulk_wait(&bar[warp][t]);  // rows past N: shared memory left as it is, sums not stored
-        const int8_t* xa = xd + lane * 16;
-        const uint8_t* hp = rows + (lane >> 2) * BLOCK_BYTES;  // this lane's block header in row 0
-#pragma unroll 2
-        for (int u = lane; u < units; u += 32) {
-            Act a;
-#pragma unroll
-            for (int p = 0; p < 2; ++p)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) a.c[p][c] = __ldg(reinterpret_cast<const int4*>(xa + (size_t)p * Kp + c * 512));
-            a.ds = __ldg(dsd + u);
-            xa += 2048;
-#pragma unroll
-            for (int t = 0; t < RT; ++t) {
-                const uint8_t* h = hp + (size_t)t * row_bytes;
-                acc[t] += unit_dot(Unit{lds16(h), lds16(h + 16 + 32 * j), lds16(h + 32 + 32 * j)}, a, sb);
-            }
-            hp += 8 * BLOCK_BYTES;
-        }
-    }
-#pragma unroll
-    for (int t = 0; t < RT; ++t) acc[t] = warp_sum(acc[t]);
-    if (lane == 0) {
-#pragma unroll
-        for (int t = 0; t < RT; ++t)
-            if (t < live) out[row0 + t] = acc[t];
-    }
-}
-
-// --- pipelined TMA variant -------------------------------------------------------------------------------------
-// The single-shot TMA variant copies at block start only, so while a wave of blocks computes, the copy engine idles
-// (H200: 22016x4096 at 73 % of copy bandwidth). Here the grid is only as large as fits on the GPU at once, and each
-// warp walks groups of RT rows g = first, first + stride, ... (stride = the grid's warps, the groups numbered over the
-// concatenated row ranges of W_0..W_2) with STAGES groups in flight: while it computes one group from shared memory,
-// the copies of the next STAGES - 1 are on their way; the stage it frees gets the group STAGES strides ahead.
 
 // The weight types of the pipelined variant: row bytes per 256 values, and a unit's contribution to a row from its
 // block in shared memory (Q6_K also reads its block's d from s_row, the row's scales in global memory).
@@ -348,17 +302,12 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
     // lane 0: start the copy of group g into stage s (its rows are contiguous: one copy)
     auto issue = [&](int s, int g) {
         const Group gr = group_of<RT>(g, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);
-        const uint32_t bytes = min(RT, gr.N - gr.row0) * row_bytes;
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(&bar[warp][s])),
-                     "r"(bytes) : "memory");
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                     ::"r"(smem_addr(stages + (size_t)s * RT * row_bytes)),
-                     "l"(gr.q + (size_t)gr.row0 * row_bytes), "r"(bytes), "r"(smem_addr(&bar[warp][s])) : "memory");
+        bulk_copy(stages + (size_t)s * RT * row_bytes, gr.q + (size_t)gr.row0 * row_bytes,
+                  min(RT, gr.N - gr.row0) * row_bytes, &bar[warp][s]);
     };
     if (lane == 0) {
 #pragma unroll
-        for (int s = 0; s < STAGES; ++s)
-            asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(&bar[warp][s])) : "memory");
+        for (int s = 0; s < STAGES; ++s) bulk_init(&bar[warp][s]);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #pragma unroll
         for (int s = 0; s < STAGES; ++s)
@@ -383,13 +332,7 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
         const uint8_t* hp = stages + (size_t)s * RT * row_bytes + (lane >> 2) * W::BYTES;
 #pragma unroll 2
         for (int u = lane; u < units; u += 32) {
-            Act a;
-#pragma unroll
-            for (int p = 0; p < 2; ++p)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) a.c[p][c] = __ldg(reinterpret_cast<const int4*>(xa + (size_t)p * Kp + c * 512));
-            a.ds = __ldg(dsd + u);
-            if (W::X16) a.x16 = __ldg(xs16 + u);
+            const Act a = load_act<W::X16>(xa, Kp, dsd, xs16, u);
             xa += 2048;
 #pragma unroll
             for (int t = 0; t < RT; ++t) {
@@ -437,11 +380,6 @@ __device__ __forceinline__ Target target(int rows_per_block, const uint8_t* q0, 
         const Target m = target(WARPS * RT, q0, o0, N0, q1, o1, N1, q2, o2, N2);                              \
         dec_body<RT, PRE>(m.q, m.out, m.N, K, m.blk, xd, reinterpret_cast<const float4*>(dsd), Kp);           \
     }
-#define DEC_TMA_ENTRY(RT, MIN_BLOCKS) /* resident blocks per SM the registers must allow */                 \
-    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) matmul_dec_q4_k_r##RT##t(DEC_ARGS) {        \
-        const Target m = target(WARPS * RT, q0, o0, N0, q1, o1, N1, q2, o2, N2);                              \
-        dec_tma_body<RT>(m.q, m.out, m.N, K, m.blk, xd, reinterpret_cast<const float4*>(dsd), Kp);            \
-    }
 #define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS)                                                     \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
         matmul_dec_##suffix##_r##RT##s##STAGES(DEC_ARGS) {                                                    \
@@ -457,9 +395,6 @@ DEC_ENTRY(2, 1)
 DEC_ENTRY(4, 1)
 DEC_ENTRY(1, 2)
 DEC_ENTRY(2, 2)
-DEC_TMA_ENTRY(1, 6)
-DEC_TMA_ENTRY(2, 5)
-DEC_TMA_ENTRY(4, 4)
 DEC_PIPE_ENTRY(q4_k, DecQ4K, 1, 2, 6)
 DEC_PIPE_ENTRY(q4_k, DecQ4K, 2, 2, 5)
 DEC_PIPE_ENTRY(q4_k, DecQ4K, 1, 4, 6)

@@ -51,17 +51,17 @@ PAIRED_CONFIG = {2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}  # int8x2 (paired) entri
 # with r4t2u1, 7.0 / 14.4 / 15.6 with r4t4u1; Q4_K best with r4t4u1)
 PAIRED_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {"q6_k": {2: "r4t2u1"}}
 # the batch-1 Q4_K / Q6_K decode kernel (kernels/matmul_dec.cu, int8x2 at one row): "r<RT>p<PRE>" = RT rows per warp,
-# each lane loading its weights PRE units ahead into registers; "r<RT>t" = RT rows per warp copied whole into shared
-# memory; "r<RT>s<STAGES>" = a grid that fits on the GPU, each warp walking groups of RT rows with STAGES in flight.
+# each lane loading its weights PRE units ahead into registers; "r<RT>s<STAGES>" = the rows copied into shared memory
+# by the bulk-copy engine, a grid that fits on the GPU, each warp walking groups of RT rows with STAGES in flight.
 # By type: (configuration up to K = DEC_SHORT_K, configuration above; None: the paired vector kernel there). H200,
 # bench/decode_ab.py, GPU time per batch-1 decode step of the 7B Q4_K_M: paired vector kernel 2.409 ms, Q4_K r2s2 at
-# every K 2.197, + Q6_K r2s2 up to K = 4096 2.159, with Q4_K r4p1 above K = 4096 2.147 (r2t there 2.155). Q6_K at
+# every K 2.197, + Q6_K r2s2 up to K = 4096 2.159, with Q4_K r4p1 above K = 4096 2.147. Q6_K at
 # K = 11008 (r2s2: 143 KB of rows per block, 1 resident block per SM) took 20.4 us against 15.0 on the paired kernel
 # (bench/matmul_bench.py --only dec); at K = 4096 it is as fast or faster (32000x4096: 30.6 vs 32.2 us).
 DEC_CONFIG = {"q4_k": ("r2s2", "r4p1"), "q6_k": ("r2s2", None)}
 DEC_SHORT_K = 4096
 DEC_VARIANTS = {  # the entries it compiles, by type
-    "q4_k": ("r1p0", "r2p0", "r1p1", "r2p1", "r4p1", "r1p2", "r2p2", "r1t", "r2t", "r4t", "r1s2", "r2s2", "r1s4", "r2s3"),
+    "q4_k": ("r1p0", "r2p0", "r1p1", "r2p1", "r4p1", "r1p2", "r2p2", "r1s2", "r2s2", "r1s4", "r2s3"),
     "q6_k": ("r1s2", "r2s2"),
 }
 DEC_TYPES = frozenset(DEC_CONFIG)
@@ -463,8 +463,8 @@ class CudaMatmul:
         assert found is not None
         name, rpb = found
         cfg = name.rsplit("_", 1)[1]
-        stages = int(cfg.split("s")[1]) if "s" in cfg else 1 if cfg.endswith("t") else 0
-        shared = stages * rpb * (w0.k // 256) * DEC_BLOCK_BYTES[w0.suffix]  # the TMA entries' rows in shared memory
+        stages = int(cfg.split("s")[1]) if "s" in cfg else 0
+        shared = stages * rpb * (w0.k // 256) * DEC_BLOCK_BYTES[w0.suffix]  # the copied rows in shared memory
         fn = self._fns.get(name)
         if fn is None:
             fn = self._fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi")
