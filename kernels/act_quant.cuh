@@ -71,3 +71,52 @@ __device__ __forceinline__ void quantize_f4(float4 v, size_t t, bool ok, int8_t*
     if (PASSES > 1 && xd != nullptr && ok && (t & 7) == 0) dsd[b] = make_float2(d, total);
     if (PASSES > 1 && xd != nullptr && ok && (t & 3) == 0) xs16[t >> 2] = sum16;
 }
+
+// The same two-pass quantization with the decode copy for one row of K values held one per lane: the 32 lanes of
+// the calling warp hold the 32-value block starting at i - lane (i = this lane's value index, a multiple of 32 at
+// lane 0); writes what quantize_f4<2> writes for those values (xq / xds with the residual row K values / K/32
+// blocks on, xd / dsd / xs16 when xd is not null).
+struct RowQuant {
+    int8_t* xq;
+    float2* xds;
+    int8_t* xd;
+    float2* dsd;
+    int* xs16;
+    int K, Kp;
+};
+
+__device__ __forceinline__ void quantize_lane_x2(float x, int i, const RowQuant& o) {
+    const int lane = threadIdx.x & 31;
+    float amax = fabsf(x);
+#pragma unroll
+    for (int s = 1; s < 32; s <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, s));
+    float d = amax / 127.f;
+    float id = d > 0.f ? 1.f / d : 0.f;
+    float r = x, total = 0.f;
+    int sum16 = 0;
+    const int u = i >> 6;  // 64-value unit of the decode copy; chunk (i / 16) % 4, byte i % 16 of it
+    const size_t pos = (size_t)(u >> 5) * 2048 + ((i >> 4) & 3) * 512 + (u & 31) * 16 + (i & 15);
+#pragma unroll
+    for (int pass = 0; pass < 2; ++pass) {
+        if (pass == 1) {
+            d *= 1.f / 256.f;  // powers of two: exact
+            id *= 256.f;
+        }
+        int q = __float2int_rn(r * id);
+        if (pass == 1) q = max(-127, min(127, q));
+        int sum = q;
+#pragma unroll
+        for (int s = 1; s < 16; s <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, s);
+        sum16 = 256 * sum16 + sum;  // this half-warp's 16 values
+        sum += __shfl_xor_sync(0xFFFFFFFFu, sum, 16);
+        total += d * static_cast<float>(sum);
+        o.xq[(size_t)pass * o.K + i] = static_cast<int8_t>(q);
+        if (lane == 0) o.xds[(size_t)pass * (o.K / 32) + (i >> 5)] = make_float2(d, d * static_cast<float>(sum));
+        if (o.xd != nullptr) o.xd[(size_t)pass * o.Kp + pos] = static_cast<int8_t>(q);
+        r -= d * static_cast<float>(q);  // the residual for the second pass
+    }
+    if (o.xd != nullptr) {
+        if (lane == 0) o.dsd[i >> 5] = make_float2(d, total);
+        if ((lane & 15) == 0) o.xs16[i >> 4] = sum16;
+    }
+}

@@ -15,6 +15,7 @@
 // handles one key at a time, each lane 8 consecutive values (one 16-byte f16 load or one 8-byte int8 load);
 // groups stride over the split's keys; every lane of a warp runs the same number of iterations so the
 // group shuffles stay convergent. attention_combine: grid (T, n_heads), block HD.
+#include "act_quant.cuh"
 #include "kv_common.cuh"
 #include "pdl.cuh"
 
@@ -191,8 +192,11 @@ ATT_ENTRIES(128, 1) ATT_ENTRIES(128, 2) ATT_ENTRIES(128, 3) ATT_ENTRIES(128, 4) 
 // parallel into shared memory first and the acc loads go out 8 at a time (a chain of n_splits dependent loads
 // per thread was most of the decode step's combine time); the sums keep their order over s.
 #define COMBINE_MAX_SPLITS 64
+// quant not null (one row, blockDim == head_dim, a multiple of 32): out's row is also quantized for the matmul after
+// (act_quant.cuh, quantize_lane_x2)
 __device__ void combine_block(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
-                              float* __restrict__ out, int n_heads, int head_dim, int n_splits) {
+                              float* __restrict__ out, int n_heads, int head_dim, int n_splits,
+                              const RowQuant* quant = nullptr) {
     __shared__ float sm[COMBINE_MAX_SPLITS], sl[COMBINE_MAX_SPLITS];
     const int t = blockIdx.x, h = blockIdx.y;
     const size_t base = ((size_t)t * n_heads + h) * n_splits;
@@ -217,6 +221,7 @@ __device__ void combine_block(const float* __restrict__ part_ml, const float* __
                 if (s0 + u < n_splits && sm[s0 + u] != -INFINITY) A += a[u] * __expf(sm[s0 + u] - M);
         }
         out[((size_t)t * n_heads + h) * head_dim + e] = A / L;
+        if (quant != nullptr) quantize_lane_x2(A / L, h * head_dim + e, *quant);
     }
 }
 
@@ -226,18 +231,13 @@ extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, 
     combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
 }
 
-// attention_combine + kv_append (kv_store.cu) in one launch: the row's n_heads blocks also copy its staged K/V
-// (and scales) into the ring, each a share of the words. Safe after attention_partial (the only reader) has
-// finished: stream order.
-extern "C" __global__ void attention_combine_append(
-    const float* __restrict__ part_ml, const float* __restrict__ part_acc, float* __restrict__ out, int n_heads,
-    int head_dim, int n_splits, StepMeta meta, int sinks, int window, int max_positions,
-    const unsigned* __restrict__ src0, unsigned* __restrict__ dst0, int words0,
-    const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
-    const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
-    const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
-    pdl_start();
-    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
+// The row's staged K/V (and scales) into the ring, each of the row's n_heads blocks a share of the words
+__device__ __forceinline__ void append_block(StepMeta meta, int sinks, int window, int max_positions,
+                                             const unsigned* __restrict__ src0, unsigned* __restrict__ dst0,
+                                             int words0, const unsigned* __restrict__ src1,
+                                             unsigned* __restrict__ dst1, const unsigned* __restrict__ src2,
+                                             unsigned* __restrict__ dst2, int words2,
+                                             const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
     const int t = blockIdx.x;
     size_t ring_row;
     if (!append_ring_row(meta, t, sinks, window, max_positions, ring_row)) return;  // overwritten in this chunk
@@ -250,6 +250,35 @@ extern "C" __global__ void attention_combine_append(
         dst2[ring_row * words2 + w] = src2[(size_t)t * words2 + w];
         dst3[ring_row * words2 + w] = src3[(size_t)t * words2 + w];
     }
+}
+
+// attention_combine + kv_append (kv_store.cu) in one launch: the row's n_heads blocks also copy its staged K/V
+// (and scales) into the ring. Safe after attention_partial (the only reader) has finished: stream order.
+extern "C" __global__ void attention_combine_append(
+    const float* __restrict__ part_ml, const float* __restrict__ part_acc, float* __restrict__ out, int n_heads,
+    int head_dim, int n_splits, StepMeta meta, int sinks, int window, int max_positions,
+    const unsigned* __restrict__ src0, unsigned* __restrict__ dst0, int words0,
+    const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
+    const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
+    const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
+    pdl_start();
+    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
+    append_block(meta, sinks, window, max_positions, src0, dst0, words0, src1, dst1, src2, dst2, words2, src3, dst3);
+}
+
+// ... and at one row the output's int8x2 quantization for the matmul after (CudaBackend.fuse_quant).
+extern "C" __global__ void attention_combine_append_q8x2(
+    const float* __restrict__ part_ml, const float* __restrict__ part_acc, float* __restrict__ out, int n_heads,
+    int head_dim, int n_splits, StepMeta meta, int sinks, int window, int max_positions,
+    const unsigned* __restrict__ src0, unsigned* __restrict__ dst0, int words0,
+    const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
+    const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
+    const unsigned* __restrict__ src3, unsigned* __restrict__ dst3, int8_t* __restrict__ xq,
+    float2* __restrict__ xds, int8_t* __restrict__ xd, float2* __restrict__ dsd, int* __restrict__ xs16, int Kp) {
+    pdl_start();
+    const RowQuant quant{xq, xds, xd, dsd, xs16, n_heads * head_dim, Kp};
+    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits, &quant);
+    append_block(meta, sinks, window, max_positions, src0, dst0, words0, src1, dst1, src2, dst2, words2, src3, dst3);
 }
 
 // ---------------------------------------------------------------------------------------------------------

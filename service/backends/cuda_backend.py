@@ -192,8 +192,9 @@ class CudaBackend:
         self.use_prefill_kernel = True
         self.prefill_kernel = "mma"
         self.defer = True  # deferred add/matmul/rope (fusions); False issues every op at once (profiling)
-        # at one row with int8x2 activations, rms_norm and silu_mul write their output's quantization themselves
-        # (kernels/quantize_act.cu), so the matmuls after them start from a filled workspace
+        # at one row with int8x2 activations, rms_norm, silu_mul and attention's combine write their output's
+        # quantization themselves (kernels/quantize_act.cu, attention.cu), so the matmuls after them start from a
+        # filled workspace
         self.fuse_quant = True
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
@@ -623,9 +624,15 @@ class CudaBackend:
         name = f"attention_partial_{hd}_{G}_{'q8' if q8 else 'f16'}"
         self._launch("attention", name, "PP" + "PPPP" + "PPPPPPPP" + "PP" + "iiiif", (splits, n_kv_heads, T),
                      (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta, *kvs, ml.ptr, acc.ptr, *tail)
-        self._launch("attention", "attention_combine_append", "PPPiii" + "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP",
-                     (T, n_heads, 1), (hd, 1, 1), ml.ptr, acc.ptr, out.ptr, np.int32(n_heads), np.int32(hd),
-                     np.int32(splits), *meta, *append)
+        args = (ml.ptr, acc.ptr, out.ptr, np.int32(n_heads), np.int32(hd), np.int32(splits), *meta, *append)
+        fmt = "PPPiii" + "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP"
+        quant = self._quant_out(T, n_heads * hd) if hd % 32 == 0 else None
+        if quant is not None:  # ... and the output's quantization for the O projection (fuse_quant)
+            self._launch("attention", "attention_combine_append_q8x2", fmt + "PPPPPi", (T, n_heads, 1), (hd, 1, 1),
+                         *args, *quant[:6])
+            self._ws_x = out
+            return out
+        self._launch("attention", "attention_combine_append", fmt, (T, n_heads, 1), (hd, 1, 1), *args)
         return out
 
     def silu_mul(self, gate: CudaTensor, up: CudaTensor) -> CudaTensor:

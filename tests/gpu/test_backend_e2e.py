@@ -211,11 +211,11 @@ def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
     assert n_plain == 0 and n_prog >= 10 * g.hparams.n_layers  # every kernel -> kernel edge of the step
 
 
-def test_fused_norm_and_silu_quantization_leave_logits_unchanged():
-    """At batch 1 with int8x2 activations rms_norm / silu_mul write their output's quantization themselves
-    (CudaBackend.fuse_quant): the logits match the separate quantize_act launches (the same f32 values quantized the
-    same way; only the norms' float rounding could differ) over eager and graph-replayed steps, and the fused
-    kernels are what ran: one per norm and silu_mul, quantize_act_q8x2 left only for the attention output."""
+def test_fused_quantization_leaves_logits_unchanged():
+    """At batch 1 with int8x2 activations rms_norm / silu_mul / attention's combine write their output's
+    quantization themselves (CudaBackend.fuse_quant): the logits match the separate quantize_act launches (the same
+    f32 values quantized the same way; only float rounding could differ) over eager and graph-replayed steps, and
+    the fused kernels are what ran: one per norm, silu_mul and attention, no quantize_act_q8x2 left."""
     from service.model.dummy import dummy_gguf_model
 
     g = dummy_gguf_model("tiny", seed=6)
@@ -249,7 +249,8 @@ def test_fused_norm_and_silu_quantization_leave_logits_unchanged():
     fused = run(True)
     assert launched.count("rms_norm_quant_x2") == steps * (2 * n_layers + 1)
     assert launched.count("silu_mul_quant_x2") == steps * n_layers
-    assert quantized.count("quantize_act_q8x2") == steps * n_layers
+    assert launched.count("attention_combine_append_q8x2") == steps * n_layers
+    assert "quantize_act_q8x2" not in quantized
     assert np.isfinite(fused).all()
     np.testing.assert_allclose(fused, apart, rtol=0, atol=1e-5 * np.abs(apart).max())
     assert (fused.argmax(-1) == apart.argmax(-1)).all()
