@@ -467,8 +467,10 @@ class CudaBackend:
         d = x.pending
         quant = self._quant_out(x.rows, x.cols)
         if quant is not None:  # one launch: [the residual add,] the norm and its quantization for the matmuls
-            a, b = d.args if d is not None and d.kind == "add" else (x, None)
-            x.pending = None if b is not None else x.pending
+            a, b = x, None
+            if d is not None and d.kind == "add":  # x = a + b, written by this launch
+                x.pending = None
+                a, b = d.args
             self._ready(a, b)
             self._launch("quantize_act", "rms_norm_quant_x2", "PPPPPif" + "PPPPPii", (1, 1, 1),
                          (self._norm_block(x.cols), 1, 1), a.ptr, b.ptr if b is not None else 0, weight.buf.ptr,
