@@ -110,13 +110,13 @@ __device__ __forceinline__ float unit_dot(const Unit& w, const Act& a, SubBlocks
         }
     }
     s_hi >>= 4;  // exact: every high-nibble byte carried a factor 16
-    // (scale, min) of sub-blocks 2j, 2j+1 as byte pairs; header words y, z, w = scale bytes 0..3, 4..7, 8..11
-    // (ggml's get_scale_min_k4: sub-block s < 4: scale = b[s] & 63, min = b[s+4] & 63; s >= 4: scale =
-    // (b[s+4] & 15) | (b[s-4] >> 6) << 4, min = (b[s+4] >> 4) | (b[s] >> 6) << 4)
-    const uint32_t y = __byte_perm(w.hdr.y, 0, sb.sel), z = __byte_perm(w.hdr.z, 0, sb.sel),
-                   x = __byte_perm(w.hdr.w, 0, sb.sel);
-    const uint32_t sc = sb.upper ? (x & 0x0F0Fu) | ((y >> 2) & 0x3030u) : y & 0x3F3Fu;
-    const uint32_t m = sb.upper ? ((x >> 4) & 0x0F0Fu) | ((z >> 2) & 0x3030u) : z & 0x3F3Fu;
+    // (scale, min) of sub-blocks 2j, 2j+1 as byte pairs, from the header words .y, .z, .w = scale bytes b[0..3],
+    // b[4..7], b[8..11] (ggml's get_scale_min_k4: sub-block s < 4: scale = b[s] & 63, min = b[s+4] & 63; s >= 4:
+    // scale = (b[s+4] & 15) | (b[s-4] >> 6) << 4, min = (b[s+4] >> 4) | (b[s] >> 6) << 4)
+    const uint32_t b03 = __byte_perm(w.hdr.y, 0, sb.sel), b47 = __byte_perm(w.hdr.z, 0, sb.sel),
+                   b811 = __byte_perm(w.hdr.w, 0, sb.sel);
+    const uint32_t sc = sb.upper ? (b811 & 0x0F0Fu) | ((b03 >> 2) & 0x3030u) : b03 & 0x3F3Fu;
+    const uint32_t m = sb.upper ? ((b811 >> 4) & 0x0F0Fu) | ((b47 >> 2) & 0x3030u) : b47 & 0x3F3Fu;
     const float2 dd = __half22float2(*reinterpret_cast<const __half2*>(&w.hdr.x));  // (d, dmin)
     const float dot = a.ds.x * static_cast<float>(s_lo * static_cast<int>(sc & 0xFFu)) +
                       a.ds.z * static_cast<float>(s_hi * static_cast<int>(sc >> 8));
