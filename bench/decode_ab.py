@@ -5,7 +5,7 @@
 Settings (see `apply`): pdl / nopdl = every decode graph with or without programmatic kernel -> kernel edges,
 auto = the backend's choice per batch size; a suffix -plain:<prefix>,<prefix> keeps the edges into those kernels plain;
 options after "+": nodec sends batch-1 Q4_K through the paired vector kernel instead of kernels/matmul_dec.cu,
-dec:<config> picks that decode-kernel configuration (e.g. pdl+dec:r1p0), qfirst makes the two-pass quantizers trigger
+dec:<config> picks that decode-kernel configuration (e.g. pdl+dec:r1s2), qfirst makes the two-pass quantizers trigger
 their dependent before their own wait (CudaMatmul.quant_trigger_first), only:<type>,<type> limits the decode
 kernel to those weight types (e.g. pdl+only:q4_k), nofuse quantizes the matmul inputs in launches of their own
 (not inside rms_norm / silu_mul: CudaBackend.fuse_quant), skip:<prefix>,<prefix> launches no kernel

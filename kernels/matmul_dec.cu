@@ -30,13 +30,13 @@
 //
 // Launch shape of the register variant: 128 threads = 4 warps per block; a warp owns RT consecutive rows, lane l takes
 // units l, l+32, ... of each; blocks are numbered over the concatenated row ranges of W_0..W_2: grid.x = sum
-// ceil(N_m / (4 RT)). Each lane keeps the next PRE units' weight loads in flight while it computes the current one,
+// ceil(N_m / (4 RT)). Each lane keeps the next unit's weight loads in flight while it computes the current one,
 // and the first ones are issued before griddepcontrol.wait: weights are constant, only x depends on the previous
 // kernel, so under programmatic launch their DRAM latency overlaps that kernel (kernels/pdl.cuh). The shared-memory
 // variant (below) has its own grid.
 //
-// Entries: matmul_dec_q4_k_r<RT>p<PRE> (PRE: each row's weights loaded PRE units ahead, the first PRE before the
-// wait; 0: at use, the first before the wait), _r<RT>s<STAGES> (the shared-memory variant below), and
+// Entries: matmul_dec_q4_k_r<RT>p1 (the register variant: each row's weights loaded one unit ahead, the first before
+// the wait; loading them at use or two units ahead was slower), _r<RT>s<STAGES> (the shared-memory variant below), and
 // matmul_dec_q6_k_r<RT>s<STAGES>. Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2, out2, N2, K, xd int8,
 // dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
 #include "quant_blocks.cuh"
@@ -124,14 +124,14 @@ __device__ __forceinline__ float unit_dot(const Unit& w, const Act& a, SubBlocks
     return dd.x * dot - dd.y * mins;
 }
 
-template <int RT, int PRE>
+// the block's rows start at block_row0 of the matrix q (N rows)
+template <int RT>
 __device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* __restrict__ out, int N, int K,
-                                         int blk, const int8_t* __restrict__ xd, const float4* __restrict__ dsd,
-                                         int Kp) {
+                                         int block_row0, const int8_t* __restrict__ xd,
+                                         const float4* __restrict__ dsd, int Kp) {
     constexpr int STEP = 8 * BLOCK_BYTES;  // 32 units = 8 blocks of a row per iteration
-    constexpr int D = PRE > 0 ? PRE : 1;   // units per row held in registers ahead of use
     const int lane = threadIdx.x & 31;
-    const int row0 = (blk * WARPS + (threadIdx.x >> 5)) * RT;
+    const int row0 = block_row0 + (threadIdx.x >> 5) * RT;
     const int units = K >> 6;
     const int j = lane & 3;
     const SubBlocks sb{(2u * (j & 1)) | ((2u * (j & 1) + 1) << 4), j >= 2};
@@ -141,14 +141,10 @@ __device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* _
         hp[t] = q + (size_t)min(row0 + t, N - 1) * (K >> 8) * BLOCK_BYTES + (lane >> 2) * BLOCK_BYTES;
     const bool live = row0 < N;
 
-    Unit ahead[D][RT];  // ahead[i] = unit u + 32 i of each row (u the next one to compute)
-    if (live) {
+    Unit next[RT];  // the next unit of each row, loaded one iteration ahead (the first before the wait)
+    if (live && lane < units) {
 #pragma unroll
-        for (int i = 0; i < D; ++i)
-            if (lane + 32 * i < units) {
-#pragma unroll
-                for (int t = 0; t < RT; ++t) ahead[i][t] = load_unit(hp[t] + i * STEP, j);
-            }
+        for (int t = 0; t < RT; ++t) next[t] = load_unit(hp[t], j);
     }
     pdl_start();  // x is the previous kernel's output: everything below may read it
 
@@ -159,21 +155,12 @@ __device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* _
         const int8_t* xa = xd + lane * 16;
 #pragma unroll 2
         for (int u = lane; u < units; u += 32) {
-            Unit w[RT];  // this unit's weights: loaded PRE iterations ahead, or now (PRE 0; the first before the wait)
-            if constexpr (PRE > 0) {
+            Unit w[RT];
 #pragma unroll
-                for (int t = 0; t < RT; ++t) w[t] = ahead[0][t];
+            for (int t = 0; t < RT; ++t) w[t] = next[t];
+            if (u + 32 < units) {
 #pragma unroll
-                for (int i = 0; i + 1 < D; ++i)
-#pragma unroll
-                    for (int t = 0; t < RT; ++t) ahead[i][t] = ahead[i + 1][t];
-                if (u + 32 * D < units) {
-#pragma unroll
-                    for (int t = 0; t < RT; ++t) ahead[D - 1][t] = load_unit(hp[t] + D * STEP, j);
-                }
-            } else {
-#pragma unroll
-                for (int t = 0; t < RT; ++t) w[t] = u == lane ? ahead[0][t] : load_unit(hp[t], j);
+                for (int t = 0; t < RT; ++t) next[t] = load_unit(hp[t] + STEP, j);
             }
 #pragma unroll
             for (int t = 0; t < RT; ++t) hp[t] += STEP;
@@ -193,7 +180,7 @@ __device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* _
 }
 
 // --- shared-memory (TMA) variant ---------------------------------------------------------------------------------
-// The register variants above keep only PRE units per row in flight (their registers), and ncu shows them waiting
+// The register variant above keeps only one unit per row in flight (in registers), and ncu shows them waiting
 // on those loads (H200, 22016x4096: 14 cycles per issued instruction, 9.5 of them on L1TEX loads, DRAM 57 % busy).
 // Here the rows are copied by the bulk-copy engine (cp.async.bulk, completing on an mbarrier) into shared memory:
 // the bytes in flight are bounded by shared memory, not registers, and the first copies are issued before
@@ -273,6 +260,7 @@ struct DecQ6K {
     }
 };
 
+// Group g of RT consecutive rows of a launch over the concatenated row ranges of W_0..W_2: its matrix and first row
 struct Group { const uint8_t* q; const uint8_t* s; float* out; int N, row0; };
 template <int RT>
 __device__ __forceinline__ Group group_of(int g, const uint8_t* q0, const uint8_t* s0, float* o0, int N0,
@@ -357,28 +345,17 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
     }
 }
 
-// Block blockIdx.x of a launch over the concatenated row ranges of W_0..W_2, rows_per_block each: its matrix and
-// its block index inside that matrix.
-struct Target { const uint8_t* q; float* out; int N, blk; };
-__device__ __forceinline__ Target target(int rows_per_block, const uint8_t* q0, float* o0, int N0, const uint8_t* q1,
-                                         float* o1, int N1, const uint8_t* q2, float* o2, int N2) {
-    const int nb0 = (N0 + rows_per_block - 1) / rows_per_block, nb1 = (N1 + rows_per_block - 1) / rows_per_block;
-    const int blk = blockIdx.x;
-    if (blk < nb0) return Target{q0, o0, N0, blk};
-    if (blk < nb0 + nb1) return Target{q1, o1, N1, blk - nb0};
-    return Target{q2, o2, N2, blk - nb0 - nb1};
-}
-
 }  // namespace
 
 #define DEC_ARGS                                                                                              \
     const uint8_t *q0, const uint8_t *s0, float *o0, int N0, const uint8_t *q1, const uint8_t *s1, float *o1,  \
         int N1, const uint8_t *q2, const uint8_t *s2, float *o2, int N2, int K, const int8_t *xd,             \
         const float2 *dsd, const int *xs16, int Kp
-#define DEC_ENTRY(RT, PRE)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(128) matmul_dec_q4_k_r##RT##p##PRE(DEC_ARGS) {               \
-        const Target m = target(WARPS * RT, q0, o0, N0, q1, o1, N1, q2, o2, N2);                              \
-        dec_body<RT, PRE>(m.q, m.out, m.N, K, m.blk, xd, reinterpret_cast<const float4*>(dsd), Kp);           \
+#define DEC_ENTRY(RT)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128) matmul_dec_q4_k_r##RT##p1(DEC_ARGS) {                   \
+        /* a group of 4 RT rows per block */                                                                  \
+        const Group g = group_of<WARPS * RT>(blockIdx.x, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);     \
+        dec_body<RT>(g.q, g.out, g.N, K, g.row0, xd, reinterpret_cast<const float4*>(dsd), Kp);               \
     }
 #define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS)                                                     \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
@@ -387,14 +364,10 @@ __device__ __forceinline__ Target target(int rows_per_block, const uint8_t* q0, 
                                      reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), Kp); \
     }
 
-// cuda_matmul.DEC_VARIANTS (r4p0 is left out: it spills)
-DEC_ENTRY(1, 0)
-DEC_ENTRY(2, 0)
-DEC_ENTRY(1, 1)
-DEC_ENTRY(2, 1)
-DEC_ENTRY(4, 1)
-DEC_ENTRY(1, 2)
-DEC_ENTRY(2, 2)
+// cuda_matmul.DEC_VARIANTS
+DEC_ENTRY(1)
+DEC_ENTRY(2)
+DEC_ENTRY(4)
 DEC_PIPE_ENTRY(q4_k, DecQ4K, 1, 2, 6)
 DEC_PIPE_ENTRY(q4_k, DecQ4K, 2, 2, 5)
 DEC_PIPE_ENTRY(q4_k, DecQ4K, 1, 4, 6)

@@ -442,17 +442,14 @@ class CudaBackend:
         return self._workspace
 
     def _quant_out(self, rows: int, cols: int) -> tuple | None:
-        """The quantization arguments (xq, xds, xd, dsd, xs16, Kp, trigger_first) of a fused producer (fuse_quant)
-        of a (rows, cols) tensor, or None where the matmuls would not read them: more than one row, activations
-        other than int8x2, or a width no weight has."""
+        """The quantization arguments (CudaMatmul.row_quant_args) of a fused producer (fuse_quant) of a (rows, cols)
+        tensor, or None where the matmuls would not read them: more than one row, activations other than int8x2,
+        or a width no weight has."""
         mm = self.mm
         if not (self.fuse_quant and rows == 1 and mm.int8x2 and mm.vec_max_rows >= 1 and cols % 32 == 0
                 and cols <= self._max_k):
             return None
-        ws = self._ensure_workspace().ptr
-        xq, xds = mm._ws_parts(ws, 2 * (mm.paired_cols(1) // 2), cols)
-        xd, dsd, xs16 = mm._dec_parts(ws, cols) if mm.use_dec else (0, 0, 0)
-        return (xq, xds, xd, dsd, xs16, np.int32(mm.dec_kp(cols)), np.int32(mm.quant_trigger_first and mm.use_dec))
+        return mm.row_quant_args(self._ensure_workspace().ptr, cols)
 
     # -- ops ---------------------------------------------------------------------------------------
     @staticmethod

@@ -50,8 +50,8 @@ PAIRED_CONFIG = {2: "r4t4u1", 4: "r4t4u1", 8: "r4t2u1"}  # int8x2 (paired) entri
 # ... by type where another is faster (H200, one row: Q6_K 4096x4096 / 11008x4096 / 4096x11008 at 6.8 / 14.2 / 15.0 us
 # with r4t2u1, 7.0 / 14.4 / 15.6 with r4t4u1; Q4_K best with r4t4u1)
 PAIRED_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {"q6_k": {2: "r4t2u1"}}
-# the batch-1 Q4_K / Q6_K decode kernel (kernels/matmul_dec.cu, int8x2 at one row): "r<RT>p<PRE>" = RT rows per warp,
-# each lane loading its weights PRE units ahead into registers; "r<RT>s<STAGES>" = the rows copied into shared memory
+# the batch-1 Q4_K / Q6_K decode kernel (kernels/matmul_dec.cu, int8x2 at one row): "r<RT>p1" = RT rows per warp,
+# each lane loading its weights one unit ahead into registers; "r<RT>s<STAGES>" = the rows copied into shared memory
 # by the bulk-copy engine, a grid that fits on the GPU, each warp walking groups of RT rows with STAGES in flight.
 # By type: (configuration up to K = DEC_SHORT_K, configuration above; None: the paired vector kernel there). H200,
 # bench/decode_ab.py, GPU time per batch-1 decode step of the 7B Q4_K_M: paired vector kernel 2.409 ms, Q4_K r2s2 at
@@ -61,7 +61,7 @@ PAIRED_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {"q6_k": {2: "r4t2u1"}}
 DEC_CONFIG = {"q4_k": ("r2s2", "r4p1"), "q6_k": ("r2s2", None)}
 DEC_SHORT_K = 4096
 DEC_VARIANTS = {  # the entries it compiles, by type
-    "q4_k": ("r1p0", "r2p0", "r1p1", "r2p1", "r4p1", "r1p2", "r2p2", "r1s2", "r2s2", "r1s4", "r2s3"),
+    "q4_k": ("r1p1", "r2p1", "r4p1", "r1s2", "r2s2", "r1s4", "r2s3"),
     "q6_k": ("r1s2", "r2s2"),
 }
 DEC_TYPES = frozenset(DEC_CONFIG)
@@ -206,7 +206,7 @@ class CudaMatmul:
         self.quant_trigger_first = False
         self.pipe_min_rows: int | None = None  # override of PIPE_MIN_ROWS for every type (tests, benchmark)
         self.pipe_stages: int | None = None  # override of PIPE_STAGES (benchmark)
-        self._pipe_slots: dict[str, int] = {}  # resident blocks per SM of each pipelined entry
+        self._slots: dict[tuple, int] = {}  # resident blocks per SM of an entry at a shared-memory size
         self._fns: dict[str, Any] = {}
 
     # -- kernels -------------------------------------------------------------------------------------
@@ -318,6 +318,14 @@ class CudaMatmul:
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
                                x_ptr, xq, xds, np.int32(nblocks), np.int32(res_rows * k // 32), xd, dsd, xs16,
                                np.int32(self.dec_kp(k)), np.int32(self.quant_trigger_first and decode))
+
+    def row_quant_args(self, workspace_ptr: int, k: int) -> tuple:
+        """(xq, xds, xd, dsd, xs16, Kp, trigger_first): where the two-pass quantization of one K-wide row goes in
+        the workspace, as matmul_multi reads it at one row (the residual pass one row on; the decode copy when
+        use_dec), for the kernels that quantize their own output (CudaBackend.fuse_quant)."""
+        xq, xds = self._ws_parts(workspace_ptr, 2 * (self.paired_cols(1) // 2), k)
+        xd, dsd, xs16 = self._dec_parts(workspace_ptr, k) if self.use_dec else (0, 0, 0)
+        return xq, xds, xd, dsd, xs16, np.int32(self.dec_kp(k)), np.int32(self.quant_trigger_first and self.use_dec)
 
     @staticmethod
     def paired_cols(n_rows: int) -> int:
@@ -483,20 +491,24 @@ class CudaMatmul:
             else:
                 args += [0, 0, 0, np.int32(0)]
         if "s" in cfg:  # pipelined: as many blocks as are resident at once, the warps walk the row groups
-            blocks = min(blocks, self.rt.sm_count * self._resident_blocks(fn, shared))
+            blocks = min(blocks, self.rt.sm_count * self._resident_blocks(name, fn, DEC_WARPS, shared))
         xd, dsd, xs16 = self._dec_parts(workspace_ptr, w0.k)
         args += [np.int32(w0.k), xd, dsd, xs16, np.int32(self.dec_kp(w0.k))]
         fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args, shared_size=shared)
 
-    def _resident_blocks(self, fn: Any, shared: int) -> int:
-        """Blocks of DEC_WARPS warps of fn with `shared` dynamic shared memory that one SM holds at once (registers
-        are allocated per warp in 256-register units; the driver reserves 1 KB of shared memory per block)."""
-        drv = self.rt.driver
-        smem_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
-        regs_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_REGISTERS_PER_MULTIPROCESSOR)
-        warp_regs = -(-max(fn.num_regs, 1) * 32 // 256) * 256
-        by_smem = smem_sm // (shared + fn.shared_size_bytes + 1024)
-        return max(1, min(by_smem, regs_sm // (DEC_WARPS * warp_regs), 64 // DEC_WARPS))
+    def _resident_blocks(self, name: str, fn: Any, warps: int, shared: int) -> int:
+        """Blocks of `warps` warps of entry `name` with `shared` dynamic shared memory that one SM holds at once
+        (registers are allocated per warp in 256-register units; the driver reserves 1 KB of shared memory per
+        block); asked of the device once per entry and size."""
+        key = (name, shared)
+        if key not in self._slots:
+            drv = self.rt.driver
+            smem_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
+            regs_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_REGISTERS_PER_MULTIPROCESSOR)
+            warp_regs = -(-max(fn.num_regs, 1) * 32 // 256) * 256
+            by_smem = smem_sm // (shared + fn.shared_size_bytes + 1024)
+            self._slots[key] = max(1, min(by_smem, regs_sm // (warps * warp_regs), 64 // warps))
+        return self._slots[key]
 
     @staticmethod
     def tile_m_for(n_rows: int) -> int:
@@ -592,12 +604,10 @@ class CudaMatmul:
             fn = self._fn("matmul_pipe", name, "PPPi" * MULTI_MAX + "iPiPi")
             drv = self.rt.driver
             fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
-            smem_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)
-            regs_sm = self.rt.device.get_attribute(drv.device_attribute.MAX_REGISTERS_PER_MULTIPROCESSOR)
-            self._pipe_slots[name] = max(1, min(smem_sm // (shared + 1024), regs_sm // (256 * max(fn.num_regs, 1))))
         n_tot = sum(w.n for w, _ in members)
         tiles_n = sum(-(-w.n // TILE_N) for w, _ in members)
-        splits, ksplit = self._plan(n_rows, n_tot, w0.k, tile, 256, self._pipe_slots[name], PIPE_SPLIT_MIN_K)
+        slots = self._resident_blocks(name, fn, 8, shared)
+        splits, ksplit = self._plan(n_rows, n_tot, w0.k, tile, 256, slots, PIPE_SPLIT_MIN_K)
         args: list[Any] = []
         for i in range(MULTI_MAX):
             if i < len(members):
