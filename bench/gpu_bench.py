@@ -7,9 +7,13 @@ decode at batch 1 (128 tokens after a 16-token prompt) and at context depth 2048
 prompt, time to first token of a 512-token prompt (one request, nothing queued: prefill + the host argmax),
 aggregate decode of 8 / 32 / 64 concurrent sequences (512-token prompts, 128 tokens each), host CPU time per
 decode step, achieved GB/s of a decode step (weight bytes read + KV bytes read, over the step's wall time)
-and its % of the copy bandwidth, and peak device memory of the process. Decode steps are CUDA-graph replays
-(`CudaBackend.forward`); every step copies the logits to the host and takes the argmax there, like the
-server. Random weights: values do not change the work done.
+and its % of the copy bandwidth, and peak device memory of the process. Decode steps are CUDA-graph replays.
+The decode rows run greedy steps as the server's engine does for greedy requests (overlapped decode,
+`LlamaModel.launch_greedy`): the argmax on the device, step n + 1 queued on its tokens before the host reads
+step n's. The same steps with each step's logits copied to the host and the argmax taken there (how every
+request ran before, and how sampled requests still run) are measured in the same run ("logits to host"), and
+so is LLMEngine's own step loop at batch 1 with overlap on and off. Random weights: values do not change the
+work done.
 """
 
 from __future__ import annotations
@@ -75,6 +79,33 @@ class Runner:
             self.seen[s] += 1
         return {s: int(np.argmax(out[i])) for i, s in enumerate(slots)}
 
+    def greedy(self, toks: dict[int, int], n: int) -> tuple[dict[int, int], float]:
+        """n greedy decode steps as the engine overlaps them (LLMEngine, engine.overlap_decode): the argmax taken
+        on the device, step i + 1 launched on the tokens step i left there before step i's tokens are read.
+        Returns (the last tokens, host seconds to the launches' returns)."""
+        slots = sorted(toks)
+        host, prev = 0.0, None
+        for i in range(n):
+            ids = np.array([toks[s] for s in slots] if prev is None else [0] * len(slots), np.int32)
+            nxt = self.model.launch_greedy(StepBatch(ids, tuple(SeqChunk(s, self.seen[s], 1) for s in slots),
+                                                     self.maxpos), follow=prev)
+            host += self.be.last_host_s
+            for s in slots:
+                self.seen[s] += 1
+            if prev is not None:
+                prev.result()  # the host's share of step i - 1 (streaming it out) happens while step i runs
+            prev = nxt
+        out = prev.result()
+        return {s: int(out[i]) for i, s in enumerate(slots)}, host
+
+    def timed_greedy(self, toks: dict[int, int], n: int, warm: int = 3) -> tuple[float, float]:
+        """(wall seconds, host seconds) of n overlapped greedy steps after `warm` (eager, capture, replay)."""
+        toks, _ = self.greedy(toks, warm)
+        self.be.rt.synchronize()
+        t0 = time.perf_counter()
+        _, host = self.greedy(toks, n)
+        return time.perf_counter() - t0, host
+
     def timed_decode(self, toks: dict[int, int], n: int, warm: int = 2) -> tuple[float, float]:
         """(wall seconds, host seconds) of n decode steps after `warm` steps (eager + capture). Host seconds:
         the backend's time from the step's start to the graph launch's return (staging, the copy, the
@@ -88,10 +119,11 @@ class Runner:
         return time.perf_counter() - t0, host
 
 
-def graph_step_ms(be, n_seqs: int, reps: int = 50) -> float | None:
-    """GPU time of one decode-graph replay (no host work in between), CUDA events."""
+def graph_step_ms(be, n_seqs: int, reps: int = 50, greedy: bool = True) -> float | None:
+    """GPU time of one decode-graph replay (no host work in between), CUDA events. greedy: the graph that ends
+    with the device argmax (launch_greedy), else the one whose logits go to the host."""
     cuda = be.rt._cuda
-    entry = next((g for k, g in be._graphs.items() if k[1] == n_seqs), None)
+    entry = next((g for k, g in be._graphs.items() if k[1] == n_seqs and k[-1] == greedy), None)
     if entry is None:
         return None
     graph = entry[0]
@@ -140,6 +172,33 @@ def profile_ops(be, model, batch) -> dict[str, float]:
     for key, e0, e1 in marks:
         ms[key] = ms.get(key, 0.0) + e1.time_since(e0)
     return dict(sorted(ms.items(), key=lambda kv: -kv[1]))
+
+
+def engine_decode(model, gen: int, vocab: int) -> dict[str, float]:
+    """The server's own step loop (LLMEngine, no RPC) on the same model: one greedy request, 16-token prompt,
+    `gen` tokens; decode tok/s from its first token to its last, with and without overlapped decode."""
+    from service.config import Config, replace
+    from service.engine.core import LLMEngine
+    from service.engine.request import SamplingParams
+
+    out = {}
+    rng = np.random.default_rng(1)
+    for overlap in ("on", "off"):
+        cfg = replace(Config(), cache__slots=1, cache__max_positions=2048 + gen + 8, engine__max_running=1,
+                      engine__overlap_decode=overlap)
+        eng = LLMEngine(model, None, cfg)
+        params = SamplingParams(temperature=0.0, max_tokens=gen + 1, ignore_eos=True)
+        rates = []
+        for _ in range(3):  # the first run captures the graphs
+            eng.add_request(rng.integers(0, vocab, 16).tolist(), params)
+            outs = eng.step()  # the prompt, and the first token
+            assert outs and outs[0].delta is not None
+            t0 = time.perf_counter()
+            eng.run_until_done()
+            rates.append(gen / (time.perf_counter() - t0))
+        out[f"engine_decode_b1_overlap_{overlap}"] = statistics.median(rates[1:])
+        model.backend.free_kv(model.kv)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     kv = model.alloc_kv(model.kv_layout(slots=4, max_positions=2048 + args.gen + 8, sink_tokens=4, dtype="f16"))
     run = Runner(be, model, 2048 + args.gen + 8)
     first = run.prefill(0, rng.integers(0, vocab, 16))
-    wall, cpu = run.timed_decode({0: first}, args.gen)
+    wall, _ = run.timed_decode({0: first}, args.gen)  # each step's logits to the host, argmax there
+    res["decode_b1_host_argmax"] = args.gen / wall
+    res["decode_b1_host_argmax_gpu_ms_per_step"] = graph_step_ms(be, 1, greedy=False)
+    run.seen[0] = 16  # the same positions again
+    wall, cpu = run.timed_greedy({0: first}, args.gen)  # as the engine runs greedy requests
     res["decode_b1"] = args.gen / wall
     res["decode_b1_host_ms_per_step"] = 1e3 * cpu / args.gen
     res["profile_decode_b1_ms"] = profile_ops(be, model, StepBatch(np.array([first], np.int32),
@@ -236,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     for a in range(0, 2048, 512):  # 2048-token context in 512-token chunks
         out = model.forward(StepBatch(ids[a:a + 512].astype(np.int32), (SeqChunk(2, a, 512),), run.maxpos))
     run.seen[2] = 2048
-    wall, cpu = run.timed_decode({2: int(np.argmax(out[0]))}, args.gen)
+    wall, _ = run.timed_decode({2: int(np.argmax(out[0]))}, args.gen)
+    res["decode_d2048_host_argmax"] = args.gen / wall
+    run.seen[2] = 2048
+    wall, cpu = run.timed_greedy({2: int(np.argmax(out[0]))}, args.gen)
     res["decode_d2048"] = args.gen / wall
     res["decode_d2048_gpu_ms_per_step"] = graph_step_ms(be, 1)
     res["decode_d2048_gbs"] = (read_bytes + (2048 + args.gen // 2) * hp.n_layers * kv_tok_layer) / (wall / args.gen) / 1e9
@@ -257,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     for b in batches:
         for s in range(b):
             run.seen[s] = 512  # continue every sequence from its prompt: same depth for each batch size
-        wall, cpu = run.timed_decode({s: firsts[s] for s in range(b)}, args.gen, warm=2)
+        wall, _ = run.timed_decode({s: firsts[s] for s in range(b)}, args.gen, warm=2)
+        res[f"agg_{b}_host_argmax"] = b * args.gen / wall
+        for s in range(b):
+            run.seen[s] = 512
+        wall, cpu = run.timed_greedy({s: firsts[s] for s in range(b)}, args.gen)
         res[f"agg_{b}"] = b * args.gen / wall
         res[f"agg_{b}_host_ms_per_step"] = 1e3 * cpu / args.gen
         res[f"agg_{b}_gpu_ms_per_step"] = graph_step_ms(be, b)
@@ -269,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     res["peak_device_gib"] = peak / GIB
     res["device_info"] = be.device_info()
     be.free_kv(kv)
+    res.update(engine_decode(model, args.gen, vocab))
 
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_bench.json"), "w") as f:
@@ -283,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     other = "split-K" if res["prefill_attention_kernel"] != "split-K" else be.prefill_kernel
     print(f"{'prefill 512, ' + other + ' attention':30s} {res['prefill_512_other_attention_kernel']:10.1f} tok/s (default: {res['prefill_attention_kernel']})")
     print(f"{'TTFT 512-token prompt':30s} {res['ttft_512_ms']:10.1f} ms")
+    for key in ["decode_b1", "decode_d2048"] + [f"agg_{b}" for b in batches]:
+        print(f"{key + ', logits to host':30s} {res[key + '_host_argmax']:10.1f} tok/s (each step's argmax on the host)")
+    print(f"{'LLMEngine decode b1, overlap':30s} {res['engine_decode_b1_overlap_on']:10.1f} tok/s "
+          f"(off: {res['engine_decode_b1_overlap_off']:.1f})")
     print(f"{'decode b1 achieved':30s} {res['decode_b1_gbs']:10.0f} GB/s = {100 * res['decode_b1_gbs'] / copy:.0f} % of copy")
     print(f"{'decode d2048 achieved':30s} {res['decode_d2048_gbs']:10.0f} GB/s = {100 * res['decode_d2048_gbs'] / copy:.0f} % of copy")
     print(f"{'decode b1 GPU time / step':30s} {res['decode_b1_gpu_ms_per_step'] or float('nan'):10.3f} ms (graph replay)")

@@ -48,6 +48,9 @@ class EngineConfig:
     max_tokens_default: int = 256  # max_tokens when a request leaves it unset
     allow_streaming_past_context: bool = True  # generation may run past max_positions (ring + sinks)
     retry_after_s: float = 1.0  # hint carried by an overload error
+    # greedy decode steps queued one ahead (the host handles step n while the device runs n + 1): auto = where
+    # the backend launches asynchronously (CUDA) | on | off
+    overlap_decode: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ _OPTIONS: list[tuple[str, str, str, Any, str]] = [
     ("--step-token-budget", "engine", "step_token_budget", int, "tokens per engine step"),
     ("--prefill-chunk", "engine", "prefill_chunk", int, "prompt tokens per prefill chunk (default: auto)"),
     ("--max-tokens-default", "engine", "max_tokens_default", int, "max_tokens when unset"),
+    ("--overlap-decode", "engine", "overlap_decode", str, "queue greedy decode steps one ahead: auto | on | off"),
     ("--host", "server", "host", str, "bind address"),
     ("--port", "server", "port", int, "gRPC port"),
     ("--http-port", "server", "http_port", int, "OpenAI HTTP gateway port (0 = off)"),
@@ -168,6 +172,8 @@ def validate(config: Config) -> None:
         problems.append("--max-positions must be at least 16")
     if not 0 <= c.sink_tokens < c.max_positions // 2:
         problems.append("--sink-tokens must be >= 0 and below half of --max-positions")
+    if e.overlap_decode not in ("auto", "on", "off"):
+        problems.append(f"--overlap-decode must be auto, on or off, not {e.overlap_decode!r}")
     if e.prefill_chunk is not None and e.prefill_chunk < 1:
         problems.append("--prefill-chunk must be positive")
     if c.slots < 1 or e.max_running < 1 or e.max_waiting < 0 or e.step_token_budget < 1:

@@ -126,6 +126,12 @@ class FakeModel:
         self.layout = layout
         return None
 
+    def launch_greedy(self, batch: StepBatch, follow=None):
+        """LlamaModel.launch_greedy's contract (the engine's overlapped decode): a following step's token ids are
+        the previous step's tokens, not the placeholders in batch.token_ids."""
+        from service.model.llama import greedy_on_host
+        return greedy_on_host(self.forward, batch, follow)
+
     def forward(self, batch: StepBatch) -> np.ndarray:
         if self.keep_batches:
             self.batches.append(batch)

@@ -25,10 +25,11 @@ class Clock:
 
 
 def make_engine(slots=4, max_running=4, max_waiting=8, budget=32, max_positions=256, chunk=None, clock=None,
-                model=None, streaming=True):
+                model=None, streaming=True, overlap="off"):
     cfg = replace(Config(), cache__slots=slots, cache__max_positions=max_positions, cache__sink_tokens=4,
                   engine__max_running=max_running, engine__max_waiting=max_waiting,
-                  engine__step_token_budget=budget, engine__allow_streaming_past_context=streaming)
+                  engine__step_token_budget=budget, engine__allow_streaming_past_context=streaming,
+                  engine__overlap_decode=overlap)
     model = model or FakeModel()
     eng = LLMEngine(model, ByteTokenizer(model.vocab_size), cfg, prefill_chunk=chunk, clock=clock or Clock())
     return eng, model
@@ -168,14 +169,19 @@ def test_deadline_aborts_with_deadline_error():
     assert eng.cache.slots_in_use == 0
 
 
-def test_thousand_random_submit_cancel_deadline_cycles_leave_nothing_held():
+@pytest.mark.parametrize("overlap", ["off", "on"])
+def test_thousand_random_submit_cancel_deadline_cycles_leave_nothing_held(overlap):
+    """... also with greedy decode steps queued one ahead (overlapped decode)."""
     rnd = random.Random(1234)
     clock = Clock()
     eng, model = make_engine(slots=5, max_running=4, max_waiting=6, budget=24, chunk=8, max_positions=64,
-                             clock=clock)
+                             clock=clock, overlap=overlap)
     model.keep_batches = False
     live: list[str] = []
     counts = {"overload": 0, "abort": 0, "deadline": 0, "done": 0}
+    followed: list[bool] = []
+    launch = model.launch_greedy
+    model.launch_greedy = lambda batch, follow=None: followed.append(follow is not None) or launch(batch, follow)
     for i in range(1000):
         op = rnd.random()
         if op < 0.5:
@@ -208,6 +214,7 @@ def test_thousand_random_submit_cancel_deadline_cycles_leave_nothing_held():
     clock.t += 100  # every deadline passes; the rest finish
     eng.run_until_done()
     assert all(v > 0 for v in counts.values()), counts
+    assert (sum(followed) > 0) == (overlap == "on"), sum(followed)  # steps queued on the previous one's tokens
     st = eng.cache.stats()
     assert st["slots_in_use"] == 0 and st["bytes_in_use"] == 0 and eng.cache.free_slots == 5
     assert not eng.scheduler.running and not eng.scheduler.waiting and not eng._requests

@@ -4,6 +4,15 @@
     execute   model.forward(StepBatch) -> logits (S', vocab) for the chunks that end their known tokens
     update    sample, detokenize, stop rules, finish + free slots; returns the step's outputs
 
+Overlapped decode (`engine.overlap_decode`): when every running sequence decodes with plain greedy sampling
+(SamplingParams.plain_greedy), a step is launched (`model.launch_greedy`: the argmax taken where the logits are)
+and its update waits for the next `step()`, which first launches the same sequences' following step on the
+tokens the device already holds, then updates the previous one. The host's update, streaming and scheduling run
+while the device computes. A sequence that ends at step n has already been fed to step n + 1: that row's result
+is dropped and its slot freed when step n + 1 completes. The chain breaks (the in-flight step is completed, then
+scheduling resumes) as soon as anything else has to happen: a request to admit, an abort, a sequence with one
+token of budget left.
+
 Thread-safety: `add_request` and `abort` may be called from any thread. A lock guards the bookkeeping (never
 held while the model computes); a request aborted while its rows are in the forward pass is freed at the
 end of that same step. Deadlines (absolute `time.monotonic()`) are checked at every step boundary.
@@ -28,8 +37,8 @@ from service.config import CacheConfig, Config, EngineConfig
 from service.engine.detokenizer import IncrementalDetokenizer
 from service.engine.kv_cache import StreamingKVCache
 from service.engine.request import Delta, FinishReason, Request, SamplingParams, SeqStatus
-from service.engine.sampling import sample
-from service.engine.scheduler import Scheduler, SchedulerOutput
+from service.engine.sampling import SampleResult, sample
+from service.engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from service.engine.sequence import Sequence, choice_generator
 from service.engine.stop import StopMatcher
 from service.errors import (CancelledError, ContextOverflowError, DeadlineExceededError, InvalidRequestError,
@@ -45,6 +54,14 @@ class EngineOutput:
     request_id: str
     delta: Delta | None = None
     error: BaseException | None = None  # a domain error (service.errors), or an internal fault
+
+
+@dataclass
+class _Launched:
+    """A greedy decode step queued on the device whose update is still to come (overlapped decode)."""
+
+    plan: SchedulerOutput
+    tokens: Any  # GreedyTokens: result() -> (S,) int32, one per chunk
 
 
 class CompletionResult(NamedTuple):
@@ -88,6 +105,10 @@ class LLMEngine:
         self._in_flight: set[int] = set()  # seq_ids in the forward pass now
         self._accepting = True
         self.steps = 0
+        overlap = config.engine.overlap_decode
+        self.overlap = overlap == "on" or (overlap == "auto" and
+                                           hasattr(getattr(model, "backend", None), "launch_greedy"))
+        self._launched: _Launched | None = None  # a greedy step launched and not yet updated
 
     @classmethod
     def from_config(cls, config: Config) -> "LLMEngine":
@@ -165,7 +186,7 @@ class LLMEngine:
     # -- state -------------------------------------------------------------------------------------
     def has_work(self) -> bool:
         with self._lock:
-            return bool(self.scheduler.running or self.scheduler.waiting)
+            return bool(self.scheduler.running or self.scheduler.waiting or self._launched is not None)
 
     def next_deadline(self) -> float | None:
         with self._lock:
@@ -194,22 +215,97 @@ class LLMEngine:
         """Run one engine step; returns what it produced (deltas and errors)."""
         with self._lock:
             outputs = self._expire_deadlines()
+        if self._launched is not None:
+            prev, self._launched = self._launched, None
+            with self._lock:
+                plan = self._follow_plan(prev.plan)
+            if plan is not None:
+                outputs += self._launch(plan, prev)
+            outputs += self._complete(prev)
+            if self._launched is not None:
+                self.steps += 1
+                return outputs
+        with self._lock:
             plan = self.scheduler.schedule()
             self._in_flight = {c.seq.seq_id for c in plan.chunks}
         if plan.empty:
+            return outputs
+        if self._overlappable(plan):
+            outputs += self._launch(plan, None)
+            self.steps += 1
             return outputs
         try:
             logits = self._execute(plan)  # (S', vocab), lock not held
             with self._lock:
                 outputs += self._update(plan, logits)
         except Exception as exc:  # a fault: fail this step's requests, keep the engine serving the rest
-            log.exception("engine step failed; ending the requests in it")
-            with self._lock:
-                outputs += self._fail_plan(plan, exc)
+            outputs += self._failed(plan, exc)
         with self._lock:
             self._in_flight = set()
             outputs += self._expire_deadlines()
         self.steps += 1
+        return outputs
+
+    def _failed(self, plan: SchedulerOutput, exc: Exception) -> list[EngineOutput]:
+        log.exception("engine step failed; ending the requests in it")
+        with self._lock:
+            return self._fail_plan(plan, exc)
+
+    # -- overlapped decode -------------------------------------------------------------------------
+    def _overlappable(self, plan: SchedulerOutput) -> bool:
+        """Every chunk a plain-greedy decode row with a token to come after this one, and nothing else to run."""
+        return (self.overlap and len(plan.chunks) == len(self.scheduler.running) and
+                all(c.n_new == 1 and c.want_logits and c.seq.request.params.plain_greedy and self._room(c.seq)
+                    for c in plan.chunks))
+
+    def _room(self, seq: Sequence) -> bool:
+        """Whether seq may generate another token after the one being computed (max_tokens, and the context
+        where it is a limit)."""
+        return len(seq.output_ids) + 1 < seq.request.max_tokens and (
+            self.engine_config.allow_streaming_past_context or seq.total_len + 1 < self.context_length)
+
+    def _follow_plan(self, prev: SchedulerOutput) -> SchedulerOutput | None:
+        """The same sequences' next decode rows, fed from prev's tokens still on the device; None when anything
+        else must happen first (an admission, an ended or aborted sequence, one whose budget ends with prev)."""
+        s = self.scheduler
+        if s.waiting and len(s.running) < s.max_running and self.cache.free_slots > 0:
+            return None
+        if len(prev.chunks) != len(s.running) or not all(
+                c.seq.status is SeqStatus.RUNNING and c.seq.finish_reason is None and self._room(c.seq)
+                for c in prev.chunks):
+            return None
+        return SchedulerOutput(tuple(ScheduledChunk(c.seq, c.seq.n_cached, 1, True) for c in prev.chunks), ())
+
+    def _launch(self, plan: SchedulerOutput, prev: _Launched | None) -> list[EngineOutput]:
+        """Queue a greedy decode step (after prev, on its tokens) as self._launched; a fault fails its requests."""
+        try:
+            token_ids = np.zeros(len(plan.chunks), np.int32) if prev is not None else \
+                np.array([c.seq.token_at(c.start, 1)[0] for c in plan.chunks], np.int32)
+            batch = StepBatch(token_ids, tuple(SeqChunk(c.seq.slot, c.start, 1) for c in plan.chunks),
+                              self.cache.layout.max_positions)
+            tokens = self.model.launch_greedy(batch, prev.tokens if prev is not None else None)
+        except Exception as exc:
+            return self._failed(plan, exc)
+        for c in plan.chunks:
+            self.cache.advance(c.seq.slot, 1)
+            c.seq.n_cached += 1
+        self._launched = _Launched(plan, tokens)
+        return []
+
+    def _complete(self, prev: _Launched) -> list[EngineOutput]:
+        """Wait for a launched step's tokens and update its sequences; those also in the step launched since
+        stay allocated until that one completes."""
+        outputs: list[EngineOutput] = []
+        busy = {c.seq.seq_id for c in self._launched.plan.chunks} if self._launched is not None else set()
+        try:
+            tokens = prev.tokens.result()  # (S,) int32
+            with self._lock:
+                outputs += self._update(prev.plan, tokens, busy)
+        except Exception as exc:
+            outputs += self._failed(prev.plan, exc)
+        with self._lock:
+            self._in_flight = busy
+            outputs += self._expire_deadlines()
         return outputs
 
     def _fail_plan(self, plan: SchedulerOutput, exc: Exception) -> list[EngineOutput]:
@@ -238,25 +334,31 @@ class LLMEngine:
             c.seq.n_cached += c.n_new
         return logits
 
-    def _update(self, plan: SchedulerOutput, logits: np.ndarray) -> list[EngineOutput]:
+    def _update(self, plan: SchedulerOutput, logits: np.ndarray, busy: set[int] = frozenset()) -> list[EngineOutput]:
+        """logits: (S', vocab) rows of the chunks that want logits, or (S',) int32 tokens a launched greedy step
+        chose. Sequences in `busy` (a step launched since) are not freed here."""
         outputs: list[EngineOutput] = []
         rows = [c for c in plan.chunks if c.want_logits]
         assert logits.shape[0] == len(rows), (logits.shape, len(rows))
         for c, row in zip(rows, logits):
             seq = c.seq
             if seq.status is SeqStatus.FINISHED or seq.finish_reason is not None:
-                continue  # aborted while computing; freed below
-            outputs += self._advance_sequence(seq, row)
+                continue  # aborted while computing, or ended one step ago (overlapped decode); freed below
+            params = seq.request.params
+            res = sample(row, params, seq.rng, seq.request.prompt_ids, seq.counts) if row.ndim else \
+                SampleResult(int(row), None, ())
+            outputs += self._advance_sequence(seq, res)
         for c in plan.chunks:  # free sequences that ended (or were aborted mid-step) in this same step
+            if c.seq.seq_id in busy:
+                continue
             if c.seq.finish_reason is not None and c.seq.status is not SeqStatus.FINISHED:
                 self.scheduler.finish(c.seq)
                 self._forget_if_done(c.seq.request)
         return outputs
 
-    def _advance_sequence(self, seq: Sequence, row: np.ndarray) -> list[EngineOutput]:
-        """Sample one token for seq and turn it into text; decide whether the choice ends."""
+    def _advance_sequence(self, seq: Sequence, res: SampleResult) -> list[EngineOutput]:
+        """Append the sampled token to seq and turn it into text; decide whether the choice ends."""
         params, request = seq.request.params, seq.request
-        res = sample(row, params, seq.rng, request.prompt_ids, seq.counts)
         seq.append(res.token)
         finish: FinishReason | None = None
         text, stopped = "", False

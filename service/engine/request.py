@@ -50,6 +50,13 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    @property
+    def plain_greedy(self) -> bool:
+        """The next token is the argmax of the raw logits: greedy, nothing applied to the logits, no
+        log-probabilities to report (so a backend may pick it on the device: LlamaModel.launch_greedy)."""
+        return (self.greedy and not self.logprobs and not self.logit_bias and self.repetition_penalty == 1.0
+                and self.presence_penalty == 0.0 and self.frequency_penalty == 0.0)
+
     def validate(self, vocab_size: int | None = None) -> "SamplingParams":
         """Raise InvalidRequestError naming the first bad field; return self when all is well."""
         def bad(name: str, why: str) -> InvalidRequestError:

@@ -9,8 +9,9 @@ then logits = Wout · norm(x) for the last row of each sequence.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,6 +31,30 @@ class LayerWeights:
     w_gate: Any  # (ffn_dim, dim)
     w_up: Any  # (ffn_dim, dim)
     w_down: Any  # (dim, ffn_dim)
+
+
+class GreedyTokens(Protocol):
+    """The tokens of a launched greedy step (`LlamaModel.launch_greedy`)."""
+
+    def result(self) -> np.ndarray:
+        """(S,) int32: each sequence's argmax token; waits for the step to finish."""
+
+
+@dataclass(frozen=True)
+class ReadyTokens:
+    """GreedyTokens already on the host (backends that compute a step before returning)."""
+
+    tokens: np.ndarray  # (S,) int32
+
+    def result(self) -> np.ndarray:
+        return self.tokens
+
+
+def greedy_on_host(forward: Any, batch: StepBatch, follow: GreedyTokens | None) -> ReadyTokens:
+    """launch_greedy for a model whose forward returns host logits: computed now, follow's tokens fed in."""
+    if follow is not None:
+        batch = dataclasses.replace(batch, token_ids=np.asarray(follow.result(), np.int32))
+    return ReadyTokens(np.argmax(forward(batch), axis=1).astype(np.int32))
 
 
 class LlamaModel:
@@ -72,9 +97,24 @@ class LlamaModel:
         run = getattr(self.backend, "forward", None)
         return run(self, batch) if run is not None else self.forward(batch)
 
+    def launch_greedy(self, batch: StepBatch, follow: GreedyTokens | None = None) -> GreedyTokens:
+        """Start a decode step (one new token per sequence, all wanting logits) whose next tokens are the argmax of
+        the logits: greedy sampling with nothing applied to the logits first. With `follow`, the step's token ids
+        are follow's tokens (the previous greedy step of the same sequences in the same order), and
+        `batch.token_ids` is ignored: a backend that launches asynchronously (CUDA) takes them where the previous
+        step left them on the device, so the host can queue step n + 1 before it has read step n's tokens."""
+        run = getattr(self.backend, "launch_greedy", None)
+        if run is not None:
+            return run(self, batch, follow)
+        return greedy_on_host(self.step, batch, follow)
+
     def forward(self, batch: StepBatch) -> np.ndarray:
         """Run one step; returns logits (S', vocab) float32 for the sequences that want them.
         The caller (engine) advances its cache bookkeeping by each chunk's n_new afterwards."""
+        return self.backend.to_host(self.logits(batch))
+
+    def logits(self, batch: StepBatch) -> Any:
+        """`forward` with the logits left where the backend keeps them (a device tensor on a GPU)."""
         assert self.kv is not None, "alloc_kv first"
         hp, be = self.hp, self.backend
         step = be.begin_step(batch)
@@ -97,4 +137,4 @@ class LlamaModel:
             x = be.add(x, be.matmul(be.silu_mul(g, u), lw.w_down))  # (T, dim)
         x = be.take_rows(x, step)  # (S', dim)
         x = be.rms_norm(x, self.output_norm, hp.norm_eps)  # (S', dim)
-        return be.to_host(be.matmul(x, self.output))  # (S', vocab)
+        return be.matmul(x, self.output)  # (S', vocab)

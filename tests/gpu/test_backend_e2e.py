@@ -256,6 +256,66 @@ def test_fused_quantization_leaves_logits_unchanged():
     assert (fused.argmax(-1) == apart.argmax(-1)).all()
 
 
+def test_greedy_steps_chain_on_the_device():
+    """launch_greedy: each step's argmax is taken on the device and, with follow, read by the next step from where
+    it was left (the host never sends the tokens back). Queued one ahead (step n + 1 launched before step n's
+    tokens are read), the tokens are those of host-side argmax over `forward`'s logits, step after step, through
+    the eager first step, the capture and the replays, for one and for three sequences."""
+    from service.model.dummy import dummy_gguf_model
+
+    g = dummy_gguf_model("tiny", seed=8)
+    be = _cuda_backend(max_rows=64, max_seqs=4)
+    gpu = LlamaModel(g, be)
+    gpu.alloc_kv(gpu.kv_layout(slots=3, max_positions=48, sink_tokens=4, dtype="q8"))
+    rng = np.random.default_rng(8)
+    V = g.hparams.vocab_size
+    first = {}
+    for s in range(3):
+        out = gpu.forward(StepBatch(rng.integers(0, V, 9 + s).astype(np.int32), (SeqChunk(s, 0, 9 + s),), 48))
+        first[s] = int(np.argmax(out[0]))
+    n_steps = 7
+
+    def chunks(slots, i):
+        return tuple(SeqChunk(s, 9 + s + i, 1) for s in slots)
+
+    for slots in [(0,), (0, 1, 2)]:
+        want, toks = [], np.array([first[s] for s in slots], np.int32)
+        for i in range(n_steps):  # logits to the host, argmax there (each step rewrites the same KV positions)
+            toks = be.forward(gpu, StepBatch(toks, chunks(slots, i), 48)).argmax(-1).astype(np.int32)
+            want.append(toks)
+        got = []
+        prev = gpu.launch_greedy(StepBatch(np.array([first[s] for s in slots], np.int32), chunks(slots, 0), 48))
+        for i in range(1, n_steps):
+            nxt = gpu.launch_greedy(StepBatch(np.zeros(len(slots), np.int32), chunks(slots, i), 48), follow=prev)
+            got.append(prev.result())
+            prev = nxt
+        got.append(prev.result())
+        np.testing.assert_array_equal(np.stack(got), np.stack(want))
+        assert len({int(t) for step in want for t in step}) > 2  # the tokens do change along the way
+
+
+def test_overlapped_engine_on_the_gpu_gives_the_plain_engines_tokens():
+    """LLMEngine with overlapped decode (automatic on CUDA) against the same engine step by step."""
+    from service.config import Config, replace
+    from service.engine.core import LLMEngine
+    from service.engine.request import SamplingParams
+    from service.model.dummy import dummy_gguf_model
+
+    g = dummy_gguf_model("tiny", seed=8)
+    prompts = [[5, 9, 200, 31], [7] * 11, list(range(40, 60))]
+    params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+    results = {}
+    for overlap in ("auto", "off"):
+        cfg = replace(Config(), cache__slots=3, cache__max_positions=64, engine__max_running=3,
+                      engine__overlap_decode=overlap)
+        eng = LLMEngine(LlamaModel(g, _cuda_backend(max_rows=64, max_seqs=4)), None, cfg)
+        assert eng.overlap == (overlap == "auto")
+        results[overlap] = [r.token_ids for r in eng.generate_sync(prompts, params)]
+        assert eng.cache.slots_in_use == 0
+    assert results["auto"] == results["off"]
+    assert all(len(t) == 20 for t in results["auto"])
+
+
 @pytest.fixture(scope="module")
 def real():
     if not (os.path.exists(CUT_PATH) and os.path.exists(REF_PATH)):
