@@ -166,6 +166,19 @@ class CudaStep:
     n_tiles: int = 0  # 16-row tiles of the sequences' rows (prefill attention)
 
 
+@dataclass
+class PendingTokens:
+    """The tokens of a greedy step launched on the device (LlamaModel.launch_greedy's GreedyTokens)."""
+
+    host: np.ndarray  # (S,) int32, pinned: filled by the step's device-to-host copy
+    done: Any  # CUDA event recorded after that copy
+    slots: tuple[int, ...]  # the step's sequences (a following step must have the same)
+
+    def result(self) -> np.ndarray:
+        self.done.synchronize()
+        return self.host.copy()
+
+
 class CudaBackend:
     """The Backend protocol on one CUDA device."""
 
@@ -224,6 +237,12 @@ class CudaBackend:
         self._step: CudaStep | None = None
         self.graph_replays = 0
         self.last_host_s = 0.0  # host time of the last graph-replayed step up to the replay's launch
+        # greedy steps (launch_greedy): tokens come back through a ring of pinned buffers, one event each
+        self._token_host = [self.rt.pinned((self.max_seqs,), np.int32, f"step.tokens{i}") for i in range(4)]
+        self._token_done = [self.rt._cuda.Event() for _ in self._token_host]
+        self._token_ring = 0
+        self._keep_ids = False  # begin_step leaves the staged ids alone (a greedy step that follows another)
+        self._last_greedy: PendingTokens | None = None  # the step whose argmax the staged ids hold
         self._ws_x: CudaTensor | None = None  # the input whose int8 quantization the workspace holds
         self._pending_mm: dict[int, list[weakref.ref]] = {}  # id(input) -> deferred matmul outputs on it
         self._weight_slab: Any = None
@@ -375,7 +394,12 @@ class CudaBackend:
         tiles = [(i, r) for i, ch in enumerate(batch.seqs) for r in range(int(starts[i]), int(starts[i]) + ch.n_new, PF_TILE)]
         h[o["tile_seq"]:o["tile_seq"] + len(tiles)] = [t[0] for t in tiles]
         h[o["tile_row"]:o["tile_row"] + len(tiles)] = [t[1] for t in tiles]
-        self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr, h, self.rt.stream)
+        if self._keep_ids:  # the ids are the previous greedy step's argmax, already in place (launch_greedy)
+            first = o["ids"] + self.max_rows
+            self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr + 4 * first, h[first:], self.rt.stream)
+        else:
+            self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr, h, self.rt.stream)
+            self._last_greedy = None  # the ids it left are overwritten
         self._stage_event.record(self.rt.stream)
         self._step = CudaStep(batch, T, S, int(len(rows)), batch.max_positions, len(tiles))
         return self._step
@@ -541,7 +565,9 @@ class CudaBackend:
         return True
 
     def n_splits(self, T: int, n_kv_heads: int, max_positions: int) -> int:
-        """Key-range splits of attention: ~8 blocks per SM (loads in flight), at least 64 keys per split."""
+        """Key-range splits of attention's grid: ~8 blocks per SM (loads in flight), at least 64 keys per split
+        (ATT_SPLIT_KEYS) of the longest context the graph may see. Each row uses only as many as its own keys fill at
+        64 each (kernels/kv_common.cuh, active_splits), so a short context is not spread over the whole grid."""
         want = math.ceil(8 * self.rt.sm_count / max(1, T * n_kv_heads))
         return max(1, min(want, math.ceil((max_positions + T) / 64), ATT_MAX_SPLITS))
 
@@ -693,19 +719,53 @@ class CudaBackend:
         The first decode step of a batch shape runs eagerly (it sizes the pools and uploads constants), the
         second is captured and every later one replays; prefill chunks always run eagerly."""
         t0 = time.perf_counter()
-        if not self.use_graphs or any(s.n_new != 1 for s in batch.seqs) or not batch.seqs:
+        if not self._decode_only(batch):
             return model.forward(batch)
-        key = (id(model), len(batch.seqs), tuple(s.want_logits for s in batch.seqs), batch.max_positions)
+        logits = self._decode_step(model, batch, greedy=False)
+        self.last_host_s = time.perf_counter() - t0
+        return self.to_host(logits)
+
+    def launch_greedy(self, model: Any, batch: StepBatch, follow: "PendingTokens | None" = None) -> "PendingTokens":
+        """LlamaModel.launch_greedy on the device: the step's graph ends with each row's argmax written into the
+        step's own token-id input (`ids` of the staging block), and only those ids are copied to the host,
+        asynchronously. Returns at once. With `follow` (the step launched just before, same sequences in the same
+        order), this step's staging leaves the ids in place, so it reads the previous step's tokens without a
+        round trip through the host: the host queues step n + 1 while step n still runs."""
+        t0 = time.perf_counter()
+        slots = tuple(s.slot for s in batch.seqs)
+        assert self._decode_only(batch) and all(s.want_logits for s in batch.seqs), "greedy steps decode one token"
+        if follow is not None:
+            assert follow is self._last_greedy and follow.slots == slots, "follow the previous greedy step's sequences"
+        self._keep_ids = follow is not None
+        try:
+            self._decode_step(model, batch, greedy=True)
+        finally:
+            self._keep_ids = False
+        self._token_ring = (self._token_ring + 1) % len(self._token_host)
+        host, done = self._token_host[self._token_ring], self._token_done[self._token_ring]
+        self.rt._cuda.memcpy_dtoh_async(host[:len(slots)], self._ptr("ids"), self.rt.stream)
+        done.record(self.rt.stream)
+        self._last_greedy = PendingTokens(host[:len(slots)], done, slots)
+        self.last_host_s = time.perf_counter() - t0
+        return self._last_greedy
+
+    def _decode_only(self, batch: StepBatch) -> bool:
+        return self.use_graphs and bool(batch.seqs) and all(s.n_new == 1 for s in batch.seqs)
+
+    def _decode_step(self, model: Any, batch: StepBatch, greedy: bool) -> CudaTensor:
+        """Enqueue a decode-only step, through its CUDA graph from the second step of its shape on; returns the
+        logits tensor (S', vocab) and, greedy, leaves each row's argmax in the staged token ids."""
+        key = (id(model), len(batch.seqs), tuple(s.want_logits for s in batch.seqs), batch.max_positions, greedy)
         entry = self._graphs.get(key)
         if entry is None and key not in self._seen:
             self._seen.add(key)
-            return model.forward(batch)
+            return self._decode_launches(model, batch, greedy)  # eager: stages the step itself
         self.begin_step(batch)
         if entry is None:
             graph = CudaGraph(self.rt, programmatic=self._pdl_for(len(batch.seqs)), plain_into=self.pdl_plain_into)
             self._capturing = True
             try:
-                graph.capture(lambda: model.forward(batch))
+                graph.capture(lambda: setattr(self, "_captured", self._decode_launches(model, batch, greedy)))
             finally:
                 self._capturing = False
             assert self._captured is not None
@@ -714,9 +774,16 @@ class CudaBackend:
             self._graphs[key] = entry
         graph, logits = entry
         graph.replay()
-        self.last_host_s = time.perf_counter() - t0
         self.graph_replays += 1
-        return self.to_host(logits)
+        return logits
+
+    def _decode_launches(self, model: Any, batch: StepBatch, greedy: bool) -> CudaTensor:
+        logits = model.logits(batch)  # (S', vocab)
+        self._ready(logits)
+        if greedy:  # argmax_f32: each row's first maximum, into the ids the next step's embedding reads
+            self._launch("argmax", "argmax_f32", "PPi", (logits.rows, 1, 1), (1024, 1, 1), logits.ptr,
+                         self._ptr("ids"), np.int32(logits.cols))
+        return logits
 
     def _pdl_for(self, n_seqs: int) -> bool:
         """Programmatic edges in the decode graph of n_seqs sequences? Measured on an H200 (`bench/decode_ab.py`,
