@@ -16,6 +16,7 @@
 // groups stride over the split's keys; every lane of a warp runs the same number of iterations so the
 // group shuffles stay convergent. attention_combine: grid (T, n_heads), block HD.
 #include "act_quant.cuh"
+#include "async_copy.cuh"
 #include "kv_common.cuh"
 #include "pdl.cuh"
 
@@ -42,6 +43,63 @@ __device__ __forceinline__ void load8(const void* base, const __half* scales, si
     }
 }
 
+// attention_partial's keys in flight: every lane copies its share of the next ATT_STAGES iterations' K and V
+// (cp.async) into its own slots of shared memory while it computes one iteration. The copies of the first
+// ATT_STAGES iterations' ring entries are issued before pdl_wait: the ring holds keys of earlier steps only (this
+// step's keys are in staging, written by the kernel before this one; this step's append comes after attention),
+// so they overlap the kernels before.
+#define ATT_STAGES 4
+
+template <int KVT>
+struct KVSlots {  // one stage: each thread's 8 values of K and of V as stored (+ the q8 scale's 4-byte word)
+    static constexpr int VB = KVT == 0 ? 16 : 8;
+    __align__(16) unsigned char k[ATT_THREADS][VB];
+    __align__(16) unsigned char v[ATT_THREADS][VB];
+    uint32_t ks[ATT_THREADS * KVT], vs[ATT_THREADS * KVT];
+};
+
+// one thread's 8 values of row `row` (and its scale's word: scales are halves, copied in aligned pairs), async
+template <int KVT>
+__device__ __forceinline__ void copy8(unsigned char* dst, uint32_t* dst_scale, const void* base,
+                                      const __half* scales, size_t row, int kv_dim, int col) {
+    cp_async<KVSlots<KVT>::VB>(dst, reinterpret_cast<const unsigned char*>(base) + (row * kv_dim + col) * (2 - KVT));
+    if (KVT == 1) cp_async<4>(dst_scale, scales + ((row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK) & ~(size_t)1));
+}
+
+// the same with plain loads (the step's staged keys, which may only be read after pdl_wait)
+template <int KVT>
+__device__ __forceinline__ void load_into(unsigned char* dst, uint32_t* dst_scale, const void* base,
+                                          const __half* scales, size_t row, int kv_dim, int col) {
+    const unsigned char* src = reinterpret_cast<const unsigned char*>(base) + (row * kv_dim + col) * (2 - KVT);
+    if (KVT == 0) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+    } else {
+        *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
+        *dst_scale = *reinterpret_cast<const uint32_t*>(scales + ((row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK) & ~(size_t)1));
+    }
+}
+
+template <int KVT>
+__device__ __forceinline__ void unpack8(const unsigned char* raw, uint32_t scale_word, int col, float out[8]) {
+    if (KVT == 0) {
+        const uint4 r = *reinterpret_cast<const uint4*>(raw);
+        const __half2* h2 = reinterpret_cast<const __half2*>(&r);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float2 f = __half22float2(h2[e]);
+            out[2 * e] = f.x;
+            out[2 * e + 1] = f.y;
+        }
+    } else {
+        const uint2 r = *reinterpret_cast<const uint2*>(raw);
+        const signed char* b = reinterpret_cast<const signed char*>(&r);
+        const unsigned short bits = (col / Q8_BLOCK) & 1 ? scale_word >> 16 : scale_word & 0xffffu;
+        const float sc = __half2float(__ushort_as_half(bits));
+#pragma unroll
+        for (int e = 0; e < 8; ++e) out[e] = (float)b[e] * sc;
+    }
+}
+
 template <int HD, int G, int KVT>
 __device__ void attention_partial(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
                                   const void* __restrict__ ring_k, const void* __restrict__ ring_v,
@@ -51,26 +109,66 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
                                   float* __restrict__ part_ml, float* __restrict__ part_acc,
                                   int n_kv_heads, int sinks, int window, int max_positions, float scale) {
     constexpr int LPK = HD / 8;                 // lanes per key
-    constexpr int GROUPS = ATT_THREADS / LPK;   // keys in flight per block
-    constexpr int KPW = 32 / LPK;               // keys per warp per iteration
-    const int sp = blockIdx.x, n_splits = gridDim.x;
+    constexpr int GROUPS = ATT_THREADS / LPK;   // keys in flight per block per iteration
+    struct Merge {
+        float m[GROUPS][G], l[GROUPS][G], acc[GROUPS][G][HD];
+    };
+    constexpr int SLOT_BYTES = ATT_STAGES * sizeof(KVSlots<KVT>);
+    __shared__ __align__(16) unsigned char smem[SLOT_BYTES > sizeof(Merge) ? SLOT_BYTES : sizeof(Merge)];
+    KVSlots<KVT>* slots = reinterpret_cast<KVSlots<KVT>*>(smem);
+
+    const int sp = blockIdx.x, n_splits = gridDim.x;  // the grid's splits; the row uses n_active of them
     const int kh = blockIdx.y, t = blockIdx.z;
     const int n_heads = n_kv_heads * G;
     const int kv_dim = n_kv_heads * HD;
-    const int s = meta.row_seq[t];
-    const int c = meta.seq_ncached[s];
-    const int r0 = meta.seq_row0[s];
+    // the step's metadata comes from the host's staging copy, made before the step's first kernel
+    const int s = __ldg(meta.row_seq + t);
+    const int c = __ldg(meta.seq_ncached + s);
+    const int r0 = __ldg(meta.seq_row0 + s);
+    const int slot = __ldg(meta.seq_slot + s);
     const int p = c + (t - r0);
-    const int slot = meta.seq_slot[s];
     const int valid = c < max_positions ? c : max_positions;
     const int nk = valid + (t - r0) + 1;
-    const int chunk = (nk + n_splits - 1) / n_splits;
+    const int n_active = active_splits(nk, n_splits);
+    if (sp >= n_active) return;  // a short context: fewer splits than the grid has (the combine reads n_active)
+    const int chunk = (nk + n_active - 1) / n_active;
     const int k0 = sp * chunk;
     const int k1 = min(nk, k0 + chunk);
+    const int n_iter = k1 > k0 ? (k1 - k0 + GROUPS - 1) / GROUPS : 0;
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int grp = threadIdx.x / LPK, gl = threadIdx.x % LPK;
+    const int tid = threadIdx.x;
+    const int grp = tid / LPK, gl = tid % LPK;
     const int col = kh * HD + gl * 8;  // this lane's first value within a K/V row
+    // iteration `it` gives this lane key k0 + it * GROUPS + grp (its LPK lanes split the key's HD values)
+    auto copy_ring = [&](int it) {
+        const int kk = k0 + it * GROUPS + grp;
+        if (kk < k1 && kk < valid) {
+            KVSlots<KVT>& st = slots[it % ATT_STAGES];
+            const size_t row = (size_t)slot * max_positions + kk;
+            copy8<KVT>(st.k[tid], st.ks + tid * KVT, ring_k, ring_ks, row, kv_dim, col);
+            copy8<KVT>(st.v[tid], st.vs + tid * KVT, ring_v, ring_vs, row, kv_dim, col);
+        }
+    };
+    auto staged_row = [&](int it, size_t& row) {
+        const int kk = k0 + it * GROUPS + grp;
+        row = (size_t)(r0 + kk - valid);
+        return kk < k1 && kk >= valid;
+    };
+#pragma unroll
+    for (int it = 0; it < ATT_STAGES; ++it) {
+        if (it < n_iter) copy_ring(it);
+        cp_async_commit();
+    }
+    pdl_wait();
+    pdl_trigger();
+    for (int it = 0; it < ATT_STAGES && it < n_iter; ++it) {
+        size_t row;
+        if (staged_row(it, row)) {
+            KVSlots<KVT>& st = slots[it % ATT_STAGES];
+            load_into<KVT>(st.k[tid], st.ks + tid * KVT, st_k, st_ks, row, kv_dim, col);
+            load_into<KVT>(st.v[tid], st.vs + tid * KVT, st_v, st_vs, row, kv_dim, col);
+        }
+    }
 
     float qw[G][8], qs[G][8];
 #pragma unroll
@@ -94,30 +192,32 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
         for (int e = 0; e < 8; ++e) acc[h][e] = 0.f;
     }
 
-    // Warp-uniform loop: iteration `it` gives warp w the keys k0 + it*GROUPS + w*KPW + (lane / LPK).
-    const int n_iter = (k1 - k0 + GROUPS - 1) / GROUPS;
-    for (int it = 0; it < (k1 > k0 ? n_iter : 0); ++it) {
-        const int kk = k0 + it * GROUPS + warp * KPW + lane / LPK;
+    // The iteration count is the block's, so every lane runs the same iterations and the group shuffles converge.
+    for (int it = 0; it < n_iter; ++it) {
+        cp_async_wait<ATT_STAGES - 1>();  // this iteration's copies have landed (one group committed per iteration)
+        const int kk = k0 + it * GROUPS + grp;
         const bool in_range = kk < k1;
-        int pos = 0;
         float kf[8], vf[8];
         if (in_range) {
-            if (kk < valid) {
-                pos = ring_position(kk, c, sinks, window, max_positions);
-                const size_t row = (size_t)slot * max_positions + kk;
-                load8<KVT>(ring_k, ring_ks, row, kv_dim, col, kf);
-                load8<KVT>(ring_v, ring_vs, row, kv_dim, col, vf);
-            } else {
-                const int u = kk - valid;
-                pos = c + u;
-                const size_t row = (size_t)(r0 + u);
-                load8<KVT>(st_k, st_ks, row, kv_dim, col, kf);
-                load8<KVT>(st_v, st_vs, row, kv_dim, col, vf);
-            }
+            const KVSlots<KVT>& st = slots[it % ATT_STAGES];
+            unpack8<KVT>(st.k[tid], KVT ? st.ks[tid * KVT] : 0u, col, kf);
+            unpack8<KVT>(st.v[tid], KVT ? st.vs[tid * KVT] : 0u, col, vf);
         } else {
 #pragma unroll
             for (int e = 0; e < 8; ++e) { kf[e] = 0.f; vf[e] = 0.f; }
         }
+        const int ahead = it + ATT_STAGES;  // into the slots just read
+        if (ahead < n_iter) {
+            size_t row;
+            copy_ring(ahead);
+            if (staged_row(ahead, row)) {
+                KVSlots<KVT>& st = slots[ahead % ATT_STAGES];
+                copy8<KVT>(st.k[tid], st.ks + tid * KVT, st_k, st_ks, row, kv_dim, col);
+                copy8<KVT>(st.v[tid], st.vs + tid * KVT, st_v, st_vs, row, kv_dim, col);
+            }
+        }
+        cp_async_commit();
+        const int pos = kk < valid ? ring_position(kk, c, sinks, window, max_positions) : c + (kk - valid);
         const bool is_sink = pos < sinks;
         const bool visible = in_range && (is_sink || pos > p - window);
 #pragma unroll
@@ -140,29 +240,29 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
         }
     }
 
-    // Merge the GROUPS partial states of this block through shared memory.
-    __shared__ float sm_m[GROUPS][G];
-    __shared__ float sm_l[GROUPS][G];
-    __shared__ float sm_acc[GROUPS][G][HD];
+    // Merge the GROUPS partial states of this block through shared memory (the slots' bytes, now free).
+    cp_async_wait<0>();
+    __syncthreads();
+    Merge& mg = *reinterpret_cast<Merge*>(smem);
 #pragma unroll
     for (int h = 0; h < G; ++h) {
-        if (gl == 0) { sm_m[grp][h] = m[h]; sm_l[grp][h] = l[h]; }
+        if (gl == 0) { mg.m[grp][h] = m[h]; mg.l[grp][h] = l[h]; }
 #pragma unroll
-        for (int e = 0; e < 8; ++e) sm_acc[grp][h][gl * 8 + e] = acc[h][e];
+        for (int e = 0; e < 8; ++e) mg.acc[grp][h][gl * 8 + e] = acc[h][e];
     }
     __syncthreads();
     for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {
         const int h = j / HD, e = j - h * HD;
         float M = -INFINITY;
-        for (int g = 0; g < GROUPS; ++g) M = fmaxf(M, sm_m[g][h]);
+        for (int g = 0; g < GROUPS; ++g) M = fmaxf(M, mg.m[g][h]);
         float L = 0.f, A = 0.f;
         if (M != -INFINITY) {
             for (int g = 0; g < GROUPS; ++g) {
-                const float mg = sm_m[g][h];
-                if (mg == -INFINITY) continue;
-                const float w = __expf(mg - M);
-                L += sm_l[g][h] * w;
-                A += sm_acc[g][h][e] * w;
+                const float mg_ = mg.m[g][h];
+                if (mg_ == -INFINITY) continue;
+                const float w = __expf(mg_ - M);
+                L += mg.l[g][h] * w;
+                A += mg.acc[g][h][e] * w;
             }
         }
         const size_t idx = ((size_t)t * n_heads + kh * G + h) * n_splits + sp;
@@ -171,14 +271,15 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
     }
 }
 
+// CudaBackend.n_splits sizes the grid at 8 blocks per SM (one wave); without GQA the kernel fits in 64 registers
+#define ATT_MIN_BLOCKS(G) ((G) == 1 ? 8 : 1)
 #define ATT_ENTRY(HD, G, KVT, SUFFIX)                                                                          \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attention_partial_##HD##_##G##_##SUFFIX(           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS, ATT_MIN_BLOCKS(G)) attention_partial_##HD##_##G##_##SUFFIX( \
         const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,                          \
         const void* __restrict__ ring_k, const void* __restrict__ ring_v, const __half* __restrict__ ring_ks,  \
         const __half* __restrict__ ring_vs, const void* __restrict__ st_k, const void* __restrict__ st_v,      \
         const __half* __restrict__ st_ks, const __half* __restrict__ st_vs, float* __restrict__ part_ml,       \
         float* __restrict__ part_acc, int n_kv_heads, int sinks, int window, int max_positions, float scale) { \
-        pdl_start();                                                                                           \
         attention_partial<HD, G, KVT>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs, st_k, st_v, st_ks,     \
                                       st_vs, part_ml, part_acc, n_kv_heads, sinks, window, max_positions,      \
                                       scale);                                                                  \
@@ -188,47 +289,57 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
 ATT_ENTRIES(64, 1) ATT_ENTRIES(64, 2) ATT_ENTRIES(64, 3) ATT_ENTRIES(64, 4) ATT_ENTRIES(64, 8)
 ATT_ENTRIES(128, 1) ATT_ENTRIES(128, 2) ATT_ENTRIES(128, 3) ATT_ENTRIES(128, 4) ATT_ENTRIES(128, 8)
 
-// out[t, h*HD + e] = sum_s acc_s[e] * exp(m_s - M) / sum_s l_s * exp(m_s - M). The splits' (m, l) are read in
-// parallel into shared memory first and the acc loads go out 8 at a time (a chain of n_splits dependent loads
-// per thread was most of the decode step's combine time); the sums keep their order over s.
+// out[t, h*HD + e] = sum_s acc_s[e] exp(m_s - M) / sum_s l_s exp(m_s - M) over the row's n_active splits. Warp 0
+// turns the splits' (m, l) into weights w_s = exp(m_s - M) / L in shared memory; then every thread sums its value
+// over the splits with the loads unrolled (a chain of dependent loads was most of the decode step's combine time).
 #define COMBINE_MAX_SPLITS 64
 // quant not null (one row, blockDim == head_dim, a multiple of 32): out's row is also quantized for the matmul after
 // (act_quant.cuh, quantize_lane_x2)
 __device__ void combine_block(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
-                              float* __restrict__ out, int n_heads, int head_dim, int n_splits,
+                              float* __restrict__ out, int n_heads, int head_dim, int n_splits, int n_active,
                               const RowQuant* quant = nullptr) {
-    __shared__ float sm[COMBINE_MAX_SPLITS], sl[COMBINE_MAX_SPLITS];
+    __shared__ float sw[COMBINE_MAX_SPLITS];
     const int t = blockIdx.x, h = blockIdx.y;
     const size_t base = ((size_t)t * n_heads + h) * n_splits;
-    for (int s = threadIdx.x; s < n_splits; s += blockDim.x) {
-        sm[s] = part_ml[2 * (base + s)];
-        sl[s] = part_ml[2 * (base + s) + 1];
+    if (threadIdx.x < 32) {  // splits lane and lane + 32
+        const int lane = threadIdx.x;
+        float m[2], l[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            const int sp = lane + 32 * u;
+            m[u] = sp < n_active ? part_ml[2 * (base + sp)] : -INFINITY;
+            l[u] = sp < n_active ? part_ml[2 * (base + sp) + 1] : 0.f;
+        }
+        float M = fmaxf(m[0], m[1]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        float w[2], L = 0.f;
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            w[u] = m[u] == -INFINITY ? 0.f : __expf(m[u] - M);
+            L += l[u] * w[u];
+        }
+        L = warp_sum(L);  // > 0: a row sees at least its own key
+        sw[lane] = w[0] / L;
+        sw[lane + 32] = w[1] / L;
     }
     __syncthreads();
-    float M = -INFINITY;
-    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, sm[s]);
-    float L = 0.f;
-    for (int s = 0; s < n_splits; ++s)
-        if (sm[s] != -INFINITY) L += sl[s] * __expf(sm[s] - M);
     for (int e = threadIdx.x; e < head_dim; e += blockDim.x) {
+        const float* acc = part_acc + base * head_dim + e;
         float A = 0.f;
-        for (int s0 = 0; s0 < n_splits; s0 += 8) {
-            float a[8];
-#pragma unroll
-            for (int u = 0; u < 8; ++u) a[u] = s0 + u < n_splits ? part_acc[(base + s0 + u) * head_dim + e] : 0.f;
-#pragma unroll
-            for (int u = 0; u < 8; ++u)
-                if (s0 + u < n_splits && sm[s0 + u] != -INFINITY) A += a[u] * __expf(sm[s0 + u] - M);
-        }
-        out[((size_t)t * n_heads + h) * head_dim + e] = A / L;
-        if (quant != nullptr) quantize_lane_x2(A / L, h * head_dim + e, *quant);
+#pragma unroll 16
+        for (int sp = 0; sp < n_active; ++sp) A += sw[sp] * acc[(size_t)sp * head_dim];
+        out[((size_t)t * n_heads + h) * head_dim + e] = A;
+        if (quant != nullptr) quantize_lane_x2(A, h * head_dim + e, *quant);
     }
 }
 
-extern "C" __global__ void attention_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
-                                             float* __restrict__ out, int n_heads, int head_dim, int n_splits) {
-    pdl_start();
-    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
+// the splits row t's keys take (attention_partial's grid may have more: kv_common.cuh, active_splits); reads only
+// the host-staged metadata, so it may run before pdl_wait
+__device__ __forceinline__ int row_splits(StepMeta meta, int t, int max_positions, int n_splits) {
+    const int s = __ldg(meta.row_seq + t);
+    const int c = __ldg(meta.seq_ncached + s);
+    return active_splits(min(c, max_positions) + (t - __ldg(meta.seq_row0 + s)) + 1, n_splits);
 }
 
 // The row's staged K/V (and scales) into the ring, each of the row's n_heads blocks a share of the words
@@ -261,8 +372,9 @@ extern "C" __global__ void attention_combine_append(
     const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
     const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
     const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
+    const int n_active = row_splits(meta, blockIdx.x, max_positions, n_splits);
     pdl_start();
-    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits);
+    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits, n_active);
     append_block(meta, sinks, window, max_positions, src0, dst0, words0, src1, dst1, src2, dst2, words2, src3, dst3);
 }
 
@@ -275,9 +387,10 @@ extern "C" __global__ void attention_combine_append_q8x2(
     const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
     const unsigned* __restrict__ src3, unsigned* __restrict__ dst3, int8_t* __restrict__ xq,
     float2* __restrict__ xds, int8_t* __restrict__ xd, float2* __restrict__ dsd, int* __restrict__ xs16, int Kp) {
+    const int n_active = row_splits(meta, blockIdx.x, max_positions, n_splits);
     pdl_start();
     const RowQuant quant{xq, xds, xd, dsd, xs16, n_heads * head_dim, Kp};
-    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits, &quant);
+    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits, n_active, &quant);
     append_block(meta, sinks, window, max_positions, src0, dst0, words0, src1, dst1, src2, dst2, words2, src3, dst3);
 }
 

@@ -12,6 +12,7 @@
 #include <cuda_fp16.h>
 
 #define Q8_BLOCK 32
+#define ATT_SPLIT_KEYS 64  // fewest keys per split of decode attention (CudaBackend.n_splits: the same 64)
 
 struct StepMeta {
     const int* row_seq;
@@ -45,4 +46,11 @@ __device__ __forceinline__ int ring_position(int j, int c, int sinks, int window
     int back = last - j;
     if (back < 0) back += window;
     return c - 1 - back;
+}
+
+// Key splits a row of nk keys uses out of the n_splits of split-K attention's grid (sized for the longest context
+// the step could have): at least ATT_SPLIT_KEYS keys each, so a short context is not spread thin (its combine
+// reads fewer partial results).
+__device__ __forceinline__ int active_splits(int nk, int n_splits) {
+    return max(1, min(n_splits, (nk + ATT_SPLIT_KEYS - 1) / ATT_SPLIT_KEYS));
 }

@@ -78,22 +78,25 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
                             int n_rot, int max_positions, const float* __restrict__ v, __half* __restrict__ k_st,
                             __half* __restrict__ v_st) {
     // the row's cos / sin per rotated pair, at p and at the sink position ps: every head uses the same n_rot / 2
-    // angles, so they are computed once per block (double sincos, rounded to float as before)
+    // angles, so they are computed once per block (double sincos, rounded to float as before). Positions (host-staged)
+    // and frequencies (constant) are not written by any kernel, so this runs before pdl_wait, over the kernel before.
     __shared__ float cs[ROPE_MAX_HALF][4];  // (cos p, sin p, cos ps, sin ps)
     const int t = blockIdx.x;
-    const int p = pos[t];
+    const int p = __ldg(pos + t);
     const int ps = p > max_positions - 1 ? max_positions - 1 : p;
     const int half = n_rot >> 1;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         double sd, cd;
-        sincos((double)p * inv_freq[i], &sd, &cd);
+        const double f = __ldg(inv_freq + i);
+        sincos((double)p * f, &sd, &cd);
         cs[i][0] = (float)cd;
         cs[i][1] = (float)sd;
-        if (ps != p) sincos((double)ps * inv_freq[i], &sd, &cd);
+        if (ps != p) sincos((double)ps * f, &sd, &cd);
         cs[i][2] = (float)cd;
         cs[i][3] = (float)sd;
     }
     __syncthreads();
+    pdl_start();
     // (head, pair) jobs of this row, spread over the blockIdx.y blocks of the row
     const int heads = n_heads + n_kv_heads;
     const int first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;
@@ -151,13 +154,11 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
         const float *__restrict__ v, __half *__restrict__ k_st, __half *__restrict__ v_st
 
 extern "C" __global__ void rope_qk_f32(ROPE_QK_ARGS) {
-    pdl_start();
     rope_qk_row<false>(q, k, q_out, qs_out, k_out, pos, inv_freq, n_heads, n_kv_heads, head_dim, n_rot, max_positions,
                        v, k_st, v_st);
 }
 
 extern "C" __global__ void rope_qk_neox_f32(ROPE_QK_ARGS) {
-    pdl_start();
     rope_qk_row<true>(q, k, q_out, qs_out, k_out, pos, inv_freq, n_heads, n_kv_heads, head_dim, n_rot, max_positions,
                       v, k_st, v_st);
 }
