@@ -1,20 +1,20 @@
 // Attention over the StreamingKVCache ring plus the step's new K/V (decode and prefill chunks), GQA,
-// f16 or block-scaled int8 KV. Split over key positions (flash-decoding), then a combine pass.
+// f16 or block-scaled int8 KV. Decode: split over key positions (flash-decoding), merged in the same launch.
 //
 // For row t of sequence s (position p = ncached[s] + i, i = t - row0[s]) and query head h (kv head h / G):
 //   keys  = the ring's valid entries (min(c, max_positions) of them, cache order; c = ncached[s])
 //         + the step's new keys of rows row0[s] .. t (from staging, already in storage format)
 //   key at position pos is a sink if pos < sinks (scored with q_sink), a window key if p - window < pos
 //   (scored with q); others are invisible. score = (q . k) / sqrt(head_dim); out = softmax(score) . V
-// Partials: for each (t, h, split): running max m, sum l and acc[HD] (unnormalized). attention_combine
-// merges the splits into out (T, n_heads * HD).
+// Split-K (attention_split_*): for each (t, h, split) a running max m, sum l and acc[HD] (unnormalized); the block
+// finishing a sequence's kv head last merges the splits into out (T, n_heads * HD) and appends the staged K/V.
 //
 // Layouts: q, q_sink, out: (T, n_heads * HD) float32. Ring K/V per layer: (slots, max_positions, kv_dim)
 // half or int8 (+ (slots, max_positions, kv_dim / 32) half scales). Staging: (T, kv_dim) in the same format.
-// Launch attention_partial_*: grid (n_splits, n_kv_heads, T), block 128. Each group of LPK = HD / 8 lanes
+// Launch attention_split_*: grid (n_splits, n_kv_heads, T), block 128. Each group of LPK = HD / 8 lanes
 // handles one key at a time, each lane 8 consecutive values (one 16-byte f16 load or one 8-byte int8 load);
 // groups stride over the split's keys; every lane of a warp runs the same number of iterations so the
-// group shuffles stay convergent. attention_combine: grid (T, n_heads), block HD.
+// group shuffles stay convergent.
 #include "act_quant.cuh"
 #include "async_copy.cuh"
 #include "kv_common.cuh"
@@ -43,7 +43,7 @@ __device__ __forceinline__ void load8(const void* base, const __half* scales, si
     }
 }
 
-// attention_partial's keys in flight: every lane copies its share of the next ATT_STAGES iterations' K and V
+// attention_split's keys in flight: every lane copies its share of the next ATT_STAGES iterations' K and V
 // (cp.async) into its own slots of shared memory while it computes one iteration. The copies of the first
 // ATT_STAGES iterations' ring entries are issued before pdl_wait: the ring holds keys of earlier steps only (this
 // step's keys are in staging, written by the kernel before this one; this step's append comes after attention),
@@ -100,14 +100,72 @@ __device__ __forceinline__ void unpack8(const unsigned char* raw, uint32_t scale
     }
 }
 
+// Where a split-K launch leaves its results: partial states, the per-(sequence, kv head) counters of finished
+// splits (zero between launches), the output, and (one row, xq not null) the output's quantization.
+struct SplitOut {
+    float* part_ml;
+    float* part_acc;
+    int* done;
+    float* out;
+    RowQuant quant;
+};
+
+// Value i of out's row t (n = n_heads * HD values a row); with quant, also its int8x2 quantization (one row: the 32
+// lanes of a warp hold 32 consecutive values)
+__device__ __forceinline__ void finish_value(const SplitOut& o, int t, int i, int n, float v) {
+    o.out[(size_t)t * n + i] = v;
+    if (o.quant.xq != nullptr) quantize_lane_x2(v, i, o.quant);
+}
+
+// out[t, h*HD + e] = sum_s acc_s[e] exp(m_s - M) / sum_s l_s exp(m_s - M) over row t's n_active splits, for the G
+// query heads of kv head kh. Each warp turns one head's (m, l) into weights w_s = exp(m_s - M) / L in shared memory;
+// then every thread sums its values over the splits with the loads unrolled. The partial states were written by other
+// blocks of this launch: read from L2 (__ldcg).
+#define COMBINE_MAX_SPLITS 64
+template <int HD, int G>
+__device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int n_splits, int n_active) {
+    __shared__ float sw[G][COMBINE_MAX_SPLITS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int h = warp; h < G; h += ATT_THREADS / 32) {  // splits lane and lane + 32
+        const size_t base = ((size_t)t * n_heads + kh * G + h) * n_splits;
+        float m[2], l[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            const int sp = lane + 32 * u;
+            m[u] = sp < n_active ? __ldcg(o.part_ml + 2 * (base + sp)) : -INFINITY;
+            l[u] = sp < n_active ? __ldcg(o.part_ml + 2 * (base + sp) + 1) : 0.f;
+        }
+        float M = fmaxf(m[0], m[1]);
+#pragma unroll
+        for (int s = 16; s > 0; s >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, s));
+        float w[2], L = 0.f;
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            w[u] = m[u] == -INFINITY ? 0.f : __expf(m[u] - M);
+            L += l[u] * w[u];
+        }
+        L = warp_sum(L);  // > 0: a row sees at least its own key
+        sw[h][lane] = w[0] / L;
+        sw[h][lane + 32] = w[1] / L;
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps
+        const int h = j / HD, e = j - h * HD;
+        const float* acc = o.part_acc + ((size_t)t * n_heads + kh * G + h) * n_splits * HD + e;
+        float A = 0.f;
+#pragma unroll 16
+        for (int sp = 0; sp < n_active; ++sp) A += sw[h][sp] * __ldcg(acc + (size_t)sp * HD);
+        finish_value(o, t, (kh * G + h) * HD + e, n_heads * HD, A);
+    }
+    __syncthreads();  // sw is reused for the next row
+}
+
 template <int HD, int G, int KVT>
-__device__ void attention_partial(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
-                                  const void* __restrict__ ring_k, const void* __restrict__ ring_v,
-                                  const __half* __restrict__ ring_ks, const __half* __restrict__ ring_vs,
-                                  const void* __restrict__ st_k, const void* __restrict__ st_v,
-                                  const __half* __restrict__ st_ks, const __half* __restrict__ st_vs,
-                                  float* __restrict__ part_ml, float* __restrict__ part_acc,
-                                  int n_kv_heads, int sinks, int window, int max_positions, float scale) {
+__device__ void attention_split(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
+                                void* ring_k, void* ring_v, __half* ring_ks, __half* ring_vs,
+                                const void* __restrict__ st_k, const void* __restrict__ st_v,
+                                const __half* __restrict__ st_ks, const __half* __restrict__ st_vs, SplitOut o,
+                                int n_kv_heads, int sinks, int window, int max_positions, float scale) {
     constexpr int LPK = HD / 8;                 // lanes per key
     constexpr int GROUPS = ATT_THREADS / LPK;   // keys in flight per block per iteration
     struct Merge {
@@ -251,7 +309,11 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
         for (int e = 0; e < 8; ++e) mg.acc[grp][h][gl * 8 + e] = acc[h][e];
     }
     __syncthreads();
-    for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {
+    // The sequence's blocks for this kv head: its rows' splits. One (a decode row on one split) finishes alone.
+    const int seq_end = __ldg(meta.seq_row0 + s + 1);
+    int total = 0;
+    for (int u = r0; u < seq_end; ++u) total += active_splits(valid + (u - r0) + 1, n_splits);
+    for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps: G * HD is a multiple of 32
         const int h = j / HD, e = j - h * HD;
         float M = -INFINITY;
         for (int g = 0; g < GROUPS; ++g) M = fmaxf(M, mg.m[g][h]);
@@ -265,134 +327,66 @@ __device__ void attention_partial(const float* __restrict__ q, const float* __re
                 A += mg.acc[g][h][e] * w;
             }
         }
-        const size_t idx = ((size_t)t * n_heads + kh * G + h) * n_splits + sp;
-        part_acc[idx * HD + e] = A;
-        if (e == 0) { part_ml[2 * idx] = M; part_ml[2 * idx + 1] = L; }
+        if (total == 1) {
+            finish_value(o, t, (kh * G + h) * HD + e, n_heads * HD, A / L);
+        } else {
+            const size_t idx = ((size_t)t * n_heads + kh * G + h) * n_splits + sp;
+            o.part_acc[idx * HD + e] = A;
+            if (e == 0) { o.part_ml[2 * idx] = M; o.part_ml[2 * idx + 1] = L; }
+        }
+    }
+    if (total > 1) {  // the last of the sequence's blocks for this kv head merges them (threadfence reduction)
+        __shared__ int last;
+        __threadfence();
+        __syncthreads();
+        int* done = o.done + (size_t)s * n_kv_heads + kh;
+        if (threadIdx.x == 0) last = atomicAdd(done, 1) == total - 1;
+        __syncthreads();
+        if (!last) return;
+        __threadfence();
+        for (int u = r0; u < seq_end; ++u)
+            merge_splits<HD, G>(o, u, kh, n_heads, n_splits, active_splits(valid + (u - r0) + 1, n_splits));
+        if (threadIdx.x == 0) *done = 0;  // ready for the next launch
+    }
+    // Every block reading this kv head's ring entries for the sequence has finished: append its new keys.
+    for (int u = r0; u < seq_end; ++u) {
+        size_t ring_row;
+        if (!append_ring_row(meta, u, sinks, window, max_positions, ring_row)) continue;  // overwritten in this chunk
+        constexpr int WORDS = HD * (2 - KVT) / 4;  // one head's K (or V) values of a row, in 4-byte words
+        const size_t src = ((size_t)u * kv_dim + kh * HD) * (2 - KVT) / 4, dst = (ring_row * kv_dim + kh * HD) * (2 - KVT) / 4;
+        for (int w = threadIdx.x; w < 2 * WORDS; w += ATT_THREADS) {
+            const bool is_v = w >= WORDS;
+            const unsigned* from = reinterpret_cast<const unsigned*>(is_v ? st_v : st_k);
+            unsigned* to = reinterpret_cast<unsigned*>(is_v ? ring_v : ring_k);
+            to[dst + w - is_v * WORDS] = from[src + w - is_v * WORDS];
+        }
+        if (KVT == 1 && threadIdx.x < HD / Q8_BLOCK) {  // the head's HD / 32 scales of K and of V
+            const int nsc = kv_dim / Q8_BLOCK, i = kh * (HD / Q8_BLOCK) + threadIdx.x;
+            ring_ks[ring_row * nsc + i] = st_ks[(size_t)u * nsc + i];
+            ring_vs[ring_row * nsc + i] = st_vs[(size_t)u * nsc + i];
+        }
     }
 }
 
 // CudaBackend.n_splits sizes the grid at 8 blocks per SM (one wave); without GQA the kernel fits in 64 registers
 #define ATT_MIN_BLOCKS(G) ((G) == 1 ? 8 : 1)
 #define ATT_ENTRY(HD, G, KVT, SUFFIX)                                                                          \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS, ATT_MIN_BLOCKS(G)) attention_partial_##HD##_##G##_##SUFFIX( \
-        const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,                          \
-        const void* __restrict__ ring_k, const void* __restrict__ ring_v, const __half* __restrict__ ring_ks,  \
-        const __half* __restrict__ ring_vs, const void* __restrict__ st_k, const void* __restrict__ st_v,      \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS, ATT_MIN_BLOCKS(G)) attention_split_##HD##_##G##_##SUFFIX( \
+        const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta, void* ring_k, void* ring_v, \
+        __half* ring_ks, __half* ring_vs, const void* __restrict__ st_k, const void* __restrict__ st_v,        \
         const __half* __restrict__ st_ks, const __half* __restrict__ st_vs, float* __restrict__ part_ml,       \
-        float* __restrict__ part_acc, int n_kv_heads, int sinks, int window, int max_positions, float scale) { \
-        attention_partial<HD, G, KVT>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs, st_k, st_v, st_ks,     \
-                                      st_vs, part_ml, part_acc, n_kv_heads, sinks, window, max_positions,      \
-                                      scale);                                                                  \
+        float* __restrict__ part_acc, int* __restrict__ done, float* __restrict__ out, int n_kv_heads, int sinks, \
+        int window, int max_positions, float scale, int8_t* __restrict__ xq, float2* __restrict__ xds,         \
+        int8_t* __restrict__ xd, float2* __restrict__ dsd, int* __restrict__ xs16, int Kp) {                    \
+        const SplitOut o{part_ml, part_acc, done, out,                                                          \
+                         RowQuant{xq, xds, xd, dsd, xs16, n_kv_heads * G * HD, Kp}};                             \
+        attention_split<HD, G, KVT>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs, st_k, st_v, st_ks, st_vs, \
+                                    o, n_kv_heads, sinks, window, max_positions, scale);                        \
     }
 
 #define ATT_ENTRIES(HD, G) ATT_ENTRY(HD, G, 0, f16) ATT_ENTRY(HD, G, 1, q8)
 ATT_ENTRIES(64, 1) ATT_ENTRIES(64, 2) ATT_ENTRIES(64, 3) ATT_ENTRIES(64, 4) ATT_ENTRIES(64, 8)
 ATT_ENTRIES(128, 1) ATT_ENTRIES(128, 2) ATT_ENTRIES(128, 3) ATT_ENTRIES(128, 4) ATT_ENTRIES(128, 8)
-
-// out[t, h*HD + e] = sum_s acc_s[e] exp(m_s - M) / sum_s l_s exp(m_s - M) over the row's n_active splits. Warp 0
-// turns the splits' (m, l) into weights w_s = exp(m_s - M) / L in shared memory; then every thread sums its value
-// over the splits with the loads unrolled (a chain of dependent loads was most of the decode step's combine time).
-#define COMBINE_MAX_SPLITS 64
-// quant not null (one row, blockDim == head_dim, a multiple of 32): out's row is also quantized for the matmul after
-// (act_quant.cuh, quantize_lane_x2)
-__device__ void combine_block(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
-                              float* __restrict__ out, int n_heads, int head_dim, int n_splits, int n_active,
-                              const RowQuant* quant = nullptr) {
-    __shared__ float sw[COMBINE_MAX_SPLITS];
-    const int t = blockIdx.x, h = blockIdx.y;
-    const size_t base = ((size_t)t * n_heads + h) * n_splits;
-    if (threadIdx.x < 32) {  // splits lane and lane + 32
-        const int lane = threadIdx.x;
-        float m[2], l[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            const int sp = lane + 32 * u;
-            m[u] = sp < n_active ? part_ml[2 * (base + sp)] : -INFINITY;
-            l[u] = sp < n_active ? part_ml[2 * (base + sp) + 1] : 0.f;
-        }
-        float M = fmaxf(m[0], m[1]);
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-        float w[2], L = 0.f;
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            w[u] = m[u] == -INFINITY ? 0.f : __expf(m[u] - M);
-            L += l[u] * w[u];
-        }
-        L = warp_sum(L);  // > 0: a row sees at least its own key
-        sw[lane] = w[0] / L;
-        sw[lane + 32] = w[1] / L;
-    }
-    __syncthreads();
-    for (int e = threadIdx.x; e < head_dim; e += blockDim.x) {
-        const float* acc = part_acc + base * head_dim + e;
-        float A = 0.f;
-#pragma unroll 16
-        for (int sp = 0; sp < n_active; ++sp) A += sw[sp] * acc[(size_t)sp * head_dim];
-        out[((size_t)t * n_heads + h) * head_dim + e] = A;
-        if (quant != nullptr) quantize_lane_x2(A, h * head_dim + e, *quant);
-    }
-}
-
-// the splits row t's keys take (attention_partial's grid may have more: kv_common.cuh, active_splits); reads only
-// the host-staged metadata, so it may run before pdl_wait
-__device__ __forceinline__ int row_splits(StepMeta meta, int t, int max_positions, int n_splits) {
-    const int s = __ldg(meta.row_seq + t);
-    const int c = __ldg(meta.seq_ncached + s);
-    return active_splits(min(c, max_positions) + (t - __ldg(meta.seq_row0 + s)) + 1, n_splits);
-}
-
-// The row's staged K/V (and scales) into the ring, each of the row's n_heads blocks a share of the words
-__device__ __forceinline__ void append_block(StepMeta meta, int sinks, int window, int max_positions,
-                                             const unsigned* __restrict__ src0, unsigned* __restrict__ dst0,
-                                             int words0, const unsigned* __restrict__ src1,
-                                             unsigned* __restrict__ dst1, const unsigned* __restrict__ src2,
-                                             unsigned* __restrict__ dst2, int words2,
-                                             const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
-    const int t = blockIdx.x;
-    size_t ring_row;
-    if (!append_ring_row(meta, t, sinks, window, max_positions, ring_row)) return;  // overwritten in this chunk
-    const int first = blockIdx.y * blockDim.x + threadIdx.x, stride = gridDim.y * blockDim.x;  // every head's block
-    for (int w = first; w < words0; w += stride) {
-        dst0[ring_row * words0 + w] = src0[(size_t)t * words0 + w];
-        dst1[ring_row * words0 + w] = src1[(size_t)t * words0 + w];
-    }
-    for (int w = first; w < words2; w += stride) {
-        dst2[ring_row * words2 + w] = src2[(size_t)t * words2 + w];
-        dst3[ring_row * words2 + w] = src3[(size_t)t * words2 + w];
-    }
-}
-
-// attention_combine + kv_append (kv_store.cu) in one launch: the row's n_heads blocks also copy its staged K/V
-// (and scales) into the ring. Safe after attention_partial (the only reader) has finished: stream order.
-extern "C" __global__ void attention_combine_append(
-    const float* __restrict__ part_ml, const float* __restrict__ part_acc, float* __restrict__ out, int n_heads,
-    int head_dim, int n_splits, StepMeta meta, int sinks, int window, int max_positions,
-    const unsigned* __restrict__ src0, unsigned* __restrict__ dst0, int words0,
-    const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
-    const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
-    const unsigned* __restrict__ src3, unsigned* __restrict__ dst3) {
-    const int n_active = row_splits(meta, blockIdx.x, max_positions, n_splits);
-    pdl_start();
-    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits, n_active);
-    append_block(meta, sinks, window, max_positions, src0, dst0, words0, src1, dst1, src2, dst2, words2, src3, dst3);
-}
-
-// ... and at one row the output's int8x2 quantization for the matmul after (CudaBackend.fuse_quant).
-extern "C" __global__ void attention_combine_append_q8x2(
-    const float* __restrict__ part_ml, const float* __restrict__ part_acc, float* __restrict__ out, int n_heads,
-    int head_dim, int n_splits, StepMeta meta, int sinks, int window, int max_positions,
-    const unsigned* __restrict__ src0, unsigned* __restrict__ dst0, int words0,
-    const unsigned* __restrict__ src1, unsigned* __restrict__ dst1,
-    const unsigned* __restrict__ src2, unsigned* __restrict__ dst2, int words2,
-    const unsigned* __restrict__ src3, unsigned* __restrict__ dst3, int8_t* __restrict__ xq,
-    float2* __restrict__ xds, int8_t* __restrict__ xd, float2* __restrict__ dsd, int* __restrict__ xs16, int Kp) {
-    const int n_active = row_splits(meta, blockIdx.x, max_positions, n_splits);
-    pdl_start();
-    const RowQuant quant{xq, xds, xd, dsd, xs16, n_heads * head_dim, Kp};
-    combine_block(part_ml, part_acc, out, n_heads, head_dim, n_splits, n_active, &quant);
-    append_block(meta, sinks, window, max_positions, src0, dst0, words0, src1, dst1, src2, dst2, words2, src3, dst3);
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // attention_prefill_*: one block per (tile of up to 16 consecutive rows of one sequence, kv head, row pass);

@@ -1,6 +1,6 @@
 // Prefill attention on tensor cores: flash-attention over the StreamingKVCache ring plus the step's new K/V,
 // mma.sync.m16n8k16 (f16 inputs, f32 accumulate) with an f32 online softmax; GQA; f16 or block-scaled int8 KV.
-// Same contract as attention_prefill_* / attention_partial_* in attention.cu (read its header for the masks):
+// Same contract as attention_prefill_* / attention_split_* in attention.cu (read its header for the masks):
 //   key index kk in [0, nk) of a row: ring entry kk (kk < valid = min(c, max_positions), position from
 //   ring_position) or the step's staged key u = kk - valid (position c + u, causal: u <= the row's offset);
 //   a key is a sink iff its position < sinks, which is iff kk < sinks, and is scored with q_sink; any other

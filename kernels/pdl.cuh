@@ -7,7 +7,7 @@
 //                  once the preceding grid has completed and its writes are visible (and so, transitively, every
 //                  earlier grid). Only data no kernel of the step writes before this one may be touched before it:
 //                  weights (matmul_dec), the host-staged step metadata and the KV ring's entries of earlier steps
-//                  (attention_partial).
+//                  (attention_split).
 //   pdl_trigger()  after pdl_wait(): lets the next kernel's launch begin now rather than at this grid's exit.
 // Launched without a programmatic edge (eager steps, tests), both are no-ops.
 #pragma once

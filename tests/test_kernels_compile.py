@@ -115,7 +115,7 @@ def _ptx(source: str) -> str:
             return f.read()
 
 
-PRE_WAIT_READS = ("matmul_dec_", "attention_partial_", "attention_combine_append", "rope_qk_", "rms_norm_quant_x2")
+PRE_WAIT_READS = ("matmul_dec_", "attention_split_", "rope_qk_", "rms_norm_quant_x2")
 
 
 @pytest.mark.slow
@@ -127,7 +127,7 @@ def test_every_kernel_waits_for_its_predecessor(source: str) -> None:
     must contain the wait, and no global load or store before it. Kernels in PRE_WAIT_READS may read, with read-only
     loads or async copies, data no kernel of the step writes: weights (matmul_dec_*: its first rows; rms_norm_quant_x2:
     the norm weights; rope_qk_*: the frequencies), the host-staged step metadata (positions, sequence table) and the
-    KV ring's entries of earlier steps (attention_partial_*)."""
+    KV ring's entries of earlier steps (attention_split_*)."""
     ptx = _ptx(source)
     entries = re.split(r"\n\.visible \.entry ", ptx)[1:]
     assert entries, f"no entry in {source}"

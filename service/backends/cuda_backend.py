@@ -571,8 +571,10 @@ class CudaBackend:
         want = math.ceil(8 * self.rt.sm_count / max(1, T * n_kv_heads))
         return max(1, min(want, math.ceil((max_positions + T) / 64), ATT_MAX_SPLITS))
 
-    def _partial_bufs(self, n_heads: int, head_dim: int, max_positions: int, n_kv_heads: int) -> tuple[DeviceBuffer, DeviceBuffer]:
-        """Split-K partials for the worst step this model shape can take (sized once per shape)."""
+    def _partial_bufs(self, n_heads: int, head_dim: int, max_positions: int,
+                      n_kv_heads: int) -> tuple[DeviceBuffer, DeviceBuffer, DeviceBuffer]:
+        """Split-K partials for the worst step this model shape can take (sized once per shape), and the counters of
+        finished splits per (sequence, kv head), zero between launches (attention_split resets what it counts)."""
         key = (n_heads, head_dim, max_positions, n_kv_heads)
         if self._partials.get("key") != key:
             worst = max(T * self.n_splits(T, n_kv_heads, max_positions) for T in range(1, self.max_rows + 1))
@@ -584,8 +586,14 @@ class CudaBackend:
                 self._partials["ml"] = self.rt.alloc(4 * 2 * need, "activations", "attention.partial_ml")
                 self._partials["acc"] = self.rt.alloc(4 * need * head_dim, "activations", "attention.partial_acc")
                 self._partials["rows"] = need * head_dim
+            if self._partials.get("done_n", 0) < self.max_seqs * n_kv_heads:
+                if "done" in self._partials:
+                    self.rt.free(self._partials.pop("done"))
+                self._partials["done_n"] = self.max_seqs * n_kv_heads
+                self._partials["done"] = self.rt.alloc(4 * self.max_seqs * n_kv_heads, "activations", "attention.done")
+                self.rt.memset_u8(self._partials["done"], 0, 4 * self.max_seqs * n_kv_heads)
             self._partials["key"] = key
-        return self._partials["ml"], self._partials["acc"]
+        return self._partials["ml"], self._partials["acc"], self._partials["done"]
 
     @staticmethod
     def _mma_row_tiles(step: CudaStep, G: int) -> int:
@@ -642,22 +650,17 @@ class CudaBackend:
             self._launch("kv_store", "kv_append", "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP", (T, 4 if q8 else 2, 1),
                          (128, 1, 1), *meta, *append)
             return out
-        # 2. split-K partial softmax over ring + staged keys, 3. combine the splits + 4. append, one launch
+        # 2. split-K softmax over ring + staged keys, the splits merged and the new K/V appended in the same launch
         splits = self.n_splits(T, n_kv_heads, lay.max_positions)
-        ml, acc = self._partial_bufs(n_heads, hd, lay.max_positions, n_kv_heads)
+        ml, acc, done = self._partial_bufs(n_heads, hd, lay.max_positions, n_kv_heads)
         assert T * splits * n_heads * hd <= self._partials["rows"]
-        name = f"attention_partial_{hd}_{G}_{'q8' if q8 else 'f16'}"
-        self._launch("attention", name, "PP" + "PPPP" + "PPPPPPPP" + "PP" + "iiiif", (splits, n_kv_heads, T),
-                     (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta, *kvs, ml.ptr, acc.ptr, *tail)
-        args = (ml.ptr, acc.ptr, out.ptr, np.int32(n_heads), np.int32(hd), np.int32(splits), *meta, *append)
-        fmt = "PPPiii" + "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP"
-        quant = self._quant_out(T, n_heads * hd) if hd % 32 == 0 else None
-        if quant is not None:  # ... and the output's quantization for the O projection (fuse_quant)
-            self._launch("attention", "attention_combine_append_q8x2", fmt + "PPPPPi", (T, n_heads, 1), (hd, 1, 1),
-                         *args, *quant[:6])
+        quant = self._quant_out(T, n_heads * hd) if hd % 32 == 0 else None  # ... + the O projection's input (fuse_quant)
+        name = f"attention_split_{hd}_{G}_{'q8' if q8 else 'f16'}"
+        self._launch("attention", name, "PP" + "PPPP" + "PPPPPPPP" + "PPPP" + "iiiif" + "PPPPPi", (splits, n_kv_heads, T),
+                     (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta, *kvs, ml.ptr, acc.ptr, done.ptr, out.ptr, *tail,
+                     *(quant[:6] if quant is not None else (0, 0, 0, 0, 0, np.int32(0))))
+        if quant is not None:
             self._ws_x = out
-            return out
-        self._launch("attention", "attention_combine_append", fmt, (T, n_heads, 1), (hd, 1, 1), *args)
         return out
 
     def silu_mul(self, gate: CudaTensor, up: CudaTensor) -> CudaTensor:
