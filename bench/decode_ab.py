@@ -8,7 +8,8 @@ options after "+": nodec sends batch-1 Q4_K through the paired vector kernel ins
 dec:<config> picks that decode-kernel configuration (e.g. pdl+dec:r1s2), qfirst makes the two-pass quantizers trigger
 their dependent before their own wait (CudaMatmul.quant_trigger_first), only:<type>,<type> limits the decode
 kernel to those weight types (e.g. pdl+only:q4_k), nofuse quantizes the matmul inputs in launches of their own
-(not inside rms_norm / silu_mul: CudaBackend.fuse_quant), skip:<prefix>,<prefix> launches no kernel
+(not inside rms_norm / silu_mul: CudaBackend.fuse_quant), norope rotates q and k in a rope_qk launch of its own
+(not inside decode attention: CudaBackend.fuse_rope), skip:<prefix>,<prefix> launches no kernel
 whose name starts with a prefix (the outputs are then wrong: it measures what those kernels cost inside the graph,
 e.g. pdl+skip:quantize_act).
 For every scenario (b1: batch 1 at depth 16, d2048: batch 1 at depth 2048, s<N>: N sequences at depth 512) one
@@ -60,12 +61,14 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
-    backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nofuse, +skip:<prefixes> (module docstring)."""
+    backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nofuse, +norope,
+    +skip:<prefixes> (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
     be.mm.dec_variant = next((o for o in opts if o.startswith("dec:")), None)
     be.mm.quant_trigger_first = "qfirst" in opts
     be.fuse_quant = "nofuse" not in opts
+    be.fuse_rope = "norope" not in opts
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)
     skip = next((o[5:] for o in opts if o.startswith("skip:")), "")
     _skip(be, tuple(p for p in skip.split(",") if p))

@@ -7,7 +7,8 @@
 //   key at position pos is a sink if pos < sinks (scored with q_sink), a window key if p - window < pos
 //   (scored with q); others are invisible. score = (q . k) / sqrt(head_dim); out = softmax(score) . V
 // Split-K (attention_split_*): for each (t, h, split) a running max m, sum l and acc[HD] (unnormalized); the block
-// finishing a sequence's kv head last merges the splits into out (T, n_heads * HD) and appends the staged K/V.
+// finishing a sequence's kv head last merges the splits into out (T, n_heads * HD) and appends the new K/V. At decode
+// (one row per sequence, normal-mode rope) it also rotates q and the new k itself from the rope_table_f32 angles.
 //
 // Layouts: q, q_sink, out: (T, n_heads * HD) float32. Ring K/V per layer: (slots, max_positions, kv_dim)
 // half or int8 (+ (slots, max_positions, kv_dim / 32) half scales). Staging: (T, kv_dim) in the same format.
@@ -19,6 +20,7 @@
 #include "async_copy.cuh"
 #include "kv_common.cuh"
 #include "pdl.cuh"
+#include "rope.cuh"
 
 #define ATT_THREADS 128
 
@@ -66,7 +68,7 @@ __device__ __forceinline__ void copy8(unsigned char* dst, uint32_t* dst_scale, c
     if (KVT == 1) cp_async<4>(dst_scale, scales + ((row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK) & ~(size_t)1));
 }
 
-// the same with plain loads (the step's staged keys, which may only be read after pdl_wait)
+// the same with plain loads into the slot (the step's staged keys, which may only be read after pdl_wait)
 template <int KVT>
 __device__ __forceinline__ void load_into(unsigned char* dst, uint32_t* dst_scale, const void* base,
                                           const __half* scales, size_t row, int kv_dim, int col) {
@@ -77,6 +79,69 @@ __device__ __forceinline__ void load_into(unsigned char* dst, uint32_t* dst_scal
         *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(src);
         *dst_scale = *reinterpret_cast<const uint32_t*>(scales + ((row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK) & ~(size_t)1));
     }
+}
+
+// The step's new K/V rows (T, kv_dim) in the ring's format, staged by the kernel before (k, v, ks, vs); or, at a decode
+// step with the rotations fused in (rope not null), raw f32 from the QKV matmul (raw_k, raw_v), rotated (k) and
+// encoded here into the same values rope_qk_f32 + kv_stage_* would have staged.
+struct NewKV {
+    const void* k;
+    const void* v;
+    const __half* ks;
+    const __half* vs;
+    const float* raw_k;
+    const float* raw_v;
+    const float4* rope;  // (T, n_rot / 2) (cos p, sin p, cos ps, sin ps) per pair (rope.cu, rope_table_f32), or null
+    int n_rot;
+};
+
+// 8 consecutive values at raw + col (col = hc within the head), normal-mode rotated at angles rot (row's table) when
+// rot is not null: pair i = hc / 2 + j is (x[2j], x[2j + 1]), rotated while 2 i < n_rot; sink: the ps angles
+__device__ __forceinline__ void load_rotated8(const float* raw, const float4* rot, int hc, int n_rot, bool sink,
+                                              float x[8]) {
+    const float4 a = *reinterpret_cast<const float4*>(raw), b = *reinterpret_cast<const float4*>(raw + 4);
+    x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w; x[4] = b.x; x[5] = b.y; x[6] = b.z; x[7] = b.w;
+    if (rot == nullptr) return;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int i = hc / 2 + j;
+        if (2 * i < n_rot) {
+            const float4 cs = rot[i];
+            const float2 r = sink ? rotate(x[2 * j], x[2 * j + 1], cs.z, cs.w) : rotate(x[2 * j], x[2 * j + 1], cs.x, cs.y);
+            x[2 * j] = r.x;
+            x[2 * j + 1] = r.y;
+        }
+    }
+}
+
+// 8 values (K: rotated) in the ring's storage format into dst (+ the q8 scale into its word's half); the lanes in
+// mask (a key's lanes, whole groups of 4) call it together
+template <int KVT>
+__device__ __forceinline__ void encode8(const float x[8], int col, unsigned mask, unsigned char* dst,
+                                        uint32_t* dst_scale) {
+    if (KVT == 0) {
+        __half2 h[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) h[e] = __floats2half2_rn(x[2 * e], x[2 * e + 1]);
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(h);
+    } else {
+        signed char q[8];
+        const __half sc = q8_encode8(x, q, mask);
+        *reinterpret_cast<uint2*>(dst) = *reinterpret_cast<const uint2*>(q);
+        *dst_scale = (uint32_t)__half_as_ushort(sc) << (16 * ((col / Q8_BLOCK) & 1));
+    }
+}
+
+// this lane's 8 values of the step's new K and V of row `row`, rotated (K) and encoded as the ring stores them, into
+// dk / dv (+ the q8 scales' words); the key's lanes (mask) call it together
+template <int KVT, int HD>
+__device__ __forceinline__ void encode_new(const NewKV& nw, size_t row, int kv_dim, int col, unsigned mask,
+                                           unsigned char* dk, uint32_t* dks, unsigned char* dv, uint32_t* dvs) {
+    float x[8];
+    load_rotated8(nw.raw_k + row * kv_dim + col, nw.rope + row * (nw.n_rot / 2), col % HD, nw.n_rot, false, x);
+    encode8<KVT>(x, col, mask, dk, dks);
+    load_rotated8(nw.raw_v + row * kv_dim + col, nullptr, 0, 0, false, x);
+    encode8<KVT>(x, col, mask, dv, dvs);
 }
 
 template <int KVT>
@@ -160,11 +225,9 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
     __syncthreads();  // sw is reused for the next row
 }
 
-template <int HD, int G, int KVT>
+template <int HD, int G, int KVT, bool ROPE>  // ROPE: a decode step (one row per sequence), NewKV's rope given
 __device__ void attention_split(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
-                                void* ring_k, void* ring_v, __half* ring_ks, __half* ring_vs,
-                                const void* __restrict__ st_k, const void* __restrict__ st_v,
-                                const __half* __restrict__ st_ks, const __half* __restrict__ st_vs, SplitOut o,
+                                void* ring_k, void* ring_v, __half* ring_ks, __half* ring_vs, NewKV nw, SplitOut o,
                                 int n_kv_heads, int sinks, int window, int max_positions, float scale) {
     constexpr int LPK = HD / 8;                 // lanes per key
     constexpr int GROUPS = ATT_THREADS / LPK;   // keys in flight per block per iteration
@@ -197,6 +260,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     const int tid = threadIdx.x;
     const int grp = tid / LPK, gl = tid % LPK;
     const int col = kh * HD + gl * 8;  // this lane's first value within a K/V row
+    const unsigned key_lanes = LPK == 32 ? 0xffffffffu : ((1u << LPK) - 1) << ((tid & 31) & ~(LPK - 1));
     // iteration `it` gives this lane key k0 + it * GROUPS + grp (its LPK lanes split the key's HD values)
     auto copy_ring = [&](int it) {
         const int kk = k0 + it * GROUPS + grp;
@@ -207,11 +271,6 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             copy8<KVT>(st.v[tid], st.vs + tid * KVT, ring_v, ring_vs, row, kv_dim, col);
         }
     };
-    auto staged_row = [&](int it, size_t& row) {
-        const int kk = k0 + it * GROUPS + grp;
-        row = (size_t)(r0 + kk - valid);
-        return kk < k1 && kk >= valid;
-    };
 #pragma unroll
     for (int it = 0; it < ATT_STAGES; ++it) {
         if (it < n_iter) copy_ring(it);
@@ -219,27 +278,55 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     }
     pdl_wait();
     pdl_trigger();
-    for (int it = 0; it < ATT_STAGES && it < n_iter; ++it) {
-        size_t row;
-        if (staged_row(it, row)) {
+    if constexpr (ROPE) {
+        // the row's own key, its only new one, encoded by its lanes: into its slot when its iteration is among the
+        // first, else into staging, where the loop below copies it from like any staged key (the same thread)
+        const int kk = nk - 1;
+        if (kk >= k0 && kk < k1 && (kk - k0) % GROUPS == grp) {  // (the key's lanes together)
+            const int it = (kk - k0) / GROUPS;
             KVSlots<KVT>& st = slots[it % ATT_STAGES];
-            load_into<KVT>(st.k[tid], st.ks + tid * KVT, st_k, st_ks, row, kv_dim, col);
-            load_into<KVT>(st.v[tid], st.vs + tid * KVT, st_v, st_vs, row, kv_dim, col);
+            __align__(16) unsigned char k8[16], v8[16];
+            uint32_t kw = 0, vw = 0;
+            encode_new<KVT, HD>(nw, (size_t)t, kv_dim, col, key_lanes, it < ATT_STAGES ? st.k[tid] : k8,
+                                it < ATT_STAGES ? st.ks + tid * KVT : &kw, it < ATT_STAGES ? st.v[tid] : v8,
+                                it < ATT_STAGES ? st.vs + tid * KVT : &vw);
+            if (it >= ATT_STAGES) {
+                unsigned char* sk = (unsigned char*)nw.k + ((size_t)t * kv_dim + col) * (2 - KVT);
+                unsigned char* sv = (unsigned char*)nw.v + ((size_t)t * kv_dim + col) * (2 - KVT);
+                if (KVT == 0) {
+                    *reinterpret_cast<uint4*>(sk) = *reinterpret_cast<const uint4*>(k8);
+                    *reinterpret_cast<uint4*>(sv) = *reinterpret_cast<const uint4*>(v8);
+                } else {
+                    *reinterpret_cast<uint2*>(sk) = *reinterpret_cast<const uint2*>(k8);
+                    *reinterpret_cast<uint2*>(sv) = *reinterpret_cast<const uint2*>(v8);
+                    if (gl % 4 == 0) {
+                        const size_t i = (size_t)t * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK, sh = 16 * (i & 1);
+                        ((__half*)nw.ks)[i] = __ushort_as_half((unsigned short)(kw >> sh));
+                        ((__half*)nw.vs)[i] = __ushort_as_half((unsigned short)(vw >> sh));
+                    }
+                }
+            }
+        }
+    } else {
+        // the step's new keys among the first iterations' (staged by the kernel before), with q
+        for (int it = 0; it < ATT_STAGES && it < n_iter; ++it) {
+            const int kk = k0 + it * GROUPS + grp;
+            if (kk >= valid && kk < k1) {
+                KVSlots<KVT>& st = slots[it % ATT_STAGES];
+                load_into<KVT>(st.k[tid], st.ks + tid * KVT, nw.k, nw.ks, (size_t)(r0 + kk - valid), kv_dim, col);
+                load_into<KVT>(st.v[tid], st.vs + tid * KVT, nw.v, nw.vs, (size_t)(r0 + kk - valid), kv_dim, col);
+            }
         }
     }
 
+    // q at p (window keys) and at the sink position: given, or rotated here (rope)
     float qw[G][8], qs[G][8];
+    const float4* rot = ROPE ? nw.rope + (size_t)t * (nw.n_rot / 2) : nullptr;
 #pragma unroll
     for (int h = 0; h < G; ++h) {
         const size_t qoff = (size_t)t * n_heads * HD + (size_t)(kh * G + h) * HD + gl * 8;
-        const float4 a = *reinterpret_cast<const float4*>(q + qoff);
-        const float4 b = *reinterpret_cast<const float4*>(q + qoff + 4);
-        qw[h][0] = a.x; qw[h][1] = a.y; qw[h][2] = a.z; qw[h][3] = a.w;
-        qw[h][4] = b.x; qw[h][5] = b.y; qw[h][6] = b.z; qw[h][7] = b.w;
-        const float4 c4 = *reinterpret_cast<const float4*>(q_sink + qoff);
-        const float4 d4 = *reinterpret_cast<const float4*>(q_sink + qoff + 4);
-        qs[h][0] = c4.x; qs[h][1] = c4.y; qs[h][2] = c4.z; qs[h][3] = c4.w;
-        qs[h][4] = d4.x; qs[h][5] = d4.y; qs[h][6] = d4.z; qs[h][7] = d4.w;
+        load_rotated8(q + qoff, rot, gl * 8, nw.n_rot, false, qw[h]);
+        load_rotated8(ROPE ? q + qoff : q_sink + qoff, rot, gl * 8, nw.n_rot, true, qs[h]);
     }
     float m[G], l[G], acc[G][8];
 #pragma unroll
@@ -266,12 +353,12 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         }
         const int ahead = it + ATT_STAGES;  // into the slots just read
         if (ahead < n_iter) {
-            size_t row;
             copy_ring(ahead);
-            if (staged_row(ahead, row)) {
+            const int kn = k0 + ahead * GROUPS + grp;
+            if (kn >= valid && kn < k1) {  // a new key further on, from staging
                 KVSlots<KVT>& st = slots[ahead % ATT_STAGES];
-                copy8<KVT>(st.k[tid], st.ks + tid * KVT, st_k, st_ks, row, kv_dim, col);
-                copy8<KVT>(st.v[tid], st.vs + tid * KVT, st_v, st_vs, row, kv_dim, col);
+                copy8<KVT>(st.k[tid], st.ks + tid * KVT, nw.k, nw.ks, (size_t)(r0 + kn - valid), kv_dim, col);
+                copy8<KVT>(st.v[tid], st.vs + tid * KVT, nw.v, nw.vs, (size_t)(r0 + kn - valid), kv_dim, col);
             }
         }
         cp_async_commit();
@@ -352,39 +439,67 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     for (int u = r0; u < seq_end; ++u) {
         size_t ring_row;
         if (!append_ring_row(meta, u, sinks, window, max_positions, ring_row)) continue;  // overwritten in this chunk
+        if (ROPE) {  // encoded here: one key's lanes for K, the next LPK lanes for V
+            if (tid < 2 * LPK) {
+                const bool is_v = tid >= LPK;
+                float x[8];
+                load_rotated8((is_v ? nw.raw_v : nw.raw_k) + (size_t)u * kv_dim + col,
+                              is_v ? nullptr : nw.rope + (size_t)u * (nw.n_rot / 2), gl * 8, nw.n_rot, false, x);
+                unsigned char bytes[KVSlots<KVT>::VB];
+                uint32_t word;
+                encode8<KVT>(x, col, key_lanes, bytes, &word);
+                unsigned char* ring = reinterpret_cast<unsigned char*>(is_v ? ring_v : ring_k);
+                if (KVT == 0) {
+                    *reinterpret_cast<uint4*>(ring + (ring_row * kv_dim + col) * 2) = *reinterpret_cast<const uint4*>(bytes);
+                } else {
+                    *reinterpret_cast<uint2*>(ring + ring_row * kv_dim + col) = *reinterpret_cast<const uint2*>(bytes);
+                    if (gl % 4 == 0)
+                        (is_v ? ring_vs : ring_ks)[ring_row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK] =
+                            __ushort_as_half((unsigned short)(word >> (16 * ((col / Q8_BLOCK) & 1))));
+                }
+            }
+            continue;
+        }
         constexpr int WORDS = HD * (2 - KVT) / 4;  // one head's K (or V) values of a row, in 4-byte words
         const size_t src = ((size_t)u * kv_dim + kh * HD) * (2 - KVT) / 4, dst = (ring_row * kv_dim + kh * HD) * (2 - KVT) / 4;
         for (int w = threadIdx.x; w < 2 * WORDS; w += ATT_THREADS) {
             const bool is_v = w >= WORDS;
-            const unsigned* from = reinterpret_cast<const unsigned*>(is_v ? st_v : st_k);
+            const unsigned* from = reinterpret_cast<const unsigned*>(is_v ? nw.v : nw.k);
             unsigned* to = reinterpret_cast<unsigned*>(is_v ? ring_v : ring_k);
             to[dst + w - is_v * WORDS] = from[src + w - is_v * WORDS];
         }
         if (KVT == 1 && threadIdx.x < HD / Q8_BLOCK) {  // the head's HD / 32 scales of K and of V
             const int nsc = kv_dim / Q8_BLOCK, i = kh * (HD / Q8_BLOCK) + threadIdx.x;
-            ring_ks[ring_row * nsc + i] = st_ks[(size_t)u * nsc + i];
-            ring_vs[ring_row * nsc + i] = st_vs[(size_t)u * nsc + i];
+            ring_ks[ring_row * nsc + i] = nw.ks[(size_t)u * nsc + i];
+            ring_vs[ring_row * nsc + i] = nw.vs[(size_t)u * nsc + i];
         }
     }
 }
 
 // CudaBackend.n_splits sizes the grid at 8 blocks per SM (one wave); without GQA the kernel fits in 64 registers
 #define ATT_MIN_BLOCKS(G) ((G) == 1 ? 8 : 1)
-#define ATT_ENTRY(HD, G, KVT, SUFFIX)                                                                          \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS, ATT_MIN_BLOCKS(G)) attention_split_##HD##_##G##_##SUFFIX( \
+#define ATT_ENTRY(NAME, HD, G, KVT, ROPE)                                                                      \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS, ATT_MIN_BLOCKS(G)) NAME(                         \
         const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta, void* ring_k, void* ring_v, \
-        __half* ring_ks, __half* ring_vs, const void* __restrict__ st_k, const void* __restrict__ st_v,        \
-        const __half* __restrict__ st_ks, const __half* __restrict__ st_vs, float* __restrict__ part_ml,       \
-        float* __restrict__ part_acc, int* __restrict__ done, float* __restrict__ out, int n_kv_heads, int sinks, \
-        int window, int max_positions, float scale, int8_t* __restrict__ xq, float2* __restrict__ xds,         \
-        int8_t* __restrict__ xd, float2* __restrict__ dsd, int* __restrict__ xs16, int Kp) {                    \
+        __half* ring_ks, __half* ring_vs, const void* __restrict__ new_k, const void* __restrict__ new_v,      \
+        const __half* __restrict__ new_ks, const __half* __restrict__ new_vs, const float* __restrict__ raw_k,  \
+        const float* __restrict__ raw_v, const float4* __restrict__ rope, int n_rot, float* __restrict__ part_ml, float* __restrict__ part_acc, int* __restrict__ done,            \
+        float* __restrict__ out, int n_kv_heads, int sinks, int window, int max_positions, float scale,         \
+        int8_t* __restrict__ xq, float2* __restrict__ xds, int8_t* __restrict__ xd, float2* __restrict__ dsd,    \
+        int* __restrict__ xs16, int Kp) {                                                                      \
         const SplitOut o{part_ml, part_acc, done, out,                                                          \
                          RowQuant{xq, xds, xd, dsd, xs16, n_kv_heads * G * HD, Kp}};                             \
-        attention_split<HD, G, KVT>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs, st_k, st_v, st_ks, st_vs, \
-                                    o, n_kv_heads, sinks, window, max_positions, scale);                        \
+        attention_split<HD, G, KVT, ROPE>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs,                    \
+                                          NewKV{new_k, new_v, new_ks, new_vs, raw_k, raw_v, rope, n_rot}, o, n_kv_heads,      \
+                                          sinks, window, max_positions, scale);                                 \
     }
 
-#define ATT_ENTRIES(HD, G) ATT_ENTRY(HD, G, 0, f16) ATT_ENTRY(HD, G, 1, q8)
+// attention_split_<HD>_<G>_<kv>: new keys staged; attention_split_rope_<HD>_<G>_<kv>: q and the new k rotated here
+#define ATT_ENTRIES(HD, G)                                                                                     \
+    ATT_ENTRY(attention_split_##HD##_##G##_f16, HD, G, 0, false)                                               \
+    ATT_ENTRY(attention_split_##HD##_##G##_q8, HD, G, 1, false)                                                \
+    ATT_ENTRY(attention_split_rope_##HD##_##G##_f16, HD, G, 0, true)                                           \
+    ATT_ENTRY(attention_split_rope_##HD##_##G##_q8, HD, G, 1, true)
 ATT_ENTRIES(64, 1) ATT_ENTRIES(64, 2) ATT_ENTRIES(64, 3) ATT_ENTRIES(64, 4) ATT_ENTRIES(64, 8)
 ATT_ENTRIES(128, 1) ATT_ENTRIES(128, 2) ATT_ENTRIES(128, 3) ATT_ENTRIES(128, 4) ATT_ENTRIES(128, 8)
 

@@ -54,3 +54,20 @@ __device__ __forceinline__ int ring_position(int j, int c, int sinks, int window
 __device__ __forceinline__ int active_splits(int nk, int n_splits) {
     return max(1, min(n_splits, (nk + ATT_SPLIT_KEYS - 1) / ATT_SPLIT_KEYS));
 }
+
+// The ring's int8 format of 8 values a lane holds, 4 consecutive lanes (aligned) holding a 32-value block: the values
+// kv_store.cu's q8_block computes one value per lane (scale = half(max|x| / 127), q = rint(x / scale) clamped to
+// +-127). Returns the block's scale. The lanes in `mask` (whole aligned groups of 4 among them) call it together.
+__device__ __forceinline__ __half q8_encode8(const float v[8], signed char q[8], unsigned mask) {
+    float amax = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[e]));
+    amax = fmaxf(amax, __shfl_xor_sync(mask, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(mask, amax, 2));
+    const __half sh = __float2half_rn(amax / 127.0f);
+    const float sf = __half2float(sh);
+    const float inv = sf > 0.f ? 1.0f / sf : 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) q[e] = (signed char)fminf(fmaxf(rintf(v[e] * inv), -127.f), 127.f);
+    return sh;
+}

@@ -13,17 +13,12 @@
 // Launch: grid (T, B), block 256: the B blocks of a row share its (head, pair) jobs (B > 1 for few rows, so a
 // decode step is not one block on one SM), each computing the row's n_rot / 2 angles once into shared memory
 // (n_rot / 2 <= ROPE_MAX_HALF).
+// rope_table_f32: the step's angles once for all layers, for attention with the rotations fused in (attention.cu):
+// table[t * half + i] = (cos p, sin p, cos ps, sin ps) of row t's pair i, as rope_qk computes them. Launch: grid (T),
+// block 64, threads strided over the pairs.
 #include <cuda_fp16.h>
 #include "pdl.cuh"
-
-#define ROPE_MAX_HALF 256
-
-// (a c - b s, a s + b c) with every product and sum rounded on its own, as NumPy's float32 arithmetic does (no
-// fused multiply-add), so rotated values match the NumPy twin bit for bit rather than to an ulp (an ulp can flip
-// an int8 KV quant)
-__device__ __forceinline__ float2 rotate(float a, float b, float c, float s) {
-    return make_float2(__fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s)), __fadd_rn(__fmul_rn(a, s), __fmul_rn(b, c)));
-}
+#include "rope.cuh"
 
 template <bool NEOX>
 __device__ void rope_row(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ pos,
@@ -161,4 +156,18 @@ extern "C" __global__ void rope_qk_f32(ROPE_QK_ARGS) {
 extern "C" __global__ void rope_qk_neox_f32(ROPE_QK_ARGS) {
     rope_qk_row<true>(q, k, q_out, qs_out, k_out, pos, inv_freq, n_heads, n_kv_heads, head_dim, n_rot, max_positions,
                       v, k_st, v_st);
+}
+
+extern "C" __global__ void rope_table_f32(const int* __restrict__ pos, const double* __restrict__ inv_freq,
+                                          float4* __restrict__ table, int half, int max_positions) {
+    pdl_start();
+    const int t = blockIdx.x;
+    const int p = pos[t];
+    const int ps = p > max_positions - 1 ? max_positions - 1 : p;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double sd, cd, ssd, scd;
+        sincos((double)p * inv_freq[i], &sd, &cd);
+        sincos((double)ps * inv_freq[i], &ssd, &scd);
+        table[(size_t)t * half + i] = make_float4((float)cd, (float)sd, (float)scd, (float)ssd);
+    }
 }

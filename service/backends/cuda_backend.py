@@ -164,6 +164,7 @@ class CudaStep:
     n_logits: int  # S'
     max_positions: int
     n_tiles: int = 0  # 16-row tiles of the sequences' rows (prefill attention)
+    rope_table: Any = None  # the rope config whose angles the step's table holds (CudaBackend._rope_table)
 
 
 @dataclass
@@ -209,6 +210,10 @@ class CudaBackend:
         # quantization themselves (kernels/quantize_act.cu, attention.cu), so the matmuls after them start from a
         # filled workspace
         self.fuse_quant = True
+        # at decode, split-K attention rotates q and the new k itself (normal-mode rope, from one angle table per
+        # step) instead of taking them from a rope_qk launch
+        self.fuse_rope = True
+        self._rope_cs: tuple[DeviceBuffer, int] | None = None
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
         self._max_k = 0
@@ -540,16 +545,40 @@ class CudaBackend:
             self._flush(out)
         return out
 
+    @staticmethod
+    def _qk_ropes(q_win: CudaTensor, q_sink: CudaTensor, k: CudaTensor) -> tuple | None:
+        """(q source, k source, step, n_heads, n_kv_heads, rope) when attention gets the layer's three rotations
+        still deferred: q at p, the same q at the sink positions, k at p."""
+        dw, ds, dk = q_win.pending, q_sink.pending, k.pending
+        if not (dw and ds and dk and dw.kind == ds.kind == dk.kind == "rope"):
+            return None
+        (xq, step, n_heads, rope, sw), (xs, _, hs, rs, ss), (xk, _, n_kv, rk, sk) = dw.args, ds.args, dk.args
+        if sw or not ss or sk or xq is not xs or hs != n_heads or rope != rs or rope != rk or xq.rows != xk.rows:
+            return None
+        return xq, xk, step, n_heads, n_kv, rope
+
+    def _rope_table(self, step: CudaStep, rope: Any) -> DeviceBuffer:
+        """The step's (cos, sin) at p and at the sink position per row and pair (rope_table_f32), launched at its
+        first use in the step: every layer's attention rotates from it (fuse_rope)."""
+        half = rope.n_rot // 2
+        if self._rope_cs is None or self._rope_cs[1] < self.max_seqs * half:
+            if self._rope_cs is not None:
+                self.rt.free(self._rope_cs[0])
+            self._rope_cs = (self.rt.alloc(16 * self.max_seqs * half, "activations", "rope.table"), self.max_seqs * half)
+        if step.rope_table is not rope:
+            self._launch("rope", "rope_table_f32", "PPPii", (step.n_tokens, 1, 1), (64, 1, 1), self._ptr("pos"),
+                         self._inv_freq_buf(rope).ptr, self._rope_cs[0].ptr, np.int32(half), np.int32(step.max_positions))
+            step.rope_table = rope
+        return self._rope_cs[0]
+
     def _rope_qk(self, q_win: CudaTensor, q_sink: CudaTensor, k: CudaTensor, v: CudaTensor | None = None,
                  kv: "CudaKVArena | None" = None) -> bool:
         """The layer's three deferred rotations as one launch, when they are what attention gets; with an f16
         arena given, the same launch also stages the new K/V rows in f16 (v must be ready)."""
-        dw, ds, dk = q_win.pending, q_sink.pending, k.pending
-        if not (dw and ds and dk and dw.kind == ds.kind == dk.kind == "rope"):
+        ropes = self._qk_ropes(q_win, q_sink, k)
+        if ropes is None:
             return False
-        (xq, step, n_heads, rope, sw), (xs, _, hs, rs, ss), (xk, _, n_kv, rk, sk) = dw.args, ds.args, dk.args
-        if sw or not ss or sk or xq is not xs or hs != n_heads or rope != rs or rope != rk or xq.rows != xk.rows:
-            return False
+        xq, xk, step, n_heads, n_kv, rope = ropes
         q_win.pending = q_sink.pending = k.pending = None
         self._ready(xq, xk, v)
         stage = kv is not None and v is not None
@@ -610,6 +639,19 @@ class CudaBackend:
             raise NotImplementedError(f"attention kernel not built for head_dim {hd}, group {G}")
         kv_dim = n_kv_heads * hd
         q8 = lay.dtype == "q8"
+        meta = (self._ptr("row_seq"), self._ptr("slot"), self._ptr("ncached"), self._ptr("row0"))
+        ring = (kv.k[layer], kv.v[layer], kv.ks[layer], kv.vs[layer])
+        tail = (np.int32(n_kv_heads), np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
+                np.float32(1.0 / math.sqrt(hd)))
+        ropes = self._qk_ropes(q, q_sink, k) if self.fuse_rope and T == step.n_seqs else None
+        if ropes is not None and ropes[-1].mode == "normal" and ropes[-1].n_rot // 2 <= ROPE_MAX_HALF:
+            # a decode step: split-K attention rotates q and the new k itself (and encodes the new K/V)
+            xq, xk, rope = ropes[0], ropes[1], ropes[-1]
+            q.pending = q_sink.pending = k.pending = None
+            self._ready(xq, xk, v)
+            staging = (kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0)
+            new = staging + (xk.ptr, v.ptr, self._rope_table(step, rope).ptr, np.int32(rope.n_rot))
+            return self._split_attention(xq.ptr, 0, meta, ring, new, tail, step, n_heads, n_kv_heads, hd, q8)
         # 0. rotations (deferred ropes) + 1. the step's new K/V in the cache's storage format (what the NumPy
         # twin's round_trip gives): one launch when the ropes are deferred and the cache is f16
         staged = self._rope_qk(q, q_sink, k, v, None if q8 else kv)
@@ -622,20 +664,17 @@ class CudaBackend:
         elif not staged:
             self._launch("kv_store", "kv_stage_f16", "PPPPi", self._grid1d(T * kv_dim), (256, 1, 1), k.ptr, v.ptr,
                          kv.st_k.ptr, kv.st_v.ptr, np.int32(T * kv_dim))
-        meta = (self._ptr("row_seq"), self._ptr("slot"), self._ptr("ncached"), self._ptr("row0"))
-        kvs = (kv.k[layer], kv.v[layer], kv.ks[layer], kv.vs[layer], kv.st_k.ptr, kv.st_v.ptr,
-               kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0)
-        tail = (np.int32(n_kv_heads), np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
-                np.float32(1.0 / math.sqrt(hd)))
-        esize = 1 if q8 else 2
-        words = kv_dim * esize // 4
-        swords = (kv_dim // Q8_BLOCK * 2) // 4 if q8 else 0
-        append = (np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
-                  kv.st_k.ptr, kv.k[layer], np.int32(words), kv.st_v.ptr, kv.v[layer],
-                  kv.st_ks.ptr if q8 else 0, kv.ks[layer], np.int32(swords), kv.st_vs.ptr if q8 else 0, kv.vs[layer])
-        out = self.pool.get(T, n_heads * hd)  # (T, n_heads * head_dim)
+        staging = (kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0)
         if self.use_prefill_kernel and T >= 32 and T >= 4 * step.n_seqs:
             # prefill-heavy step: query tiles share each K/V tile; then append the survivors
+            kvs = ring + staging
+            esize = 1 if q8 else 2
+            words = kv_dim * esize // 4
+            swords = (kv_dim // Q8_BLOCK * 2) // 4 if q8 else 0
+            append = (np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
+                      kv.st_k.ptr, kv.k[layer], np.int32(words), kv.st_v.ptr, kv.v[layer],
+                      kv.st_ks.ptr if q8 else 0, kv.ks[layer], np.int32(swords), kv.st_vs.ptr if q8 else 0, kv.vs[layer])
+            out = self.pool.get(T, n_heads * hd)  # (T, n_heads * head_dim)
             if self.prefill_kernel == "mma":  # tensor cores: 64 query vectors (rows x heads of a group) per block
                 name = f"attention_prefill_mma_{hd}_{G}_{'q8' if q8 else 'f16'}"
                 self._launch("attention_mma", name, "PP" + "PPPP" + "PPPPPPPP" + "P" + "ii" + "iiif",
@@ -650,15 +689,28 @@ class CudaBackend:
             self._launch("kv_store", "kv_append", "PPPP" + "iii" + "PPi" + "PP" + "PPi" + "PP", (T, 4 if q8 else 2, 1),
                          (128, 1, 1), *meta, *append)
             return out
-        # 2. split-K softmax over ring + staged keys, the splits merged and the new K/V appended in the same launch
-        splits = self.n_splits(T, n_kv_heads, lay.max_positions)
-        ml, acc, done = self._partial_bufs(n_heads, hd, lay.max_positions, n_kv_heads)
+        return self._split_attention(q.ptr, q_sink.ptr, meta, ring, staging + (0, 0, 0, np.int32(0)), tail, step,
+                                     n_heads, n_kv_heads, hd, q8)
+
+    def _split_attention(self, q: int, q_sink: int, meta: tuple, ring: tuple, new: tuple, tail: tuple,
+                         step: CudaStep, n_heads: int, n_kv_heads: int, hd: int, q8: bool) -> CudaTensor:
+        """2. split-K softmax over ring + new keys, the splits merged and the new K/V appended in the same launch
+        (kernels/attention.cu, attention_split_*); new = (staged k, v, k scales, v scales, raw k, raw v, rope table,
+        n_rot): the new K/V staged in the ring's format, or (rope table given: attention_split_rope_*, a decode step)
+        raw, rotated and encoded in the kernel, which rotates q too (q_sink 0); tail = (n_kv_heads, sinks, window,
+        the ring's max_positions, scale)."""
+        T = step.n_tokens
+        out = self.pool.get(T, n_heads * hd)  # (T, n_heads * head_dim)
+        max_positions = int(tail[3])  # the ring's
+        splits = self.n_splits(T, n_kv_heads, max_positions)
+        ml, acc, done = self._partial_bufs(n_heads, hd, max_positions, n_kv_heads)
         assert T * splits * n_heads * hd <= self._partials["rows"]
         quant = self._quant_out(T, n_heads * hd) if hd % 32 == 0 else None  # ... + the O projection's input (fuse_quant)
-        name = f"attention_split_{hd}_{G}_{'q8' if q8 else 'f16'}"
-        self._launch("attention", name, "PP" + "PPPP" + "PPPPPPPP" + "PPPP" + "iiiif" + "PPPPPi", (splits, n_kv_heads, T),
-                     (ATT_THREADS, 1, 1), q.ptr, q_sink.ptr, *meta, *kvs, ml.ptr, acc.ptr, done.ptr, out.ptr, *tail,
-                     *(quant[:6] if quant is not None else (0, 0, 0, 0, 0, np.int32(0))))
+        rope = "rope_" if new[6] else ""
+        name = f"attention_split_{rope}{hd}_{n_heads // n_kv_heads}_{'q8' if q8 else 'f16'}"
+        self._launch("attention", name, "PP" + "PPPP" + "PPPP" + "PPPPPPPi" + "PPPP" + "iiiif" + "PPPPPi",
+                     (splits, n_kv_heads, T), (ATT_THREADS, 1, 1), q, q_sink, *meta, *ring, *new, ml.ptr, acc.ptr,
+                     done.ptr, out.ptr, *tail, *(quant[:6] if quant is not None else (0, 0, 0, 0, 0, np.int32(0))))
         if quant is not None:
             self._ws_x = out
         return out

@@ -233,6 +233,36 @@ def test_attention_with_fused_rope(cuda_be, rng, dtype, rope, kernel):
     assert worst < ((1e-4 if dtype == "f16" else 1e-3) if kernel == "split" else MMA_TOL[dtype]), worst
 
 
+@pytest.mark.parametrize("dtype", ["f16", "q8"])
+@pytest.mark.parametrize("rope", [ROPES[0], ROPES[2], ROPES[3]], ids=["normal", "partial", "llama3"])
+@pytest.mark.parametrize("hd,n_heads,n_kv", [(128, 4, 4), (64, 8, 2)], ids=["hd128-g1", "hd64-g4"])
+def test_decode_attention_rotates_q_and_k_itself(cuda_be, rng, dtype, rope, hd, n_heads, n_kv):
+    """At decode (one row per sequence, normal-mode rope) split-K attention rotates q and the new k itself from the
+    step's angle table and encodes the new K/V (CudaBackend.fuse_rope): == NumPy rope + attention (outputs and
+    ring, as the rope_qk path is held to), the same outputs as the rope_qk path to float rounding, and no
+    rope_qk / kv_stage launch at the decode steps."""
+    layout = KVLayout(n_layers=1, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
+    steps = SCENARIOS["decode"] + [[(s, 1) for s in range(6)]] * 3  # the later steps wrap the 40-position ring
+    launched: list[str] = []
+    real_launch = cuda_be._launch
+    cuda_be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
+    try:
+        worst = {}
+        for fuse in (True, False):
+            cuda_be.fuse_rope = fuse
+            launched.clear()
+            worst[fuse] = _run_scenario(cuda_be, np.random.default_rng(5), steps, layout, n_heads, rope=rope)
+            decode_launches = len(steps) - 1  # every step after the prefill
+            rotations = sum(n.startswith(("rope_qk", "kv_stage")) for n in launched)
+            assert (rotations <= 2) if fuse else (rotations >= decode_launches), (fuse, launched)
+            assert launched.count("rope_table_f32") == (decode_launches if fuse else 0)
+    finally:
+        cuda_be._launch = real_launch
+        cuda_be.fuse_rope = True
+    assert worst[True] < 1e-3, worst  # f16 KV too: the rotated keys round to f16 (a last-bit angle can flip one)
+    assert np.isclose(worst[True], worst[False], rtol=1e-3, atol=0), worst  # the rope_qk path's arithmetic
+
+
 # -- tensor-core prefill attention (kernels/attention_mma.cu) ---------------------------------------
 # Tolerance: the kernel feeds the MMAs f16 operands (q * scale * log2(e), K, V and the probabilities P) with f32
 # accumulation and an f32 online softmax, so unlike the f32 kernels above (2e-5) it carries f16 rounding
