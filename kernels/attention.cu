@@ -165,8 +165,9 @@ __device__ __forceinline__ void unpack8(const unsigned char* raw, uint32_t scale
     }
 }
 
-// Where a split-K launch leaves its results: partial states, the per-(sequence, kv head) counters of finished
-// splits (zero between launches), the output, and (one row, xq not null) the output's quantization.
+// Where a split-K launch leaves its results: partial states, counters (zero between launches) of finished splits per
+// (row, kv head) then of merged rows per (sequence, kv head), the output, and (one row, xq not null) the output's
+// quantization.
 struct SplitOut {
     float* part_ml;
     float* part_acc;
@@ -228,7 +229,8 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
 template <int HD, int G, int KVT, bool ROPE>  // ROPE: a decode step (one row per sequence), NewKV's rope given
 __device__ void attention_split(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
                                 void* ring_k, void* ring_v, __half* ring_ks, __half* ring_vs, NewKV nw, SplitOut o,
-                                int n_kv_heads, int sinks, int window, int max_positions, float scale) {
+                                int n_kv_heads, int sinks, int window, int max_positions, float scale,
+                                int split_keys) {
     constexpr int LPK = HD / 8;                 // lanes per key
     constexpr int GROUPS = ATT_THREADS / LPK;   // keys in flight per block per iteration
     struct Merge {
@@ -247,10 +249,11 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     const int c = __ldg(meta.seq_ncached + s);
     const int r0 = __ldg(meta.seq_row0 + s);
     const int slot = __ldg(meta.seq_slot + s);
+    const int seq_end = __ldg(meta.seq_row0 + s + 1);
     const int p = c + (t - r0);
     const int valid = c < max_positions ? c : max_positions;
     const int nk = valid + (t - r0) + 1;
-    const int n_active = active_splits(nk, n_splits);
+    const int n_active = active_splits(nk, n_splits, split_keys);
     if (sp >= n_active) return;  // a short context: fewer splits than the grid has (the combine reads n_active)
     const int chunk = (nk + n_active - 1) / n_active;
     const int k0 = sp * chunk;
@@ -396,10 +399,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         for (int e = 0; e < 8; ++e) mg.acc[grp][h][gl * 8 + e] = acc[h][e];
     }
     __syncthreads();
-    // The sequence's blocks for this kv head: its rows' splits. One (a decode row on one split) finishes alone.
-    const int seq_end = __ldg(meta.seq_row0 + s + 1);
-    int total = 0;
-    for (int u = r0; u < seq_end; ++u) total += active_splits(valid + (u - r0) + 1, n_splits);
+    // Row t's splits are merged by the last of its blocks to finish (a counter per (row, kv head), reset by that
+    // block; threadfence reduction); a row on one split finishes alone, without writing partial states.
+    const bool alone = n_active == 1;
     for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps: G * HD is a multiple of 32
         const int h = j / HD, e = j - h * HD;
         float M = -INFINITY;
@@ -414,7 +416,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
                 A += mg.acc[g][h][e] * w;
             }
         }
-        if (total == 1) {
+        if (alone) {
             finish_value(o, t, (kh * G + h) * HD + e, n_heads * HD, A / L);
         } else {
             const size_t idx = ((size_t)t * n_heads + kh * G + h) * n_splits + sp;
@@ -422,18 +424,28 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             if (e == 0) { o.part_ml[2 * idx] = M; o.part_ml[2 * idx + 1] = L; }
         }
     }
-    if (total > 1) {  // the last of the sequence's blocks for this kv head merges them (threadfence reduction)
-        __shared__ int last;
+    __shared__ int last;
+    if (!alone) {
         __threadfence();
         __syncthreads();
-        int* done = o.done + (size_t)s * n_kv_heads + kh;
-        if (threadIdx.x == 0) last = atomicAdd(done, 1) == total - 1;
+        int* done = o.done + (size_t)t * n_kv_heads + kh;
+        if (threadIdx.x == 0) last = atomicAdd(done, 1) == n_active - 1;
         __syncthreads();
         if (!last) return;
         __threadfence();
-        for (int u = r0; u < seq_end; ++u)
-            merge_splits<HD, G>(o, u, kh, n_heads, n_splits, active_splits(valid + (u - r0) + 1, n_splits));
+        merge_splits<HD, G>(o, t, kh, n_heads, n_splits, n_active);
         if (threadIdx.x == 0) *done = 0;  // ready for the next launch
+    }
+    // The sequence's new K/V of this head go into the ring once every block reading its entries has finished: at
+    // once for one row, else by the last of its rows' finishing blocks (a counter per (sequence, kv head) after the
+    // rows' counters).
+    if (seq_end - r0 > 1) {
+        __syncthreads();  // (last is reused)
+        int* done = o.done + ((size_t)gridDim.z + s) * n_kv_heads + kh;
+        if (threadIdx.x == 0) last = atomicAdd(done, 1) == seq_end - r0 - 1;
+        __syncthreads();
+        if (!last) return;
+        if (threadIdx.x == 0) *done = 0;
     }
     // Every block reading this kv head's ring entries for the sequence has finished: append its new keys.
     for (int u = r0; u < seq_end; ++u) {
@@ -486,12 +498,12 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         const float* __restrict__ raw_v, const float4* __restrict__ rope, int n_rot, float* __restrict__ part_ml, float* __restrict__ part_acc, int* __restrict__ done,            \
         float* __restrict__ out, int n_kv_heads, int sinks, int window, int max_positions, float scale,         \
         int8_t* __restrict__ xq, float2* __restrict__ xds, int8_t* __restrict__ xd, float2* __restrict__ dsd,    \
-        int* __restrict__ xs16, int Kp) {                                                                      \
+        int* __restrict__ xs16, int Kp, int split_keys) {                                                      \
         const SplitOut o{part_ml, part_acc, done, out,                                                          \
                          RowQuant{xq, xds, xd, dsd, xs16, n_kv_heads * G * HD, Kp}};                             \
         attention_split<HD, G, KVT, ROPE>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs,                    \
                                           NewKV{new_k, new_v, new_ks, new_vs, raw_k, raw_v, rope, n_rot}, o, n_kv_heads,      \
-                                          sinks, window, max_positions, scale);                                 \
+                                          sinks, window, max_positions, scale, split_keys);                     \
     }
 
 // attention_split_<HD>_<G>_<kv>: new keys staged; attention_split_rope_<HD>_<G>_<kv>: q and the new k rotated here

@@ -12,7 +12,6 @@
 #include <cuda_fp16.h>
 
 #define Q8_BLOCK 32
-#define ATT_SPLIT_KEYS 64  // fewest keys per split of decode attention (CudaBackend.n_splits: the same 64)
 
 struct StepMeta {
     const int* row_seq;
@@ -49,10 +48,10 @@ __device__ __forceinline__ int ring_position(int j, int c, int sinks, int window
 }
 
 // Key splits a row of nk keys uses out of the n_splits of split-K attention's grid (sized for the longest context
-// the step could have): at least ATT_SPLIT_KEYS keys each, so a short context is not spread thin (its combine
-// reads fewer partial results).
-__device__ __forceinline__ int active_splits(int nk, int n_splits) {
-    return max(1, min(n_splits, (nk + ATT_SPLIT_KEYS - 1) / ATT_SPLIT_KEYS));
+// the step could have): at least split_keys keys each (CudaBackend.split_keys), so a short context is not spread
+// thin (each split beyond one costs the merge of partial states).
+__device__ __forceinline__ int active_splits(int nk, int n_splits, int split_keys) {
+    return max(1, min(n_splits, (nk + split_keys - 1) / split_keys));
 }
 
 // The ring's int8 format of 8 values a lane holds, 4 consecutive lanes (aligned) holding a 32-value block: the values

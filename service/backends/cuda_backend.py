@@ -213,6 +213,8 @@ class CudaBackend:
         # at decode, split-K attention rotates q and the new k itself (normal-mode rope, from one angle table per
         # step) instead of taking them from a rope_qk launch
         self.fuse_rope = True
+        # fewest keys per split of decode attention: each split beyond a row's first costs the merge of partial states
+        self.split_keys = 64
         self._rope_cs: tuple[DeviceBuffer, int] | None = None
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
@@ -594,16 +596,17 @@ class CudaBackend:
         return True
 
     def n_splits(self, T: int, n_kv_heads: int, max_positions: int) -> int:
-        """Key-range splits of attention's grid: ~8 blocks per SM (loads in flight), at least 64 keys per split
-        (ATT_SPLIT_KEYS) of the longest context the graph may see. Each row uses only as many as its own keys fill at
-        64 each (kernels/kv_common.cuh, active_splits), so a short context is not spread over the whole grid."""
+        """Key-range splits of attention's grid: ~8 blocks per SM (loads in flight), at least split_keys keys per
+        split of the longest context the graph may see. Each row uses only as many as its own keys fill at
+        split_keys each (kernels/kv_common.cuh, active_splits), so a short context is not spread over the grid."""
         want = math.ceil(8 * self.rt.sm_count / max(1, T * n_kv_heads))
-        return max(1, min(want, math.ceil((max_positions + T) / 64), ATT_MAX_SPLITS))
+        return max(1, min(want, math.ceil((max_positions + T) / self.split_keys), ATT_MAX_SPLITS))
 
     def _partial_bufs(self, n_heads: int, head_dim: int, max_positions: int,
                       n_kv_heads: int) -> tuple[DeviceBuffer, DeviceBuffer, DeviceBuffer]:
         """Split-K partials for the worst step this model shape can take (sized once per shape), and the counters of
-        finished splits per (sequence, kv head), zero between launches (attention_split resets what it counts)."""
+        finished splits per (row, kv head) and of merged rows per (sequence, kv head), zero between launches
+        (attention_split resets what it counts)."""
         key = (n_heads, head_dim, max_positions, n_kv_heads)
         if self._partials.get("key") != key:
             worst = max(T * self.n_splits(T, n_kv_heads, max_positions) for T in range(1, self.max_rows + 1))
@@ -615,12 +618,13 @@ class CudaBackend:
                 self._partials["ml"] = self.rt.alloc(4 * 2 * need, "activations", "attention.partial_ml")
                 self._partials["acc"] = self.rt.alloc(4 * need * head_dim, "activations", "attention.partial_acc")
                 self._partials["rows"] = need * head_dim
-            if self._partials.get("done_n", 0) < self.max_seqs * n_kv_heads:
+            n_done = (self.max_rows + self.max_seqs) * n_kv_heads  # per (row, kv head), then per (sequence, kv head)
+            if self._partials.get("done_n", 0) < n_done:
                 if "done" in self._partials:
                     self.rt.free(self._partials.pop("done"))
-                self._partials["done_n"] = self.max_seqs * n_kv_heads
-                self._partials["done"] = self.rt.alloc(4 * self.max_seqs * n_kv_heads, "activations", "attention.done")
-                self.rt.memset_u8(self._partials["done"], 0, 4 * self.max_seqs * n_kv_heads)
+                self._partials["done_n"] = n_done
+                self._partials["done"] = self.rt.alloc(4 * n_done, "activations", "attention.done")
+                self.rt.memset_u8(self._partials["done"], 0, 4 * n_done)
             self._partials["key"] = key
         return self._partials["ml"], self._partials["acc"], self._partials["done"]
 
@@ -708,9 +712,10 @@ class CudaBackend:
         quant = self._quant_out(T, n_heads * hd) if hd % 32 == 0 else None  # ... + the O projection's input (fuse_quant)
         rope = "rope_" if new[6] else ""
         name = f"attention_split_{rope}{hd}_{n_heads // n_kv_heads}_{'q8' if q8 else 'f16'}"
-        self._launch("attention", name, "PP" + "PPPP" + "PPPP" + "PPPPPPPi" + "PPPP" + "iiiif" + "PPPPPi",
+        self._launch("attention", name, "PP" + "PPPP" + "PPPP" + "PPPPPPPi" + "PPPP" + "iiiif" + "PPPPPi" + "i",
                      (splits, n_kv_heads, T), (ATT_THREADS, 1, 1), q, q_sink, *meta, *ring, *new, ml.ptr, acc.ptr,
-                     done.ptr, out.ptr, *tail, *(quant[:6] if quant is not None else (0, 0, 0, 0, 0, np.int32(0))))
+                     done.ptr, out.ptr, *tail, *(quant[:6] if quant is not None else (0, 0, 0, 0, 0, np.int32(0))),
+                     np.int32(self.split_keys))
         if quant is not None:
             self._ws_x = out
         return out
