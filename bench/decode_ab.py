@@ -9,10 +9,11 @@ dec:<config> picks that decode-kernel configuration (e.g. pdl+dec:r1s2), qfirst 
 their dependent before their own wait (CudaMatmul.quant_trigger_first), only:<type>,<type> limits the decode
 kernel to those weight types (e.g. pdl+only:q4_k), nofuse quantizes the matmul inputs in launches of their own
 (not inside rms_norm / silu_mul: CudaBackend.fuse_quant), norope rotates q and k in a rope_qk launch of its own
-(not inside decode attention: CudaBackend.fuse_rope), skip:<prefix>,<prefix> launches no kernel
+(not inside decode attention: CudaBackend.fuse_rope), splitk:<n> gives decode attention's splits at least n keys
+(CudaBackend.split_keys), skip:<prefix>,<prefix> launches no kernel
 whose name starts with a prefix (the outputs are then wrong: it measures what those kernels cost inside the graph,
 e.g. pdl+skip:quantize_act).
-For every scenario (b1: batch 1 at depth 16, d2048: batch 1 at depth 2048, s<N>: N sequences at depth 512) one
+For every scenario (b1: batch 1 at depth 16, d<D>: batch 1 at depth D, s<N>: N sequences at depth 512) one
 decode graph is captured per setting; the graphs are then replayed alternately,
 `reps` replays per setting per round, timed with CUDA events, so every setting sees the same machine state.
 Prints a table (median ms per step over rounds, tok/s from it) last and writes DIR/decode_ab.json.
@@ -62,13 +63,14 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nofuse, +norope,
-    +skip:<prefixes> (module docstring)."""
+    +splitk:<n>, +skip:<prefixes> (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
     be.mm.dec_variant = next((o for o in opts if o.startswith("dec:")), None)
     be.mm.quant_trigger_first = "qfirst" in opts
     be.fuse_quant = "nofuse" not in opts
     be.fuse_rope = "norope" not in opts
+    be.split_keys = next((int(o[7:]) for o in opts if o.startswith("splitk:")), 64)
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)
     skip = next((o[5:] for o in opts if o.startswith("skip:")), "")
     _skip(be, tuple(p for p in skip.split(",") if p))
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     vocab = g.hparams.vocab_size
     maxpos = 2048 + 64
     scenarios = args.scenarios.split(",")
-    n_slots = max([2] + [int(sc[1:]) for sc in scenarios if sc.startswith("s")])
+    deep = [sc for sc in scenarios if sc.startswith("d")]
+    n_slots = max([1 + len(deep)] + [int(sc[1:]) for sc in scenarios if sc.startswith("s")])
     kv = model.alloc_kv(model.kv_layout(slots=n_slots, max_positions=maxpos, sink_tokens=4, dtype="f16"))
 
     def prefill(slot: int, n: int) -> int:
@@ -111,9 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(np.argmax(out[0]))
 
     batches = {}
-    for sc in scenarios:  # b1: one sequence at depth 16; d2048: one at depth 2048; s<N>: N sequences at depth 512
-        slots = [0] if sc == "b1" else [1] if sc == "d2048" else list(range(int(sc[1:])))
-        depth = 16 if sc == "b1" else 2048 if sc == "d2048" else 512
+    for sc in scenarios:  # b1: one sequence at depth 16; d<D>: one at depth D; s<N>: N sequences at depth 512
+        slots = [0] if sc == "b1" else [1 + deep.index(sc)] if sc in deep else list(range(int(sc[1:])))
+        depth = 16 if sc == "b1" else int(sc[1:]) if sc in deep else 512
         toks = [prefill(s, depth) for s in slots]
         batches[sc] = StepBatch(np.array(toks, np.int32), tuple(SeqChunk(s, depth, 1) for s in slots), maxpos)
 
