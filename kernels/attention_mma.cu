@@ -33,6 +33,7 @@
 // q8 KV (bench/attention_mma_error.py emulates this arithmetic; MMA_TOL in tests/gpu/test_ops_parity.py).
 #include <stdint.h>
 
+#include "async_copy.cuh"
 #include "kv_common.cuh"
 #include "pdl.cuh"
 
@@ -41,15 +42,6 @@
 #define MMA_BM (16 * MMA_WARPS)  // query vectors per block
 #define MMA_BN 64                // keys per tile
 #define LOG2E 1.4426950408889634f
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, asynchronous; src_bytes 0 writes zeros (src is not read)
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
 
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 

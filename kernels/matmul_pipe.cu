@@ -30,6 +30,7 @@
 // sums them. Launch: 256 threads, grid (ceil(M / PM), weight-row tiles of every matrix, S) (x tiles fastest: the
 // blocks sharing a weight tile run together and read it from DRAM once), dynamic shared memory STAGES x stage
 // bytes (pipe_smem_bytes in cuda_matmul.py). Entries: see MMP_ENTRY.
+#include "async_copy.cuh"
 #include "quant_blocks.cuh"
 #include "pdl.cuh"
 
@@ -39,26 +40,6 @@ constexpr int PN = 128;       // weight rows (output columns) per block
 constexpr int PK = 128;       // K values per stage
 constexpr int XLD = PK + 8;   // x row stride in shared memory (halves)
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared, asynchronously; zero-filled when !pred (src must still be a valid address)
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred = true) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(pred ? 16 : 0));
-}
-
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -134,7 +115,7 @@ struct PQ6K {  // upload layout: q blocks of 208 bytes ql[128] | qh[64] | scales
     // d of (row, block kt / 2): the aligned 4-byte word holding that half (its parity picks the half later)
     __device__ static void copy_d(const WPtrs& w, int row, int kt, uint32_t* dst) {
         const size_t i = (size_t)row * (w.K >> 8) + (kt >> 1);
-        cp_async4(dst, w.s + 2 * (i & ~(size_t)1));
+        cp_async<4>(dst, w.s + 2 * (i & ~(size_t)1));
     }
     // per row and stage: half2 (d, d) and the half's 8 int8 scales, each + 128 (as unsigned bytes)
     struct S { __half2 d; uint32_t sc[2]; };
@@ -187,7 +168,7 @@ __device__ __forceinline__ void mmp_body(const WPtrs& w, int nt, const half* __r
 #pragma unroll
         for (int i = 0; i < PM * PK / 8 / 256; ++i) {
             const int idx = i * 256 + tid, r = idx >> 4, c = idx & 15, gm = m0 + r;
-            cp_async16(xs + r * XLD + 8 * c, xp + (size_t)min(gm, M - 1) * K + (size_t)kt * PK + 8 * c, gm < M);
+            cp_async16(xs + r * XLD + 8 * c, xp + (size_t)min(gm, M - 1) * K + (size_t)kt * PK + 8 * c, gm < M ? 16 : 0);
         }
         uint8_t* ws = st + X_BYTES;
         for (int idx = tid; idx < PN * P::CHUNKS; idx += 256) {
