@@ -96,6 +96,7 @@ FLAG_VALUES: dict[str, object] = {
     "--max-waiting": 17,
     "--step-token-budget": 333,
     "--max-tokens-default": 77,
+    "--overlap-decode": "off",
     "--host": "127.0.0.1",
     "--port": 50123,
     "--http-port": 8123,
