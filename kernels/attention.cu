@@ -3,7 +3,7 @@
 //
 // For row t of sequence s (position p = ncached[s] + i, i = t - row0[s]) and query head h (kv head h / G):
 //   keys  = the ring's valid entries (min(c, max_positions) of them, cache order; c = ncached[s])
-//         + the step's new keys of rows row0[s] .. t (from staging, already in storage format)
+//         + the step's new keys of rows row0[s] .. t (staged in storage format, or encoded here: ROPE below)
 //   key at position pos is a sink if pos < sinks (scored with q_sink), a window key if p - window < pos
 //   (scored with q); others are invisible. score = (q . k) / sqrt(head_dim); out = softmax(score) . V
 // Split-K (attention_split_*): for each (t, h, split) a running max m, sum l and acc[HD] (unnormalized); the block
@@ -48,8 +48,8 @@ __device__ __forceinline__ void load8(const void* base, const __half* scales, si
 // attention_split's keys in flight: every lane copies its share of the next ATT_STAGES iterations' K and V
 // (cp.async) into its own slots of shared memory while it computes one iteration. The copies of the first
 // ATT_STAGES iterations' ring entries are issued before pdl_wait: the ring holds keys of earlier steps only (this
-// step's keys are in staging, written by the kernel before this one; this step's append comes after attention),
-// so they overlap the kernels before.
+// step's new keys come staged from the kernel before, or are encoded here; this step's append comes after every
+// read of the entries it overwrites), so they overlap the kernels before.
 #define ATT_STAGES 4
 
 template <int KVT>
