@@ -645,6 +645,7 @@ class CudaBackend:
         q8 = lay.dtype == "q8"
         meta = (self._ptr("row_seq"), self._ptr("slot"), self._ptr("ncached"), self._ptr("row0"))
         ring = (kv.k[layer], kv.v[layer], kv.ks[layer], kv.vs[layer])
+        staging = (kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0)
         tail = (np.int32(n_kv_heads), np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
                 np.float32(1.0 / math.sqrt(hd)))
         ropes = self._qk_ropes(q, q_sink, k) if self.fuse_rope and T == step.n_seqs else None
@@ -653,7 +654,6 @@ class CudaBackend:
             xq, xk, rope = ropes[0], ropes[1], ropes[-1]
             q.pending = q_sink.pending = k.pending = None
             self._ready(xq, xk, v)
-            staging = (kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0)
             new = staging + (xk.ptr, v.ptr, self._rope_table(step, rope).ptr, np.int32(rope.n_rot))
             return self._split_attention(xq.ptr, 0, meta, ring, new, tail, step, n_heads, n_kv_heads, hd, q8)
         # 0. rotations (deferred ropes) + 1. the step's new K/V in the cache's storage format (what the NumPy
@@ -668,7 +668,6 @@ class CudaBackend:
         elif not staged:
             self._launch("kv_store", "kv_stage_f16", "PPPPi", self._grid1d(T * kv_dim), (256, 1, 1), k.ptr, v.ptr,
                          kv.st_k.ptr, kv.st_v.ptr, np.int32(T * kv_dim))
-        staging = (kv.st_k.ptr, kv.st_v.ptr, kv.st_ks.ptr if q8 else 0, kv.st_vs.ptr if q8 else 0)
         if self.use_prefill_kernel and T >= 32 and T >= 4 * step.n_seqs:
             # prefill-heavy step: query tiles share each K/V tile; then append the survivors
             kvs = ring + staging
