@@ -24,12 +24,12 @@
 
 #define ATT_THREADS 128
 
+// 8 values as stored (16 bytes of f16, or 8 int8 with their block's scale) to float
 template <int KVT>  // 0: f16, 1: q8
-__device__ __forceinline__ void load8(const void* base, const __half* scales, size_t row, int kv_dim, int col,
-                                      float out[8]) {
+__device__ __forceinline__ void dequant8(const unsigned char* raw, float scale, float out[8]) {
     if (KVT == 0) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(reinterpret_cast<const __half*>(base) + row * kv_dim + col);
-        const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+        const uint4 r = *reinterpret_cast<const uint4*>(raw);
+        const __half2* h2 = reinterpret_cast<const __half2*>(&r);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const float2 f = __half22float2(h2[e]);
@@ -37,12 +37,19 @@ __device__ __forceinline__ void load8(const void* base, const __half* scales, si
             out[2 * e + 1] = f.y;
         }
     } else {
-        const uint2 raw = *reinterpret_cast<const uint2*>(reinterpret_cast<const signed char*>(base) + row * kv_dim + col);
-        const signed char* b = reinterpret_cast<const signed char*>(&raw);
-        const float sc = __half2float(scales[row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK]);
+        const uint2 r = *reinterpret_cast<const uint2*>(raw);
+        const signed char* b = reinterpret_cast<const signed char*>(&r);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) out[e] = (float)b[e] * sc;
+        for (int e = 0; e < 8; ++e) out[e] = (float)b[e] * scale;
     }
+}
+
+// the 8 values at (row, col) of a K/V buffer (f16, or int8 + half scales per 32)
+template <int KVT>
+__device__ __forceinline__ void load8(const void* base, const __half* scales, size_t row, int kv_dim, int col,
+                                      float out[8]) {
+    const float scale = KVT == 1 ? __half2float(scales[row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK]) : 0.f;
+    dequant8<KVT>(reinterpret_cast<const unsigned char*>(base) + (row * kv_dim + col) * (2 - KVT), scale, out);
 }
 
 // attention_split's keys in flight: every lane copies its share of the next ATT_STAGES iterations' K and V
@@ -144,25 +151,11 @@ __device__ __forceinline__ void encode_new(const NewKV& nw, size_t row, int kv_d
     encode8<KVT>(x, col, mask, dv, dvs);
 }
 
+// ... from a slot: the scale is the half of its 4-byte word that col's block has
 template <int KVT>
 __device__ __forceinline__ void unpack8(const unsigned char* raw, uint32_t scale_word, int col, float out[8]) {
-    if (KVT == 0) {
-        const uint4 r = *reinterpret_cast<const uint4*>(raw);
-        const __half2* h2 = reinterpret_cast<const __half2*>(&r);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const float2 f = __half22float2(h2[e]);
-            out[2 * e] = f.x;
-            out[2 * e + 1] = f.y;
-        }
-    } else {
-        const uint2 r = *reinterpret_cast<const uint2*>(raw);
-        const signed char* b = reinterpret_cast<const signed char*>(&r);
-        const unsigned short bits = (col / Q8_BLOCK) & 1 ? scale_word >> 16 : scale_word & 0xffffu;
-        const float sc = __half2float(__ushort_as_half(bits));
-#pragma unroll
-        for (int e = 0; e < 8; ++e) out[e] = (float)b[e] * sc;
-    }
+    const unsigned short bits = (col / Q8_BLOCK) & 1 ? scale_word >> 16 : scale_word & 0xffffu;
+    dequant8<KVT>(raw, KVT == 1 ? __half2float(__ushort_as_half(bits)) : 0.f, out);
 }
 
 // Where a split-K launch leaves its results: partial states, counters (zero between launches) of finished splits per

@@ -75,21 +75,12 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
     // the row's cos / sin per rotated pair, at p and at the sink position ps: every head uses the same n_rot / 2
     // angles, so they are computed once per block (double sincos, rounded to float as before). Positions (host-staged)
     // and frequencies (constant) are not written by any kernel, so this runs before pdl_wait, over the kernel before.
-    __shared__ float cs[ROPE_MAX_HALF][4];  // (cos p, sin p, cos ps, sin ps)
+    __shared__ float4 cs[ROPE_MAX_HALF];  // (cos p, sin p, cos ps, sin ps)
     const int t = blockIdx.x;
     const int p = __ldg(pos + t);
     const int ps = p > max_positions - 1 ? max_positions - 1 : p;
     const int half = n_rot >> 1;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        double sd, cd;
-        const double f = __ldg(inv_freq + i);
-        sincos((double)p * f, &sd, &cd);
-        cs[i][0] = (float)cd;
-        cs[i][1] = (float)sd;
-        if (ps != p) sincos((double)ps * f, &sd, &cd);
-        cs[i][2] = (float)cd;
-        cs[i][3] = (float)sd;
-    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x) cs[i] = rope_angles(p, ps, __ldg(inv_freq + i));
     __syncthreads();
     pdl_start();
     // (head, pair) jobs of this row, spread over the blockIdx.y blocks of the row
@@ -105,7 +96,7 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
         const int ia = NEOX ? i : 2 * i;
         const int ib = NEOX ? i + half : 2 * i + 1;
         const float a = src[ia], b = src[ib];
-        const float c = cs[i][0], s = cs[i][1];
+        const float c = cs[i].x, s = cs[i].y;
         const float2 r = rotate(a, b, c, s);
         dst[ia] = r.x;
         dst[ib] = r.y;
@@ -116,7 +107,7 @@ __device__ void rope_qk_row(const float* __restrict__ q, const float* __restrict
         }
         if (is_q) {
             float* dsts = qs_out + ((size_t)t * n_heads + h) * head_dim;
-            const float2 r2 = rotate(a, b, cs[i][2], cs[i][3]);
+            const float2 r2 = rotate(a, b, cs[i].z, cs[i].w);
             dsts[ia] = r2.x;
             dsts[ib] = r2.y;
         }
@@ -164,10 +155,5 @@ extern "C" __global__ void rope_table_f32(const int* __restrict__ pos, const dou
     const int t = blockIdx.x;
     const int p = pos[t];
     const int ps = p > max_positions - 1 ? max_positions - 1 : p;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        double sd, cd, ssd, scd;
-        sincos((double)p * inv_freq[i], &sd, &cd);
-        sincos((double)ps * inv_freq[i], &ssd, &scd);
-        table[(size_t)t * half + i] = make_float4((float)cd, (float)sd, (float)scd, (float)ssd);
-    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x) table[(size_t)t * half + i] = rope_angles(p, ps, inv_freq[i]);
 }

@@ -240,7 +240,6 @@ class CudaBackend:
         self._graphs: dict[tuple, tuple[CudaGraph, CudaTensor]] = {}
         self._seen: set[tuple] = set()
         self._capturing = False
-        self._captured: CudaTensor | None = None
         self._step: CudaStep | None = None
         self.graph_replays = 0
         self.last_host_s = 0.0  # host time of the last graph-replayed step up to the replay's launch
@@ -748,11 +747,15 @@ class CudaBackend:
                          self._ptr("logits"), out.ptr, np.int32(x.cols))
         return out
 
+    def _argmax_into(self, x: CudaTensor, out: int) -> None:
+        """out[r] (int32) = the first index of row r's maximum (argmax_f32)."""
+        self._launch("argmax", "argmax_f32", "PPi", (x.rows, 1, 1), (1024, 1, 1), x.ptr, out, np.int32(x.cols))
+
     def argmax(self, x: CudaTensor) -> np.ndarray:
         """(rows,) int32 greedy token of each row, computed on the device."""
         self._ready(x)
         out = self.pool.get(max(1, x.rows), 1)  # (rows, 1) used as int32
-        self._launch("argmax", "argmax_f32", "PPi", (x.rows, 1, 1), (1024, 1, 1), x.ptr, out.ptr, np.int32(x.cols))
+        self._argmax_into(x, out.ptr)
         host = np.empty(x.rows, np.int32)  # (rows,)
         self.rt._cuda.memcpy_dtoh_async(host, out.ptr, self.rt.stream)
         self.rt.synchronize()
@@ -760,9 +763,6 @@ class CudaBackend:
 
     def to_host(self, x: CudaTensor) -> np.ndarray:
         self._ready(x)
-        if self._capturing:
-            self._captured = x  # the graph's output; read after each replay
-            return None  # type: ignore[return-value]
         n = x.rows * x.cols
         if self._host_out is None or self._host_out.size < n:
             self._host_out = self.rt.pinned((max(n, 1 << 20),), np.float32, "to_host.staging")  # (n,) float32
@@ -822,14 +822,13 @@ class CudaBackend:
         self.begin_step(batch)
         if entry is None:
             graph = CudaGraph(self.rt, programmatic=self._pdl_for(len(batch.seqs)), plain_into=self.pdl_plain_into)
+            captured: list[CudaTensor] = []  # the graph's logits tensor, read after each replay
             self._capturing = True
             try:
-                graph.capture(lambda: setattr(self, "_captured", self._decode_launches(model, batch, greedy)))
+                graph.capture(lambda: captured.append(self._decode_launches(model, batch, greedy)))
             finally:
                 self._capturing = False
-            assert self._captured is not None
-            entry = (graph, self._captured)
-            self._captured = None
+            entry = (graph, captured[0])
             self._graphs[key] = entry
         graph, logits = entry
         graph.replay()
@@ -839,9 +838,8 @@ class CudaBackend:
     def _decode_launches(self, model: Any, batch: StepBatch, greedy: bool) -> CudaTensor:
         logits = model.logits(batch)  # (S', vocab)
         self._ready(logits)
-        if greedy:  # argmax_f32: each row's first maximum, into the ids the next step's embedding reads
-            self._launch("argmax", "argmax_f32", "PPi", (logits.rows, 1, 1), (1024, 1, 1), logits.ptr,
-                         self._ptr("ids"), np.int32(logits.cols))
+        if greedy:  # each row's token into the ids the next step's embedding reads
+            self._argmax_into(logits, self._ptr("ids"))
         return logits
 
     def _pdl_for(self, n_seqs: int) -> bool:

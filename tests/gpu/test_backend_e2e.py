@@ -171,25 +171,32 @@ def test_dummy_q4k_model_matches_numpy_eager_and_graphs():
     assert worst < 2e-2, worst
 
 
+def _prefilled_tiny(model_seed: int, rng_seed: int, n_seqs: int, dtype: str, max_seqs: int):
+    """The tiny random-weight model on a CUDA backend with sequences 0 .. n_seqs - 1 prefilled (9 + s tokens each,
+    48-position ring with 4 sinks). Returns (gguf model, backend, model, rng, each prefill's last logits row)."""
+    from service.model.dummy import dummy_gguf_model
+
+    g = dummy_gguf_model("tiny", seed=model_seed)
+    be = _cuda_backend(max_rows=64, max_seqs=max_seqs)
+    gpu = LlamaModel(g, be)
+    gpu.alloc_kv(gpu.kv_layout(slots=n_seqs, max_positions=48, sink_tokens=4, dtype=dtype))
+    rng = np.random.default_rng(rng_seed)
+    V = g.hparams.vocab_size
+    last = [gpu.forward(StepBatch(rng.integers(0, V, 9 + s).astype(np.int32), (SeqChunk(s, 0, 9 + s),), 48))[0]
+            for s in range(n_seqs)]
+    return g, be, gpu, rng, last
+
+
 @pytest.mark.parametrize("n_seqs,pipe", [(1, False), (3, False), (3, True)])
 def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
     """Decode graphs with programmatic kernel -> kernel edges (kernels launched while their predecessor runs,
     waiting in pdl_wait) give bit-identical logits to graphs with plain edges, step after step. pipe: the
     matmuls on the pipelined kernel (from 1 row), every edge programmatic, its own included."""
-    from service.model.dummy import dummy_gguf_model
-
-    g = dummy_gguf_model("tiny", seed=5)
-    be = _cuda_backend(max_rows=64, max_seqs=4)
+    g, be, gpu, rng, _ = _prefilled_tiny(5, n_seqs, n_seqs, "q8", max_seqs=4)
     if pipe:
         be.mm.pipe_min_rows = 1
         be.pdl_plain_into = ()
-    gpu = LlamaModel(g, be)
-    gpu.alloc_kv(gpu.kv_layout(slots=n_seqs, max_positions=48, sink_tokens=4, dtype="q8"))
-    rng = np.random.default_rng(n_seqs)
-    V = g.hparams.vocab_size
-    for s in range(n_seqs):
-        gpu.forward(StepBatch(rng.integers(0, V, 9 + s).astype(np.int32), (SeqChunk(s, 0, 9 + s),), 48))
-    tokens = rng.integers(0, V, (6, n_seqs)).astype(np.int32)  # (steps, seqs)
+    tokens = rng.integers(0, g.hparams.vocab_size, (6, n_seqs)).astype(np.int32)  # (steps, seqs)
 
     def run(pdl: bool) -> tuple[np.ndarray, int]:
         be.pdl = pdl
@@ -216,16 +223,8 @@ def test_fused_quantization_leaves_logits_unchanged():
     quantization themselves (CudaBackend.fuse_quant): the logits match the separate quantize_act launches (the same
     f32 values quantized the same way; only float rounding could differ) over eager and graph-replayed steps, and
     the fused kernels are what ran: one per norm, silu_mul and attention, no quantize_act_q8x2 left."""
-    from service.model.dummy import dummy_gguf_model
-
-    g = dummy_gguf_model("tiny", seed=6)
-    be = _cuda_backend(max_rows=64, max_seqs=2)
-    gpu = LlamaModel(g, be)
-    gpu.alloc_kv(gpu.kv_layout(slots=1, max_positions=48, sink_tokens=4, dtype="f16"))
-    rng = np.random.default_rng(6)
-    V = g.hparams.vocab_size
-    gpu.forward(StepBatch(rng.integers(0, V, 9).astype(np.int32), (SeqChunk(0, 0, 9),), 48))
-    tokens = rng.integers(0, V, 6).astype(np.int32)
+    g, be, gpu, rng, _ = _prefilled_tiny(6, 6, 1, "f16", max_seqs=2)
+    tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
     launched: list[str] = []
     real_launch = be._launch
     be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
@@ -261,18 +260,8 @@ def test_greedy_steps_chain_on_the_device():
     it was left (the host never sends the tokens back). Queued one ahead (step n + 1 launched before step n's
     tokens are read), the tokens are those of host-side argmax over `forward`'s logits, step after step, through
     the eager first step, the capture and the replays, for one and for three sequences."""
-    from service.model.dummy import dummy_gguf_model
-
-    g = dummy_gguf_model("tiny", seed=8)
-    be = _cuda_backend(max_rows=64, max_seqs=4)
-    gpu = LlamaModel(g, be)
-    gpu.alloc_kv(gpu.kv_layout(slots=3, max_positions=48, sink_tokens=4, dtype="q8"))
-    rng = np.random.default_rng(8)
-    V = g.hparams.vocab_size
-    first = {}
-    for s in range(3):
-        out = gpu.forward(StepBatch(rng.integers(0, V, 9 + s).astype(np.int32), (SeqChunk(s, 0, 9 + s),), 48))
-        first[s] = int(np.argmax(out[0]))
+    _, be, gpu, _, last = _prefilled_tiny(8, 8, 3, "q8", max_seqs=4)
+    first = {s: int(np.argmax(row)) for s, row in enumerate(last)}
     n_steps = 7
 
     def chunks(slots, i):
