@@ -7,7 +7,8 @@ auto = the backend's choice per batch size; a suffix -plain:<prefix>,<prefix> ke
 options after "+": nodec sends batch-1 Q4_K through the paired vector kernel instead of kernels/matmul_dec.cu,
 dec:<config> picks that decode-kernel configuration (e.g. pdl+dec:r1s2), qfirst makes the two-pass quantizers trigger
 their dependent before their own wait (CudaMatmul.quant_trigger_first), only:<type>,<type> limits the decode
-kernel to those weight types (e.g. pdl+only:q4_k), nofuse quantizes the matmul inputs in launches of their own
+kernel to those weight types (e.g. pdl+only:q4_k), nomix launches Q4_K and Q6_K matrices sharing x separately
+(not in one matmul_dec_q4_k_q6_k launch: CudaMatmul.dec_mixed), nofuse quantizes the matmul inputs in launches of their own
 (not inside rms_norm / silu_mul: CudaBackend.fuse_quant), norope rotates q and k in a rope_qk launch of its own
 (not inside decode attention: CudaBackend.fuse_rope), splitk:<n> gives decode attention's splits at least n keys
 (CudaBackend.split_keys), skip:<prefix>,<prefix> launches no kernel
@@ -62,10 +63,11 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
-    backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nofuse, +norope,
-    +splitk:<n>, +skip:<prefixes> (module docstring)."""
+    backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nomix, +nofuse,
+    +norope, +splitk:<n>, +skip:<prefixes> (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
+    be.mm.dec_mixed = "nomix" not in opts
     be.mm.dec_variant = next((o for o in opts if o.startswith("dec:")), None)
     be.mm.quant_trigger_first = "qfirst" in opts
     be.fuse_quant = "nofuse" not in opts

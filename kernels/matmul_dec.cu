@@ -36,8 +36,9 @@
 // variant (below) has its own grid.
 //
 // Entries: matmul_dec_q4_k_r<RT>p1 (the register variant: each row's weights loaded one unit ahead, the first before
-// the wait; loading them at use or two units ahead was slower), _r<RT>s<STAGES> (the shared-memory variant below), and
-// matmul_dec_q6_k_r<RT>s<STAGES>. Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2, out2, N2, K, xd int8,
+// the wait; loading them at use or two units ahead was slower), _r<RT>s<STAGES> (the shared-memory variant below),
+// matmul_dec_q6_k_r<RT>s<STAGES>, and matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M
+// layer in one launch; its stages are sized for Q6_K rows, and each warp takes its group's type). Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2, out2, N2, K, xd int8,
 // dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
 #include "quant_blocks.cuh"
 #include "pdl.cuh"
@@ -272,26 +273,61 @@ __device__ __forceinline__ Group group_of(int g, const uint8_t* q0, const uint8_
     return Group{q2, s2, o2, N2, (g - g0 - g1) * RT};
 }
 
-template <class W, int RT, int STAGES>
+// The RT sums of one group whose rows (weight type W) are in shared memory at `rows` (row_bytes apart); j, sb: the
+// lane's unit constants
+template <int RT> struct Sums { float v[RT]; };
+template <class W, int RT>
+__device__ __forceinline__ Sums<RT> group_dot(const Group& gr, const uint8_t* rows, int row_bytes, int units, int nbk,
+                                              int j, SubBlocks sb, const int8_t* __restrict__ xd,
+                                              const float4* __restrict__ dsd, const int4* __restrict__ xs16, int Kp) {
+    const int lane = threadIdx.x & 31;
+    Sums<RT> acc;
+#pragma unroll
+    for (int t = 0; t < RT; ++t) acc.v[t] = 0.f;
+    const int8_t* xa = xd + lane * 16;
+    const uint8_t* hp = rows + (lane >> 2) * W::BYTES;
+#pragma unroll 2
+    for (int u = lane; u < units; u += 32) {
+        const Act a = load_act<W::X16>(xa, Kp, dsd, xs16, u);
+        xa += 2048;
+#pragma unroll
+        for (int t = 0; t < RT; ++t) {
+            const int row = min(gr.row0 + t, gr.N - 1);
+            acc.v[t] += W::dot(hp + (size_t)t * row_bytes, j, sb, a, gr.s + (size_t)row * nbk * 2, u >> 2);
+        }
+        hp += 8 * W::BYTES;
+    }
+    return acc;
+}
+
+template <class A, class B> struct SameType { static constexpr bool value = false; };
+template <class A> struct SameType<A, A> { static constexpr bool value = true; };
+
+// W_0, W_1 of type WA, W_2 of type WB (WA == WB: one type); a stage holds RT rows of the larger type
+template <class WA, class WB, int RT, int STAGES>
 __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* s0, float* o0, int N0,
                                               const uint8_t* q1, const uint8_t* s1, float* o1, int N1,
                                               const uint8_t* q2, const uint8_t* s2, float* o2, int N2, int K,
                                               const int8_t* __restrict__ xd, const float4* __restrict__ dsd,
                                               const int4* __restrict__ xs16, int Kp) {
-    extern __shared__ __align__(128) uint8_t wsm[];  // (WARPS, STAGES, RT, row bytes)
+    constexpr bool MIXED = !SameType<WA, WB>::value;
+    constexpr int MAX_BYTES = WA::BYTES > WB::BYTES ? WA::BYTES : WB::BYTES;
+    extern __shared__ __align__(128) uint8_t wsm[];  // (WARPS, STAGES, RT, row bytes of the larger type)
     __shared__ __align__(8) uint64_t bar[WARPS][STAGES];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int units = K >> 6;
     const int nbk = K >> 8;
-    const int row_bytes = nbk * W::BYTES;
-    const int groups = (N0 + RT - 1) / RT + (N1 + RT - 1) / RT + (N2 + RT - 1) / RT;
+    const int max_row_bytes = nbk * MAX_BYTES;
+    const int groups_a = (N0 + RT - 1) / RT + (N1 + RT - 1) / RT;  // those of W_0 and W_1
+    const int groups = groups_a + (N2 + RT - 1) / RT;
     const int stride = gridDim.x * WARPS, first = blockIdx.x * WARPS + warp;
-    uint8_t* stages = wsm + (size_t)warp * STAGES * RT * row_bytes;
+    uint8_t* stages = wsm + (size_t)warp * STAGES * RT * max_row_bytes;
+    auto row_bytes = [&](int g) { return MIXED ? nbk * (g >= groups_a ? WB::BYTES : WA::BYTES) : max_row_bytes; };
     // lane 0: start the copy of group g into stage s (its rows are contiguous: one copy)
     auto issue = [&](int s, int g) {
         const Group gr = group_of<RT>(g, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);
-        bulk_copy(stages + (size_t)s * RT * row_bytes, gr.q + (size_t)gr.row0 * row_bytes,
-                  min(RT, gr.N - gr.row0) * row_bytes, &bar[warp][s]);
+        const int rb = row_bytes(g);
+        bulk_copy(stages + (size_t)s * RT * max_row_bytes, gr.q + (size_t)gr.row0 * rb, min(RT, gr.N - gr.row0) * rb,
+                  &bar[warp][s]);
     };
     if (lane == 0) {
 #pragma unroll
@@ -304,6 +340,7 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
     __syncwarp();
     pdl_start();  // x is the previous kernel's output: everything below may read it
 
+    const int units = K >> 6;
     const int j = lane & 3;
     const SubBlocks sb{(2u * (j & 1)) | ((2u * (j & 1) + 1) << 4), j >= 2};
     uint32_t parity = 0;  // bit s: the phase of stage s's barrier to wait for next
@@ -313,29 +350,17 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
         const int live = min(RT, gr.N - gr.row0);  // rows past N: shared memory left as it was, sums not stored
         bulk_wait(&bar[warp][s], (parity >> s) & 1u);
         parity ^= 1u << s;
-        float acc[RT];
+        const uint8_t* rows = stages + (size_t)s * RT * max_row_bytes;
+        Sums<RT> acc = MIXED && g >= groups_a  // (warp-uniform)
+            ? group_dot<WB, RT>(gr, rows, row_bytes(g), units, nbk, j, sb, xd, dsd, xs16, Kp)
+            : group_dot<WA, RT>(gr, rows, row_bytes(g), units, nbk, j, sb, xd, dsd, xs16, Kp);
 #pragma unroll
-        for (int t = 0; t < RT; ++t) acc[t] = 0.f;
-        const int8_t* xa = xd + lane * 16;
-        const uint8_t* hp = stages + (size_t)s * RT * row_bytes + (lane >> 2) * W::BYTES;
-#pragma unroll 2
-        for (int u = lane; u < units; u += 32) {
-            const Act a = load_act<W::X16>(xa, Kp, dsd, xs16, u);
-            xa += 2048;
-#pragma unroll
-            for (int t = 0; t < RT; ++t) {
-                const int row = min(gr.row0 + t, gr.N - 1);
-                acc[t] += W::dot(hp + (size_t)t * row_bytes, j, sb, a, gr.s + (size_t)row * nbk * 2, u >> 2);
-            }
-            hp += 8 * W::BYTES;
-        }
-#pragma unroll
-        for (int t = 0; t < RT; ++t) acc[t] = warp_sum(acc[t]);
+        for (int t = 0; t < RT; ++t) acc.v[t] = warp_sum(acc.v[t]);
         __syncwarp();  // every lane is done reading stage s
         if (lane == 0) {
 #pragma unroll
             for (int t = 0; t < RT; ++t)
-                if (t < live) gr.out[gr.row0 + t] = acc[t];
+                if (t < live) gr.out[gr.row0 + t] = acc.v[t];
             if (g + STAGES * stride < groups) {
                 asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // our reads before the copy's writes
                 issue(s, g + STAGES * stride);
@@ -357,12 +382,14 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
         const Group g = group_of<WARPS * RT>(blockIdx.x, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);     \
         dec_body<RT>(g.q, g.out, g.N, K, g.row0, xd, reinterpret_cast<const float4*>(dsd), Kp);               \
     }
-#define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS)                                                     \
+#define DEC_PIPE_ENTRY2(suffix, WA, WB, RT, STAGES, MIN_BLOCKS)                                               \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
         matmul_dec_##suffix##_r##RT##s##STAGES(DEC_ARGS) {                                                    \
-        dec_pipe_body<W, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,                   \
-                                     reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), Kp); \
+        dec_pipe_body<WA, WB, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,              \
+                                          reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), \
+                                          Kp);                                                                \
     }
+#define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS) DEC_PIPE_ENTRY2(suffix, W, W, RT, STAGES, MIN_BLOCKS)
 
 // cuda_matmul.DEC_VARIANTS
 DEC_ENTRY(1)
@@ -374,3 +401,5 @@ DEC_PIPE_ENTRY(q4_k, DecQ4K, 1, 4, 6)
 DEC_PIPE_ENTRY(q4_k, DecQ4K, 2, 3, 5)
 DEC_PIPE_ENTRY(q6_k, DecQ6K, 1, 2, 6)
 DEC_PIPE_ENTRY(q6_k, DecQ6K, 2, 2, 5)
+// W_0, W_1 Q4_K and W_2 Q6_K (a Q4_K_M layer's Q, K and V): cuda_matmul.DEC_MIXED
+DEC_PIPE_ENTRY2(q4_k_q6_k, DecQ4K, DecQ6K, 2, 2, 4)

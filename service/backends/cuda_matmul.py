@@ -64,6 +64,9 @@ DEC_VARIANTS = {  # the entries it compiles, by type
     "q4_k": ("r1p1", "r2p1", "r4p1", "r1s2", "r2s2", "r1s4", "r2s3"),
     "q6_k": ("r1s2", "r2s2"),
 }
+# one or two Q4_K matrices and one Q6_K matrix sharing x up to K = DEC_SHORT_K (a Q4_K_M layer's Q, K and a Q6_K V)
+# in one launch of this entry (the Q6_K one third), instead of one launch per type (CudaMatmul.dec_mixed)
+DEC_MIXED = "matmul_dec_q4_k_q6_k_r2s2"
 DEC_TYPES = frozenset(DEC_CONFIG)
 DEC_BLOCK_BYTES = {"q4_k": 144, "q6_k": 208}  # bytes per 256 values of the copied rows
 DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
@@ -196,6 +199,7 @@ class CudaMatmul:
         self.frag_vec_rows = 2 if int8x2 else 4  # ... from this many rows + 1 (fewer: the vector kernel)
         self.use_pipe = True  # Q4_K / Q6_K at many rows: the pipelined kernel (False: the tiled one)
         self.use_dec = True  # int8x2 at one row: Q4_K through kernels/matmul_dec.cu (False: the paired vector kernel)
+        self.dec_mixed = True  # ... Q4_K and Q6_K matrices sharing x in one launch where they can (DEC_MIXED)
         self.dec_variant: str | None = None  # "dec:<config>[/<config above DEC_SHORT_K>]" in place of DEC_CONFIG
         self.dec_types = DEC_TYPES  # the types it takes (benchmark: a subset)
         # True: the two-pass quantizer writing the decode copy lets its dependent (the decode kernel, which starts its
@@ -411,6 +415,11 @@ class CudaMatmul:
                 self.quantize_act(x_ptr, n_rows, k, workspace_ptr)
             quantized = True
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows if x2 else n_rows, k)
+        if dec and self.dec_mixed and not variant:
+            mixed = self._dec_mixed(vec)
+            if mixed is not None:
+                self._dec_launch(workspace_ptr, mixed, None, mixed=True)
+                vec = [m for m in vec if not any(m is n for n in mixed)]
         for members in self._launch_groups(vec):
             if dec and members[0][0].suffix in self.dec_types and not (variant and not variant.startswith("dec")) and \
                     self.dec_kernel(members[0][0], variant or self.dec_variant) is not None:
@@ -464,15 +473,32 @@ class CudaMatmul:
         rows_per_warp = int(re.match(r"r(\d+)", cfg).group(1))
         return f"matmul_dec_{w.suffix}_{cfg}", DEC_WARPS * rows_per_warp
 
-    def _dec_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], variant: str | None) -> None:
-        """One row of int8x2 activations x up to MULTI_MAX Q4_K or Q6_K matrices (kernels/matmul_dec.cu)."""
+    def _dec_mixed(self, vec: list[tuple[DeviceWeight, int]]) -> list[tuple[DeviceWeight, int]] | None:
+        """The (weight, out) pairs of one DEC_MIXED launch among vec, Q4_K first, or None where vec has none: one or
+        two Q4_K and one Q6_K matrix, on the decode kernel's default configuration at their K."""
+        if not vec or vec[0][0].k > DEC_SHORT_K or DEC_CONFIG["q4_k"][0] != "r2s2" or DEC_CONFIG["q6_k"][0] != "r2s2":
+            return None
+        by = {t: [m for m in vec if m[0].suffix == t] for t in ("q4_k", "q6_k")}
+        if not (self.dec_types >= {"q4_k", "q6_k"} and 1 <= len(by["q4_k"]) <= 2 and len(by["q6_k"]) == 1):
+            return None
+        return by["q4_k"] + by["q6_k"]
+
+    def _dec_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], variant: str | None,
+                    mixed: bool = False) -> None:
+        """One row of int8x2 activations x up to MULTI_MAX Q4_K or Q6_K matrices (kernels/matmul_dec.cu); mixed:
+        members = one or two Q4_K then one Q6_K matrix, through DEC_MIXED (the Q6_K one in the third slot)."""
         w0 = members[0][0]
-        found = self.dec_kernel(w0, variant)
-        assert found is not None
-        name, rpb = found
+        if mixed:
+            name, rpb = DEC_MIXED, DEC_WARPS * 2
+            members = members[:-1] + [None] * (MULTI_MAX - len(members)) + members[-1:]
+        else:
+            found = self.dec_kernel(w0, variant)
+            assert found is not None
+            name, rpb = found
         cfg = name.rsplit("_", 1)[1]
         stages = int(cfg.split("s")[1]) if "s" in cfg else 0
-        shared = stages * rpb * (w0.k // 256) * DEC_BLOCK_BYTES[w0.suffix]  # the copied rows in shared memory
+        row_bytes = max(DEC_BLOCK_BYTES[m[0].suffix] for m in members if m is not None)
+        shared = stages * rpb * (w0.k // 256) * row_bytes  # the copied rows in shared memory
         fn = self._fns.get(name)
         if fn is None:
             fn = self._fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi")
@@ -484,7 +510,7 @@ class CudaMatmul:
         args: list[Any] = []
         blocks = 0
         for i in range(MULTI_MAX):
-            if i < len(members):
+            if i < len(members) and members[i] is not None:
                 w, o = members[i]
                 args += [w.q_ptr, w.s_ptr, o, np.int32(w.n)]
                 blocks += (w.n + rpb - 1) // rpb

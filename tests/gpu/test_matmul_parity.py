@@ -332,6 +332,52 @@ def test_decode_kernel_shares_its_input_and_replays(gpu, variant) -> None:
             rt.free(b)
 
 
+@pytest.mark.gpu
+def test_decode_kernel_mixed_types_in_one_launch(gpu) -> None:
+    """One or two Q4_K and one Q6_K matrix sharing a decode row (a Q4_K_M layer's Q, K, V) take one DEC_MIXED launch
+    (CudaMatmul.dec_mixed): the same bits as a launch per type, within 1e-4 of float64 on the same two-pass rounding
+    of x. K = 2304: 36 units, the second 32-unit group partly empty; N = 771 / 770 / 769: partial row groups."""
+    from service.backends.cuda_matmul import DEC_MIXED
+
+    rt, _ = gpu
+    mm = CudaMatmul(rt, int8x2=True)
+    rng = np.random.default_rng(403)
+    k = 2304
+    launches: list[bool] = []
+    real = mm._dec_launch
+    mm._dec_launch = lambda *a, mixed=False, **kw: (launches.append(mixed), real(*a, mixed=mixed, **kw))[1]
+    for types in ((T.Q6_K, T.Q4_K), (T.Q4_K, T.Q6_K, T.Q4_K)):
+        ts = [random_weight(tp, 771 - i, k, rng) for i, tp in enumerate(types)]
+        ws_ = [mm.upload(t) for t in ts]
+        x = rng.standard_normal((1, k)).astype(np.float32)  # (1, k)
+        x[:, 5] *= 40.0  # an outlier channel
+        bufs = _Bufs(rt, mm, x, 771)
+        outs = [rt.alloc(4 * w.n, "activations", f"o{i}") for i, w in enumerate(ws_)]
+        try:
+            got = {}
+            for mixed in (True, False):
+                mm.dec_mixed = mixed
+                launches.clear()
+                for o, w in zip(outs, ws_):
+                    rt.htod(o, np.full((1, w.n), np.nan, np.float32))
+                mm.matmul_multi(bufs.x.ptr, 1, ws_, [o.ptr for o in outs], bufs.ws.ptr)
+                rt.synchronize()
+                got[mixed] = []
+                for o, w in zip(outs, ws_):
+                    host = np.empty((1, w.n), np.float32)  # (1, N_i)
+                    rt.dtoh(host, o)
+                    got[mixed].append(host)
+                assert launches == ([True] if mixed else [False, False]), (types, mixed, launches)
+            assert DEC_MIXED in mm._fns
+            for i, (t, a, b) in enumerate(zip(ts, got[True], got[False])):
+                assert np.isfinite(a).all() and np.array_equal(a, b), (types, i)
+                assert rel(a, q8x2_simulated(x) @ dequant64(t).T) <= 1e-4, (types, i)
+        finally:
+            bufs.free()
+            for b in outs + [w.buffer for w in ws_]:
+                rt.free(b)
+
+
 def _check_f16_operands(rt, mm: CudaMatmul, x: np.ndarray, w, w16: np.ndarray, w64: np.ndarray, case, **kw) -> None:
     """A tensor-core path on f16 operands: within f32 accumulation error (1e-4) of float64 on the same f16-rounded
     operands (x rounded here, the weights as the kernel rounds them: w16), within 2e-3 of float64 on exact ones."""
