@@ -606,7 +606,7 @@ class CudaBackend:
         """Split-K partials for the worst step this model shape can take (sized once per shape), and the counters of
         finished splits per (row, kv head) and of merged rows per (sequence, kv head), zero between launches
         (attention_split resets what it counts)."""
-        key = (n_heads, head_dim, max_positions, n_kv_heads)
+        key = (n_heads, head_dim, max_positions, n_kv_heads, self.split_keys)
         if self._partials.get("key") != key:
             worst = max(T * self.n_splits(T, n_kv_heads, max_positions) for T in range(1, self.max_rows + 1))
             need = worst * n_heads

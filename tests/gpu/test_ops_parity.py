@@ -194,31 +194,35 @@ def _run_scenario(cuda_be, rng, steps, layout, n_heads, rope=None):
     return worst
 
 
-@pytest.mark.parametrize("kernel", ["tiled", "split"])
+@pytest.mark.parametrize("kernel", ["tiled", "split", "split16"])
 @pytest.mark.parametrize("dtype", ["f16", "q8"])
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 @pytest.mark.parametrize("hd,n_heads,n_kv", [(64, 9, 3), (128, 8, 2), (128, 3, 3), (64, 8, 1)],
                          ids=["hd64-g3", "hd128-g4", "hd128-g1", "hd64-g8"])
 def test_attention(cuda_be, rng, dtype, scenario, hd, n_heads, n_kv, kernel):
     """kernel "tiled": steps with >= 32 rows and >= 4 rows per sequence take the tiled prefill kernel (the
-    others split-K); "split": every step takes split-K."""
+    others split-K); "split": every step takes split-K; "split16": with 16 keys per split, so that the 40-key
+    contexts are merged from up to 3 splits (at the default 64 they take one)."""
     layout = KVLayout(n_layers=2, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
-    before = (cuda_be.use_prefill_kernel, cuda_be.prefill_kernel)
+    before = (cuda_be.use_prefill_kernel, cuda_be.prefill_kernel, cuda_be.split_keys)
     cuda_be.use_prefill_kernel, cuda_be.prefill_kernel = kernel == "tiled", "tiled"
+    cuda_be.split_keys = 16 if kernel == "split16" else 64
     try:
         worst = _run_scenario(cuda_be, rng, SCENARIOS[scenario], layout, n_heads)
     finally:
-        cuda_be.use_prefill_kernel, cuda_be.prefill_kernel = before
+        cuda_be.use_prefill_kernel, cuda_be.prefill_kernel, cuda_be.split_keys = before
     assert worst < 2e-5, worst
 
 
 @pytest.mark.parametrize("kernel", ["split", "mma"])
-def test_attention_no_sinks_long_context(cuda_be, rng, kernel):
+@pytest.mark.parametrize("n_heads", [8, 2], ids=["g4", "g1"])
+def test_attention_no_sinks_long_context(cuda_be, rng, kernel, n_heads):
     """sink_tokens = 0 (plain sliding window), a 2048-position ring filled by a 290-token prefill + decode; the
-    prefill through split-K (f32, 2e-5) or the default tensor-core kernel (MMA_TOL)."""
+    prefill through split-K (f32, 2e-5) or the default tensor-core kernel (MMA_TOL); the decode rows' 291-298 keys
+    take 5 splits, with GQA (g4) or without (g1)."""
     layout = KVLayout(n_layers=1, slots=2, max_positions=2048, sink_tokens=0, n_kv_heads=2, head_dim=128, dtype="f16")
     steps = [[(0, 290)], [(0, 1)], [(0, 1), (1, 7)]]
-    worst = _with_prefill_kernel(cuda_be, kernel, lambda: _run_scenario(cuda_be, rng, steps, layout, 8))
+    worst = _with_prefill_kernel(cuda_be, kernel, lambda: _run_scenario(cuda_be, rng, steps, layout, n_heads))
     assert worst < (2e-5 if kernel == "split" else MMA_TOL["f16"]), worst
 
 
@@ -236,11 +240,13 @@ def test_attention_with_fused_rope(cuda_be, rng, dtype, rope, kernel):
 @pytest.mark.parametrize("dtype", ["f16", "q8"])
 @pytest.mark.parametrize("rope", [ROPES[0], ROPES[2], ROPES[3]], ids=["normal", "partial", "llama3"])
 @pytest.mark.parametrize("hd,n_heads,n_kv", [(128, 4, 4), (64, 8, 2)], ids=["hd128-g1", "hd64-g4"])
-def test_decode_attention_rotates_q_and_k_itself(cuda_be, rng, dtype, rope, hd, n_heads, n_kv):
+@pytest.mark.parametrize("split_keys", [64, 16], ids=["one-split", "split16"])
+def test_decode_attention_rotates_q_and_k_itself(cuda_be, rng, dtype, rope, hd, n_heads, n_kv, split_keys):
     """At decode (one row per sequence, normal-mode rope) split-K attention rotates q and the new k itself from the
     step's angle table and encodes the new K/V (CudaBackend.fuse_rope): == NumPy rope + attention (outputs and
     ring, as the rope_qk path is held to), the same outputs as the rope_qk path to float rounding, and no
-    rope_qk / kv_stage launch at the decode steps."""
+    rope_qk / kv_stage launch at the decode steps. split16: up to 3 splits merged (the row's own key in any)."""
+    cuda_be.split_keys = split_keys
     layout = KVLayout(n_layers=1, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
     steps = SCENARIOS["decode"] + [[(s, 1) for s in range(6)]] * 3  # the later steps wrap the 40-position ring
     launched: list[str] = []
@@ -259,6 +265,7 @@ def test_decode_attention_rotates_q_and_k_itself(cuda_be, rng, dtype, rope, hd, 
     finally:
         cuda_be._launch = real_launch
         cuda_be.fuse_rope = True
+        cuda_be.split_keys = 64
     assert worst[True] < 1e-3, worst  # f16 KV too: the rotated keys round to f16 (a last-bit angle can flip one)
     assert np.isclose(worst[True], worst[False], rtol=1e-3, atol=0), worst  # the rope_qk path's arithmetic
 
