@@ -8,7 +8,8 @@
 //   (scored with q); others are invisible. score = (q . k) / sqrt(head_dim); out = softmax(score) . V
 // Split-K (attention_split_*): for each (t, h, split) a running max m, sum l and acc[HD] (unnormalized); the block
 // finishing a sequence's kv head last merges the splits into out (T, n_heads * HD) and appends the new K/V. At decode
-// (one row per sequence, normal-mode rope) it also rotates q and the new k itself from the rope_table_f32 angles.
+// (one row per sequence, normal-mode rope) it also rotates q and the new k itself from the rope_table_f32 angles,
+// and while the ring is not full the block holding the row's new key writes it to the ring at once.
 //
 // Layouts: q, q_sink, out: (T, n_heads * HD) float32. Ring K/V per layer: (slots, max_positions, kv_dim)
 // half or int8 (+ (slots, max_positions, kv_dim / 32) half scales). Staging: (T, kv_dim) in the same format.
@@ -158,6 +159,21 @@ __device__ __forceinline__ void unpack8(const unsigned char* raw, uint32_t scale
     dequant8<KVT>(raw, KVT == 1 ? __half2float(__ushort_as_half(bits)) : 0.f, out);
 }
 
+// 8 values as stored (bytes, + the q8 scale in the half of word that col's block has) into row `row` of a ring
+template <int KVT>
+__device__ __forceinline__ void store8(void* ring, __half* scales, size_t row, int kv_dim, int col,
+                                       const unsigned char* bytes, uint32_t word) {
+    unsigned char* r = reinterpret_cast<unsigned char*>(ring);
+    if (KVT == 0) {
+        *reinterpret_cast<uint4*>(r + (row * kv_dim + col) * 2) = *reinterpret_cast<const uint4*>(bytes);
+    } else {
+        *reinterpret_cast<uint2*>(r + row * kv_dim + col) = *reinterpret_cast<const uint2*>(bytes);
+        if ((col / 8) % 4 == 0)  // one lane of the block's four
+            scales[row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK] =
+                __ushort_as_half((unsigned short)(word >> (16 * ((col / Q8_BLOCK) & 1))));
+    }
+}
+
 // Where a split-K launch leaves its results: partial states, counters (zero between launches) of finished splits per
 // (row, kv head) then of merged rows per (sequence, kv head), the output, and (one row, xq not null) the output's
 // quantization.
@@ -274,6 +290,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     }
     pdl_wait();
     pdl_trigger();
+    // a decode row's ring entry (index c) is one no block of this step reads while the ring is not full: its new K/V
+    // go there at once, from where they are encoded below, not at the end
+    const bool early_append = ROPE && c < max_positions;
     if constexpr (ROPE) {
         // the row's own key, its only new one, encoded by its lanes: into its slot when its iteration is among the
         // first, else into staging, where the loop below copies it from like any staged key (the same thread)
@@ -301,6 +320,16 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
                         ((__half*)nw.vs)[i] = __ushort_as_half((unsigned short)(vw >> sh));
                     }
                 }
+            }
+            if (early_append) {
+                const size_t ring_row = (size_t)slot * max_positions + c;
+                const bool in_slot = it < ATT_STAGES;
+                uint32_t ksw = kw, vsw = vw;
+                if constexpr (KVT == 1) {
+                    if (in_slot) ksw = st.ks[tid], vsw = st.vs[tid];
+                }
+                store8<KVT>(ring_k, ring_ks, ring_row, kv_dim, col, in_slot ? st.k[tid] : k8, ksw);
+                store8<KVT>(ring_v, ring_vs, ring_row, kv_dim, col, in_slot ? st.v[tid] : v8, vsw);
             }
         }
     } else {
@@ -440,6 +469,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         if (!last) return;
         if (threadIdx.x == 0) *done = 0;
     }
+    if (early_append) return;
     // Every block reading this kv head's ring entries for the sequence has finished: append its new keys.
     for (int u = r0; u < seq_end; ++u) {
         size_t ring_row;
@@ -450,18 +480,10 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
                 float x[8];
                 load_rotated8((is_v ? nw.raw_v : nw.raw_k) + (size_t)u * kv_dim + col,
                               is_v ? nullptr : nw.rope + (size_t)u * (nw.n_rot / 2), gl * 8, nw.n_rot, false, x);
-                unsigned char bytes[KVSlots<KVT>::VB];
+                __align__(16) unsigned char bytes[KVSlots<KVT>::VB];
                 uint32_t word;
                 encode8<KVT>(x, col, key_lanes, bytes, &word);
-                unsigned char* ring = reinterpret_cast<unsigned char*>(is_v ? ring_v : ring_k);
-                if (KVT == 0) {
-                    *reinterpret_cast<uint4*>(ring + (ring_row * kv_dim + col) * 2) = *reinterpret_cast<const uint4*>(bytes);
-                } else {
-                    *reinterpret_cast<uint2*>(ring + ring_row * kv_dim + col) = *reinterpret_cast<const uint2*>(bytes);
-                    if (gl % 4 == 0)
-                        (is_v ? ring_vs : ring_ks)[ring_row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK] =
-                            __ushort_as_half((unsigned short)(word >> (16 * ((col / Q8_BLOCK) & 1))));
-                }
+                store8<KVT>(is_v ? ring_v : ring_k, is_v ? ring_vs : ring_ks, ring_row, kv_dim, col, bytes, word);
             }
             continue;
         }
