@@ -37,7 +37,8 @@
 //
 // Entries: matmul_dec_q4_k_r<RT>p1 (the register variant: each row's weights loaded one unit ahead, the first before
 // the wait; loading them at use or two units ahead was slower), _r<RT>s<STAGES> (the shared-memory variant below),
-// matmul_dec_q6_k_r<RT>s<STAGES>, and matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M
+// matmul_dec_q6_k_r<RT>s<STAGES>, _r2k2s2 (both types: the K of each row split between two warps, for long rows),
+// and matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M
 // layer in one launch; its stages are sized for Q6_K rows, and each warp takes its group's type). Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2, out2, N2, K, xd int8,
 // dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
 #include "quant_blocks.cuh"
@@ -276,18 +277,19 @@ __device__ __forceinline__ Group group_of(int g, const uint8_t* q0, const uint8_
 // The RT sums of one group whose rows (weight type W) are in shared memory at `rows` (row_bytes apart); j, sb: the
 // lane's unit constants
 template <int RT> struct Sums { float v[RT]; };
+// (units u0 .. u1 - 1 of the rows, u0 a multiple of 4: `rows` holds their blocks from u0 / 4 on)
 template <class W, int RT>
-__device__ __forceinline__ Sums<RT> group_dot(const Group& gr, const uint8_t* rows, int row_bytes, int units, int nbk,
-                                              int j, SubBlocks sb, const int8_t* __restrict__ xd,
+__device__ __forceinline__ Sums<RT> group_dot(const Group& gr, const uint8_t* rows, int row_bytes, int u0, int u1,
+                                              int nbk, int j, SubBlocks sb, const int8_t* __restrict__ xd,
                                               const float4* __restrict__ dsd, const int4* __restrict__ xs16, int Kp) {
     const int lane = threadIdx.x & 31;
     Sums<RT> acc;
 #pragma unroll
     for (int t = 0; t < RT; ++t) acc.v[t] = 0.f;
-    const int8_t* xa = xd + lane * 16;
+    const int8_t* xa = xd + ((u0 + lane) >> 5) * 2048 + ((u0 + lane) & 31) * 16;
     const uint8_t* hp = rows + (lane >> 2) * W::BYTES;
 #pragma unroll 2
-    for (int u = lane; u < units; u += 32) {
+    for (int u = u0 + lane; u < u1; u += 32) {
         const Act a = load_act<W::X16>(xa, Kp, dsd, xs16, u);
         xa += 2048;
 #pragma unroll
@@ -352,8 +354,8 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
         parity ^= 1u << s;
         const uint8_t* rows = stages + (size_t)s * RT * max_row_bytes;
         Sums<RT> acc = MIXED && g >= groups_a  // (warp-uniform)
-            ? group_dot<WB, RT>(gr, rows, row_bytes(g), units, nbk, j, sb, xd, dsd, xs16, Kp)
-            : group_dot<WA, RT>(gr, rows, row_bytes(g), units, nbk, j, sb, xd, dsd, xs16, Kp);
+            ? group_dot<WB, RT>(gr, rows, row_bytes(g), 0, units, nbk, j, sb, xd, dsd, xs16, Kp)
+            : group_dot<WA, RT>(gr, rows, row_bytes(g), 0, units, nbk, j, sb, xd, dsd, xs16, Kp);
 #pragma unroll
         for (int t = 0; t < RT; ++t) acc.v[t] = warp_sum(acc.v[t]);
         __syncwarp();  // every lane is done reading stage s
@@ -365,6 +367,97 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
                 asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // our reads before the copy's writes
                 issue(s, g + STAGES * stride);
             }
+        }
+        s = s + 1 == STAGES ? 0 : s + 1;
+    }
+}
+
+// --- K split between the two warps of a pair (long rows) --------------------------------------------------------
+// At K = 11008 a warp's stages of whole rows leave room for few resident warps (r2s2: one block per SM). Here the two
+// warps of a pair (warps 2p, 2p + 1 of the block) share each group of RT rows: warp 2p + h copies and sums the units
+// [0, um) (h = 0) or [um, units) (h = 1) of each row, um = units / 2 rounded up to a whole block, then warp 2p + 1
+// leaves its RT sums in shared memory and warp 2p adds them to its own (in that order) and stores the rows. The
+// pairs walk the groups as the warps of dec_pipe_body do; one named barrier (id 1 + p) per group, the sums' buffer
+// alternating between groups so that the next group's write waits on nothing.
+__device__ __forceinline__ void bulk_expect(uint64_t* bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void bulk_copy_only(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+}
+
+__device__ __forceinline__ void pair_sync(int pair) {
+    asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory");
+}
+
+template <class W, int RT, int STAGES>
+__device__ __forceinline__ void dec_pipe_k2_body(const uint8_t* q0, const uint8_t* s0, float* o0, int N0,
+                                                 const uint8_t* q1, const uint8_t* s1, float* o1, int N1,
+                                                 const uint8_t* q2, const uint8_t* s2, float* o2, int N2, int K,
+                                                 const int8_t* __restrict__ xd, const float4* __restrict__ dsd,
+                                                 const int4* __restrict__ xs16, int Kp) {
+    extern __shared__ __align__(128) uint8_t wsm[];  // (WARPS, STAGES, RT, the longer half's bytes)
+    __shared__ __align__(8) uint64_t bar[WARPS][STAGES];
+    __shared__ float part[WARPS / 2][2][RT];  // warp 2p + 1's sums, by pair and group parity
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int pair = warp >> 1, h = warp & 1;
+    const int nbk = K >> 8, units = K >> 6;
+    const int um = ((units / 2 + 3) / 4) * 4;          // the halves' boundary, a whole block
+    const int b0 = h ? um / 4 : 0, nb = h ? nbk - um / 4 : um / 4;  // this warp's blocks of each row
+    const int row_bytes = nbk * W::BYTES, half_bytes = (um / 4) * W::BYTES;  // a stage row: the longer half
+    const int groups = (N0 + RT - 1) / RT + (N1 + RT - 1) / RT + (N2 + RT - 1) / RT;
+    const int stride = gridDim.x * (WARPS / 2), first = blockIdx.x * (WARPS / 2) + pair;
+    uint8_t* stages = wsm + (size_t)warp * STAGES * RT * half_bytes;
+    auto issue = [&](int s, int g) {  // lane 0: this warp's half of group g's rows into stage s
+        const Group gr = group_of<RT>(g, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);
+        const int live = min(RT, gr.N - gr.row0);
+        bulk_expect(&bar[warp][s], live * nb * W::BYTES);
+        for (int t = 0; t < live && nb > 0; ++t)  // (K = 256: the second half is empty)
+            bulk_copy_only(stages + ((size_t)s * RT + t) * half_bytes,
+                           gr.q + (size_t)(gr.row0 + t) * row_bytes + b0 * W::BYTES, nb * W::BYTES, &bar[warp][s]);
+    };
+    if (lane == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) bulk_init(&bar[warp][s]);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s)
+            if (first + s * stride < groups) issue(s, first + s * stride);
+    }
+    __syncwarp();
+    pdl_start();  // x is the previous kernel's output: everything below may read it
+
+    const int j = lane & 3;
+    const SubBlocks sb{(2u * (j & 1)) | ((2u * (j & 1) + 1) << 4), j >= 2};
+    uint32_t parity = 0;
+    int s = 0, round = 0;
+    for (int g = first; g < groups; g += stride, ++round) {
+        const Group gr = group_of<RT>(g, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);
+        const int live = min(RT, gr.N - gr.row0);
+        bulk_wait(&bar[warp][s], (parity >> s) & 1u);
+        parity ^= 1u << s;
+        Sums<RT> acc = group_dot<W, RT>(gr, stages + (size_t)s * RT * half_bytes, half_bytes, h ? um : 0,
+                                        h ? units : um, nbk, j, sb, xd, dsd, xs16, Kp);
+#pragma unroll
+        for (int t = 0; t < RT; ++t) acc.v[t] = warp_sum(acc.v[t]);
+        __syncwarp();  // every lane is done reading stage s
+        if (lane == 0) {
+            if (h == 1) {
+#pragma unroll
+                for (int t = 0; t < RT; ++t) part[pair][round & 1][t] = acc.v[t];
+            }
+            if (g + STAGES * stride < groups) {
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+                issue(s, g + STAGES * stride);
+            }
+        }
+        pair_sync(pair);  // warp 2p + 1's sums are written (and the group before's were read)
+        if (h == 0 && lane == 0) {
+#pragma unroll
+            for (int t = 0; t < RT; ++t)
+                if (t < live) gr.out[gr.row0 + t] = acc.v[t] + part[pair][round & 1][t];
         }
         s = s + 1 == STAGES ? 0 : s + 1;
     }
@@ -390,6 +483,13 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
                                           Kp);                                                                \
     }
 #define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS) DEC_PIPE_ENTRY2(suffix, W, W, RT, STAGES, MIN_BLOCKS)
+#define DEC_K2_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS)                                                       \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
+        matmul_dec_##suffix##_r##RT##k2s##STAGES(DEC_ARGS) {                                                  \
+        dec_pipe_k2_body<W, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,                \
+                                        reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), \
+                                        Kp);                                                                  \
+    }
 
 // cuda_matmul.DEC_VARIANTS
 DEC_ENTRY(1)
@@ -401,5 +501,7 @@ DEC_PIPE_ENTRY(q4_k, DecQ4K, 1, 4, 6)
 DEC_PIPE_ENTRY(q4_k, DecQ4K, 2, 3, 5)
 DEC_PIPE_ENTRY(q6_k, DecQ6K, 1, 2, 6)
 DEC_PIPE_ENTRY(q6_k, DecQ6K, 2, 2, 5)
+DEC_K2_ENTRY(q4_k, DecQ4K, 2, 2, 4)
+DEC_K2_ENTRY(q6_k, DecQ6K, 2, 2, 3)
 // W_0, W_1 Q4_K and W_2 Q6_K (a Q4_K_M layer's Q, K and V): cuda_matmul.DEC_MIXED
 DEC_PIPE_ENTRY2(q4_k_q6_k, DecQ4K, DecQ6K, 2, 2, 4)

@@ -65,8 +65,8 @@ def test_workspace_regions_do_not_overlap(k: int) -> None:
 
 
 def test_decode_kernel_configuration_by_type_and_width() -> None:
-    """DEC_CONFIG: Q4_K at every K, Q6_K only up to DEC_SHORT_K (the paired kernel above it); a variant overrides
-    the configuration only where the type compiles it."""
+    """DEC_CONFIG: Q4_K and Q6_K at every K (above DEC_SHORT_K their long-row configurations); a variant overrides
+    the configuration only where the type compiles it; a K-split configuration's block covers two groups."""
     from gguf import GGMLQuantizationType as T
 
     from service.backends.cuda_matmul import DEC_CONFIG, DEC_SHORT_K, DeviceWeight
@@ -74,7 +74,8 @@ def test_decode_kernel_configuration_by_type_and_width() -> None:
     w = lambda t, k: DeviceWeight("w", t, 4096, k, 0, 0, 0, 0)  # noqa: E731
     assert CudaMatmul.dec_kernel(w(T.Q4_K, 11008))[0] == f"matmul_dec_q4_k_{DEC_CONFIG['q4_k'][1]}"
     assert CudaMatmul.dec_kernel(w(T.Q6_K, DEC_SHORT_K))[0] == f"matmul_dec_q6_k_{DEC_CONFIG['q6_k'][0]}"
-    assert CudaMatmul.dec_kernel(w(T.Q6_K, DEC_SHORT_K + 256)) is None
+    assert CudaMatmul.dec_kernel(w(T.Q6_K, DEC_SHORT_K + 256))[0] == f"matmul_dec_q6_k_{DEC_CONFIG['q6_k'][1]}"
+    assert CudaMatmul.dec_kernel(w(T.Q6_K, 11008), "dec:r2s2/r2k2s2") == ("matmul_dec_q6_k_r2k2s2", 4)
     assert CudaMatmul.dec_kernel(w(T.Q6_K, 11008), "dec:r1s2")[0] == "matmul_dec_q6_k_r1s2"
     assert CudaMatmul.dec_kernel(w(T.Q6_K, 4096), "dec:r4p1")[0] == f"matmul_dec_q6_k_{DEC_CONFIG['q6_k'][0]}"
     name, rows = CudaMatmul.dec_kernel(w(T.Q4_K, 11008), "dec:r2s2/r4p1")

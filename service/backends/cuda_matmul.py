@@ -58,11 +58,14 @@ PAIRED_CONFIG_BY_TYPE: dict[str, dict[int, str]] = {"q6_k": {2: "r4t2u1"}}
 # every K 2.197, + Q6_K r2s2 up to K = 4096 2.159, with Q4_K r4p1 above K = 4096 2.147. Q6_K at
 # K = 11008 (r2s2: 143 KB of rows per block, 1 resident block per SM) took 20.4 us against 15.0 on the paired kernel
 # (bench/matmul_bench.py --only dec); at K = 4096 it is as fast or faster (32000x4096: 30.6 vs 32.2 us).
-DEC_CONFIG = {"q4_k": ("r2s2", "r4p1"), "q6_k": ("r2s2", None)}
+# K split between two warps ("r2k2s2", each warp's stages half a row): Q6_K at K = 11008 15.8 us against 20.4 (r2s2)
+# and 15.0 (the paired kernel) in isolation, but the batch-1 step 1.744 -> 1.732 ms in the graph (its first rows
+# copied before the wait); Q4_K there 11.7 us against 11.0 (r4p1), the step 1.744 -> 1.749 ms.
+DEC_CONFIG = {"q4_k": ("r2s2", "r4p1"), "q6_k": ("r2s2", "r2k2s2")}
 DEC_SHORT_K = 4096
-DEC_VARIANTS = {  # the entries it compiles, by type
-    "q4_k": ("r1p1", "r2p1", "r4p1", "r1s2", "r2s2", "r1s4", "r2s3"),
-    "q6_k": ("r1s2", "r2s2"),
+DEC_VARIANTS = {  # the entries it compiles, by type ("k2": each row's K split between the two warps of a pair)
+    "q4_k": ("r1p1", "r2p1", "r4p1", "r1s2", "r2s2", "r1s4", "r2s3", "r2k2s2"),
+    "q6_k": ("r1s2", "r2s2", "r2k2s2"),
 }
 # one or two Q4_K matrices and one Q6_K matrix sharing x up to K = DEC_SHORT_K (a Q4_K_M layer's Q, K and a Q6_K V)
 # in one launch of this entry (the Q6_K one third), instead of one launch per type (CudaMatmul.dec_mixed)
@@ -470,8 +473,8 @@ class CudaMatmul:
                 cfg = want
         if cfg is None:
             return None
-        rows_per_warp = int(re.match(r"r(\d+)", cfg).group(1))
-        return f"matmul_dec_{w.suffix}_{cfg}", DEC_WARPS * rows_per_warp
+        rows_per_warp = int(re.match(r"r(\d+)", cfg).group(1))  # (k2: per pair of warps)
+        return f"matmul_dec_{w.suffix}_{cfg}", (DEC_WARPS // 2 if "k2" in cfg else DEC_WARPS) * rows_per_warp
 
     def _dec_mixed(self, vec: list[tuple[DeviceWeight, int]]) -> list[tuple[DeviceWeight, int]] | None:
         """The (weight, out) pairs of one DEC_MIXED launch among vec, Q4_K first, or None where vec has none: one or
@@ -499,9 +502,12 @@ class CudaMatmul:
         stages = int(cfg.split("s")[1]) if "s" in cfg else 0
         row_bytes = max(DEC_BLOCK_BYTES[m[0].suffix] for m in members if m is not None)
         shared = stages * rpb * (w0.k // 256) * row_bytes  # the copied rows in shared memory
-        fn = self._fns.get(name)
-        if fn is None:
-            fn = self._fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi")
+        if "k2" in cfg:  # every warp a stage of the longer half of its rows (dec_pipe_k2_body)
+            half_blocks = ((w0.k // 64 // 2 + 3) // 4 * 4) // 4
+            shared = stages * DEC_WARPS * (rpb // (DEC_WARPS // 2)) * half_blocks * row_bytes
+        fresh = name not in self._fns
+        fn = self._fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi")  # (through _fn each time: benchmarks wrap it)
+        if fresh:
             if shared:
                 drv = self.rt.driver
                 optin = getattr(drv.device_attribute, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
@@ -625,9 +631,9 @@ class CudaMatmul:
         stages = self.pipe_stages or PIPE_STAGES[tile]
         name = f"matmul_pipe_{w0.suffix}_m{tile}_s{stages}"
         shared = self.pipe_smem_bytes(w0.suffix, tile, stages)
-        fn = self._fns.get(name)
-        if fn is None:
-            fn = self._fn("matmul_pipe", name, "PPPi" * MULTI_MAX + "iPiPi")
+        fresh = name not in self._fns
+        fn = self._fn("matmul_pipe", name, "PPPi" * MULTI_MAX + "iPiPi")  # (through _fn each time: benchmarks wrap it)
+        if fresh:
             drv = self.rt.driver
             fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
         n_tot = sum(w.n for w, _ in members)
