@@ -103,23 +103,42 @@ struct NewKV {
     int n_rot;
 };
 
-// 8 consecutive values at raw + col (col = hc within the head), normal-mode rotated at angles rot (row's table) when
-// rot is not null: pair i = hc / 2 + j is (x[2j], x[2j + 1]), rotated while 2 i < n_rot; sink: the ps angles
-__device__ __forceinline__ void load_rotated8(const float* raw, const float4* rot, int hc, int n_rot, bool sink,
-                                              float x[8]) {
+// 8 consecutive floats at raw
+__device__ __forceinline__ void load8f(const float* raw, float x[8]) {
     const float4 a = *reinterpret_cast<const float4*>(raw), b = *reinterpret_cast<const float4*>(raw + 4);
     x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w; x[4] = b.x; x[5] = b.y; x[6] = b.z; x[7] = b.w;
-    if (rot == nullptr) return;
+}
+
+// The angles of the 4 pairs of 8 consecutive values at hc within a head (pair i = hc / 2 + j, rotated while
+// 2 i < n_rot) from a row's table rot
+__device__ __forceinline__ void load_angles(const float4* rot, int hc, int n_rot, float4 ang[4]) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        ang[j] = 2 * (hc / 2 + j) < n_rot ? __ldg(rot + hc / 2 + j) : make_float4(1.f, 0.f, 1.f, 0.f);
+}
+
+// x (8 values at hc within a head) normal-mode rotated at those angles; sink: the ps angles
+__device__ __forceinline__ void rotate8(float x[8], const float4 ang[4], int hc, int n_rot, bool sink) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-        const int i = hc / 2 + j;
-        if (2 * i < n_rot) {
-            const float4 cs = rot[i];
+        if (2 * (hc / 2 + j) < n_rot) {
+            const float4 cs = ang[j];
             const float2 r = sink ? rotate(x[2 * j], x[2 * j + 1], cs.z, cs.w) : rotate(x[2 * j], x[2 * j + 1], cs.x, cs.y);
             x[2 * j] = r.x;
             x[2 * j + 1] = r.y;
         }
     }
+}
+
+// 8 consecutive values at raw + col (col = hc within the head), normal-mode rotated at angles rot (row's table) when
+// rot is not null; sink: the ps angles
+__device__ __forceinline__ void load_rotated8(const float* raw, const float4* rot, int hc, int n_rot, bool sink,
+                                              float x[8]) {
+    load8f(raw, x);
+    if (rot == nullptr) return;
+    float4 ang[4];
+    load_angles(rot, hc, n_rot, ang);
+    rotate8(x, ang, hc, n_rot, sink);
 }
 
 // 8 values (K: rotated) in the ring's storage format into dst (+ the q8 scale into its word's half); the lanes in
@@ -140,16 +159,15 @@ __device__ __forceinline__ void encode8(const float x[8], int col, unsigned mask
     }
 }
 
-// this lane's 8 values of the step's new K and V of row `row`, rotated (K) and encoded as the ring stores them, into
+// this lane's 8 values of the step's new K (kx, rotated here at ang) and V (vx), encoded as the ring stores them, into
 // dk / dv (+ the q8 scales' words); the key's lanes (mask) call it together
 template <int KVT, int HD>
-__device__ __forceinline__ void encode_new(const NewKV& nw, size_t row, int kv_dim, int col, unsigned mask,
-                                           unsigned char* dk, uint32_t* dks, unsigned char* dv, uint32_t* dvs) {
-    float x[8];
-    load_rotated8(nw.raw_k + row * kv_dim + col, nw.rope + row * (nw.n_rot / 2), col % HD, nw.n_rot, false, x);
-    encode8<KVT>(x, col, mask, dk, dks);
-    load_rotated8(nw.raw_v + row * kv_dim + col, nullptr, 0, 0, false, x);
-    encode8<KVT>(x, col, mask, dv, dvs);
+__device__ __forceinline__ void encode_new(float kx[8], float vx[8], const float4 ang[4], int n_rot, int col,
+                                           unsigned mask, unsigned char* dk, uint32_t* dks, unsigned char* dv,
+                                           uint32_t* dvs) {
+    rotate8(kx, ang, col % HD, n_rot, false);
+    encode8<KVT>(kx, col, mask, dk, dks);
+    encode8<KVT>(vx, col, mask, dv, dvs);
 }
 
 // ... from a slot: the scale is the half of its 4-byte word that col's block has
@@ -288,21 +306,40 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         if (it < n_iter) copy_ring(it);
         cp_async_commit();
     }
+    // the row's rotation angles for this lane's values: the step's table, launched before the first layer's QKV
+    // matmul (CudaBackend._rope_table), so complete before this kernel starts
+    float4 ang[4];
+    if (ROPE) load_angles(nw.rope + (size_t)t * (nw.n_rot / 2), gl * 8, nw.n_rot, ang);
     pdl_wait();
     pdl_trigger();
+    // what the kernel before wrote, loaded at once: q at p (window keys) and at the sink position (given, or rotated
+    // below from the same q), and the row's new K/V for the lanes encoding them
+    float qw[G][8], qs[G][8];
+#pragma unroll
+    for (int h = 0; h < G; ++h) {
+        const size_t qoff = (size_t)t * n_heads * HD + (size_t)(kh * G + h) * HD + gl * 8;
+        load8f(q + qoff, qw[h]);
+        if (!ROPE) load8f(q_sink + qoff, qs[h]);
+    }
+    const int kk_new = nk - 1;  // (ROPE: the row's own key, its only new one)
+    const bool key_lanes_own = ROPE && kk_new >= k0 && kk_new < k1 && (kk_new - k0) % GROUPS == grp;
+    float kx[8], vx[8];
+    if (key_lanes_own) {
+        load8f(nw.raw_k + (size_t)t * kv_dim + col, kx);
+        load8f(nw.raw_v + (size_t)t * kv_dim + col, vx);
+    }
     // a decode row's ring entry (index c) is one no block of this step reads while the ring is not full: its new K/V
     // go there at once, from where they are encoded below, not at the end
     const bool early_append = ROPE && c < max_positions;
     if constexpr (ROPE) {
-        // the row's own key, its only new one, encoded by its lanes: into its slot when its iteration is among the
-        // first, else into staging, where the loop below copies it from like any staged key (the same thread)
-        const int kk = nk - 1;
-        if (kk >= k0 && kk < k1 && (kk - k0) % GROUPS == grp) {  // (the key's lanes together)
-            const int it = (kk - k0) / GROUPS;
+        // the row's own key encoded by its lanes: into its slot when its iteration is among the first, else into
+        // staging, where the loop below copies it from like any staged key (the same thread)
+        if (key_lanes_own) {  // (the key's lanes together)
+            const int it = (kk_new - k0) / GROUPS;
             KVSlots<KVT>& st = slots[it % ATT_STAGES];
             __align__(16) unsigned char k8[16], v8[16];
             uint32_t kw = 0, vw = 0;
-            encode_new<KVT, HD>(nw, (size_t)t, kv_dim, col, key_lanes, it < ATT_STAGES ? st.k[tid] : k8,
+            encode_new<KVT, HD>(kx, vx, ang, nw.n_rot, col, key_lanes, it < ATT_STAGES ? st.k[tid] : k8,
                                 it < ATT_STAGES ? st.ks + tid * KVT : &kw, it < ATT_STAGES ? st.v[tid] : v8,
                                 it < ATT_STAGES ? st.vs + tid * KVT : &vw);
             if (it >= ATT_STAGES) {
@@ -344,14 +381,14 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         }
     }
 
-    // q at p (window keys) and at the sink position: given, or rotated here (rope)
-    float qw[G][8], qs[G][8];
-    const float4* rot = ROPE ? nw.rope + (size_t)t * (nw.n_rot / 2) : nullptr;
+    if (ROPE) {  // q at the sink position and at p, rotated here
 #pragma unroll
-    for (int h = 0; h < G; ++h) {
-        const size_t qoff = (size_t)t * n_heads * HD + (size_t)(kh * G + h) * HD + gl * 8;
-        load_rotated8(q + qoff, rot, gl * 8, nw.n_rot, false, qw[h]);
-        load_rotated8(ROPE ? q + qoff : q_sink + qoff, rot, gl * 8, nw.n_rot, true, qs[h]);
+        for (int h = 0; h < G; ++h) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) qs[h][e] = qw[h][e];
+            rotate8(qs[h], ang, gl * 8, nw.n_rot, true);
+            rotate8(qw[h], ang, gl * 8, nw.n_rot, false);
+        }
     }
     float m[G], l[G], acc[G][8];
 #pragma unroll

@@ -652,8 +652,9 @@ class CudaBackend:
             # a decode step: split-K attention rotates q and the new k itself (and encodes the new K/V)
             xq, xk, rope = ropes[0], ropes[1], ropes[-1]
             q.pending = q_sink.pending = k.pending = None
+            table = self._rope_table(step, rope)  # (before q, k, v's matmuls: the kernel reads it before its wait)
             self._ready(xq, xk, v)
-            new = staging + (xk.ptr, v.ptr, self._rope_table(step, rope).ptr, np.int32(rope.n_rot))
+            new = staging + (xk.ptr, v.ptr, table.ptr, np.int32(rope.n_rot))
             return self._split_attention(xq.ptr, 0, meta, ring, new, tail, step, n_heads, n_kv_heads, hd, q8)
         # 0. rotations (deferred ropes) + 1. the step's new K/V in the cache's storage format (what the NumPy
         # twin's round_trip gives): one launch when the ropes are deferred and the cache is f16
