@@ -38,9 +38,9 @@
 // Entries: matmul_dec_q4_k_r<RT>p1 (the register variant: each row's weights loaded one unit ahead, the first before
 // the wait; loading them at use or two units ahead was slower), _r<RT>s<STAGES> (the shared-memory variant below),
 // matmul_dec_q6_k_r<RT>s<STAGES>, _r2k2s2 (both types: the K of each row split between two warps, for long rows),
-// and matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M
-// layer in one launch; its stages are sized for Q6_K rows, and each warp takes its group's type). Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2, out2, N2, K, xd int8,
-// dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
+// and matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M layer in one launch; its stages are
+// sized for Q6_K rows, and each warp takes its group's type). Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2,
+// out2, N2, K, xd int8, dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
 #include "quant_blocks.cuh"
 #include "pdl.cuh"
 
@@ -202,11 +202,21 @@ __device__ __forceinline__ void bulk_init(uint64_t* bar) {  // one arrival per p
     asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
 }
 
-// copy `bytes` (a multiple of 16, both addresses 16-byte aligned) to shared memory; completes bar's current phase
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+// bar's current phase completes once `bytes` more have landed (the copies below count them off)
+__device__ __forceinline__ void bulk_expect(uint64_t* bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+// copy `bytes` (a multiple of 16, both addresses 16-byte aligned) to shared memory, counted off bar's expected bytes
+__device__ __forceinline__ void bulk_copy_only(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                  ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+}
+
+// one copy that completes bar's current phase
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+    bulk_expect(bar, bytes);
+    bulk_copy_only(dst, src, bytes, bar);
 }
 
 __device__ __forceinline__ void bulk_wait(uint64_t* bar, uint32_t parity) {  // until phase `parity` completes
@@ -379,15 +389,6 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
 // leaves its RT sums in shared memory and warp 2p adds them to its own (in that order) and stores the rows. The
 // pairs walk the groups as the warps of dec_pipe_body do; one named barrier (id 1 + p) per group, the sums' buffer
 // alternating between groups so that the next group's write waits on nothing.
-__device__ __forceinline__ void bulk_expect(uint64_t* bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void bulk_copy_only(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
-}
-
 __device__ __forceinline__ void pair_sync(int pair) {
     asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory");
 }
