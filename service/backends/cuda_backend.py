@@ -648,11 +648,14 @@ class CudaBackend:
         tail = (np.int32(n_kv_heads), np.int32(lay.sink_tokens), np.int32(lay.window), np.int32(lay.max_positions),
                 np.float32(1.0 / math.sqrt(hd)))
         ropes = self._qk_ropes(q, q_sink, k) if self.fuse_rope and T == step.n_seqs else None
-        if ropes is not None and ropes[-1].mode == "normal" and ropes[-1].n_rot // 2 <= ROPE_MAX_HALF:
-            # a decode step: split-K attention rotates q and the new k itself (and encodes the new K/V)
+        # a decode step: split-K attention rotates q and the new k itself (and encodes the new K/V). It reads the
+        # step's angle table before its wait, so in a graph (programmatic edges) the table's launch, at its first use,
+        # must not be the one right before it: it goes in front of q's matmul, which is still to be launched
+        if ropes is not None and ropes[-1].mode == "normal" and ropes[-1].n_rot // 2 <= ROPE_MAX_HALF and \
+                (not self._capturing or step.rope_table is ropes[-1] or ropes[0].pending is not None):
             xq, xk, rope = ropes[0], ropes[1], ropes[-1]
             q.pending = q_sink.pending = k.pending = None
-            table = self._rope_table(step, rope)  # (before q, k, v's matmuls: the kernel reads it before its wait)
+            table = self._rope_table(step, rope)
             self._ready(xq, xk, v)
             new = staging + (xk.ptr, v.ptr, table.ptr, np.int32(rope.n_rot))
             return self._split_attention(xq.ptr, 0, meta, ring, new, tail, step, n_heads, n_kv_heads, hd, q8)
