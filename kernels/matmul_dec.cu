@@ -41,8 +41,9 @@
 // and matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M layer in one launch; its stages are
 // sized for Q6_K rows, and each warp takes its group's type). Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2,
 // out2, N2, K, xd int8, dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
-#include "quant_blocks.cuh"
+#include "async_copy.cuh"
 #include "pdl.cuh"
+#include "quant_blocks.cuh"
 
 namespace {
 
@@ -194,10 +195,6 @@ __device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* _
 // ahead. (Copying each warp's rows once at block start, with a grid of every row, left the copy engine idle while a
 // wave of blocks computed: 22016x4096 16.4 us against 15.4 here.)
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
 __device__ __forceinline__ void bulk_init(uint64_t* bar) {  // one arrival per phase (the copy's issuer)
     asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
 }
@@ -223,6 +220,22 @@ __device__ __forceinline__ void bulk_wait(uint64_t* bar, uint32_t parity) {  // 
     asm volatile("{\n\t.reg .pred done;\n\tWAIT:\n\t"
                  "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
                  "@!done bra WAIT;\n\t}" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
+}
+
+// Lane 0 of the calling warp: its STAGES barriers set up and the copies of its first groups first, first + stride,
+// ... (fewer than STAGES when there are not as many below `groups`) started by issue(stage, group); before the wait
+template <int STAGES, class Issue>
+__device__ __forceinline__ void start_stages(uint64_t* bars, int first, int stride, int groups,
+                                             const Issue& issue) {
+    if ((threadIdx.x & 31) == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) bulk_init(&bars[s]);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s)
+            if (first + s * stride < groups) issue(s, first + s * stride);
+    }
+    __syncwarp();
 }
 
 __device__ __forceinline__ int4 lds16(const uint8_t* p) { return *reinterpret_cast<const int4*>(p); }
@@ -334,22 +347,13 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
     const int stride = gridDim.x * WARPS, first = blockIdx.x * WARPS + warp;
     uint8_t* stages = wsm + (size_t)warp * STAGES * RT * max_row_bytes;
     auto row_bytes = [&](int g) { return MIXED ? nbk * (g >= groups_a ? WB::BYTES : WA::BYTES) : max_row_bytes; };
-    // lane 0: start the copy of group g into stage s (its rows are contiguous: one copy)
-    auto issue = [&](int s, int g) {
+    auto issue = [&](int s, int g) {  // the copy of group g into stage s (its rows are contiguous: one copy)
         const Group gr = group_of<RT>(g, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);
         const int rb = row_bytes(g);
         bulk_copy(stages + (size_t)s * RT * max_row_bytes, gr.q + (size_t)gr.row0 * rb, min(RT, gr.N - gr.row0) * rb,
                   &bar[warp][s]);
     };
-    if (lane == 0) {
-#pragma unroll
-        for (int s = 0; s < STAGES; ++s) bulk_init(&bar[warp][s]);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#pragma unroll
-        for (int s = 0; s < STAGES; ++s)
-            if (first + s * stride < groups) issue(s, first + s * stride);
-    }
-    __syncwarp();
+    start_stages<STAGES>(bar[warp], first, stride, groups, issue);
     pdl_start();  // x is the previous kernel's output: everything below may read it
 
     const int units = K >> 6;
@@ -411,7 +415,7 @@ __device__ __forceinline__ void dec_pipe_k2_body(const uint8_t* q0, const uint8_
     const int groups = (N0 + RT - 1) / RT + (N1 + RT - 1) / RT + (N2 + RT - 1) / RT;
     const int stride = gridDim.x * (WARPS / 2), first = blockIdx.x * (WARPS / 2) + pair;
     uint8_t* stages = wsm + (size_t)warp * STAGES * RT * half_bytes;
-    auto issue = [&](int s, int g) {  // lane 0: this warp's half of group g's rows into stage s
+    auto issue = [&](int s, int g) {  // this warp's half of group g's rows into stage s
         const Group gr = group_of<RT>(g, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);
         const int live = min(RT, gr.N - gr.row0);
         bulk_expect(&bar[warp][s], live * nb * W::BYTES);
@@ -419,15 +423,7 @@ __device__ __forceinline__ void dec_pipe_k2_body(const uint8_t* q0, const uint8_
             bulk_copy_only(stages + ((size_t)s * RT + t) * half_bytes,
                            gr.q + (size_t)(gr.row0 + t) * row_bytes + b0 * W::BYTES, nb * W::BYTES, &bar[warp][s]);
     };
-    if (lane == 0) {
-#pragma unroll
-        for (int s = 0; s < STAGES; ++s) bulk_init(&bar[warp][s]);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#pragma unroll
-        for (int s = 0; s < STAGES; ++s)
-            if (first + s * stride < groups) issue(s, first + s * stride);
-    }
-    __syncwarp();
+    start_stages<STAGES>(bar[warp], first, stride, groups, issue);
     pdl_start();  // x is the previous kernel's output: everything below may read it
 
     const int j = lane & 3;

@@ -5,9 +5,10 @@
 // instead of after N's completion reaches the front end. The contract that makes that safe, kept by every kernel:
 //   pdl_wait()     before the first read of anything an earlier kernel wrote and before the first write: it returns
 //                  once the preceding grid has completed and its writes are visible (and so, transitively, every
-//                  earlier grid). Only data no kernel of the step writes before this one may be touched before it:
-//                  weights (matmul_dec), the host-staged step metadata and the KV ring's entries of earlier steps
-//                  (attention_split).
+//                  earlier grid). Before it a kernel may only read what no kernel of the step writes, or what a
+//                  kernel two or more launches earlier wrote (complete: the kernel in between passed its own wait
+//                  before this one could start): weights (matmul_dec), the host-staged step metadata, the KV ring's
+//                  entries of earlier steps and the step's rope angle table (attention_split).
 //   pdl_trigger()  after pdl_wait(): lets the next kernel's launch begin now rather than at this grid's exit.
 // Launched without a programmatic edge (eager steps, tests), both are no-ops.
 #pragma once

@@ -560,7 +560,8 @@ class CudaBackend:
 
     def _rope_table(self, step: CudaStep, rope: Any) -> DeviceBuffer:
         """The step's (cos, sin) at p and at the sink position per row and pair (rope_table_f32), launched at its
-        first use in the step: every layer's attention rotates from it (fuse_rope)."""
+        first use in the step (in front of the first layer's QKV matmuls: attention reads it before its wait):
+        every layer's attention rotates from it (fuse_rope)."""
         half = rope.n_rot // 2
         if self._rope_cs is None or self._rope_cs[1] < self.max_seqs * half:
             if self._rope_cs is not None:
