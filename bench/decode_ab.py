@@ -11,7 +11,8 @@ kernel to those weight types (e.g. pdl+only:q4_k), nomix launches Q4_K and Q6_K 
 (not in one matmul_dec_q4_k_q6_k launch: CudaMatmul.dec_mixed), nofuse quantizes the matmul inputs in launches of
 their own (not inside rms_norm / silu_mul: CudaBackend.fuse_quant), norope rotates q and k in a rope_qk launch of
 its own (not inside decode attention: CudaBackend.fuse_rope), splitk:<n> gives decode attention's splits at least n
-keys (CudaBackend.split_keys), skip:<prefix>,<prefix> launches no kernel whose name starts with a prefix (the
+keys (CudaBackend.split_keys), noshort / short:<n> sends decode steps of contexts up to 0 / n keys (default 192) to
+attention in clusters (CudaBackend.short_keys), skip:<prefix>,<prefix> launches no kernel whose name starts with a prefix (the
 outputs are then wrong: it measures what those kernels cost inside the graph, e.g. pdl+skip:quantize_act).
 For every scenario (b1: batch 1 at depth 16, d<D>: batch 1 at depth D, s<N>: N sequences at depth 512) one
 decode graph is captured per setting; the graphs are then replayed alternately,
@@ -63,7 +64,7 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nomix, +nofuse,
-    +norope, +splitk:<n>, +skip:<prefixes> (module docstring)."""
+    +norope, +splitk:<n>, +noshort, +short:<n>, +skip:<prefixes> (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
     be.mm.dec_mixed = "nomix" not in opts
@@ -72,6 +73,7 @@ def apply(be, setting: str) -> None:
     be.fuse_quant = "nofuse" not in opts
     be.fuse_rope = "norope" not in opts
     be.split_keys = next((int(o[7:]) for o in opts if o.startswith("splitk:")), 64)
+    be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)
     skip = next((o[5:] for o in opts if o.startswith("skip:")), "")
     _skip(be, tuple(p for p in skip.split(",") if p))
@@ -124,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     graphs: dict[tuple[str, str], object] = {}
     for sc, batch in batches.items():
         be.forward(model, batch)  # eager: learns the matmul order, sizes the pools
-        key = next(k for k in be._seen if k[1] == len(batch.seqs) and k[3] == maxpos)
         for st in args.settings:
             apply(be, st)
+            key = be.graph_key(model, batch, False)
             be._graphs.pop(key, None)
+            be._seen.add(key)  # (the eager step above sized everything)
             be.forward(model, batch)  # captures under this setting
             graphs[(sc, st)] = be._graphs.pop(key)[0]
     be.rt.synchronize()

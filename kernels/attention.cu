@@ -9,7 +9,9 @@
 // Split-K (attention_split_*): for each (t, h, split) a running max m, sum l and acc[HD] (unnormalized); the block
 // finishing a sequence's kv head last merges the splits into out (T, n_heads * HD) and appends the new K/V. At decode
 // (one row per sequence, normal-mode rope) it also rotates q and the new k itself from the rope_table_f32 angles,
-// and while the ring is not full the block holding the row's new key writes it to the ring at once.
+// and while the ring is not full the block holding the row's new key writes it to the ring at once. A short
+// context's decode step (attention_split_rope_c4_*) runs each row's splits as one cluster of 4 blocks, which merge
+// through distributed shared memory instead: no partial state goes through global memory.
 //
 // Layouts: q, q_sink, out: (T, n_heads * HD) float32. Ring K/V per layer: (slots, max_positions, kv_dim)
 // half or int8 (+ (slots, max_positions, kv_dim / 32) half scales). Staging: (T, kv_dim) in the same format.
@@ -17,6 +19,8 @@
 // handles one key at a time, each lane 8 consecutive values (one 16-byte f16 load or one 8-byte int8 load);
 // groups stride over the split's keys; every lane of a warp runs the same number of iterations so the
 // group shuffles stay convergent.
+#include <cooperative_groups.h>
+
 #include "act_quant.cuh"
 #include "async_copy.cuh"
 #include "kv_common.cuh"
@@ -253,7 +257,9 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
     __syncthreads();  // sw is reused for the next row
 }
 
-template <int HD, int G, int KVT, bool ROPE>  // ROPE: a decode step (one row per sequence), NewKV's rope given
+// ROPE: a decode step (one row per sequence), NewKV's rope given. C > 1 (ROPE only): launched in clusters of C
+// blocks along the splits (grid.x a multiple of C), whose states merge through distributed shared memory (below).
+template <int HD, int G, int KVT, bool ROPE, int C>
 __device__ void attention_split(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
                                 void* ring_k, void* ring_v, __half* ring_ks, __half* ring_vs, NewKV nw, SplitOut o,
                                 int n_kv_heads, int sinks, int window, int max_positions, float scale,
@@ -281,7 +287,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     const int valid = c < max_positions ? c : max_positions;
     const int nk = valid + (t - r0) + 1;
     const int n_active = active_splits(nk, n_splits, split_keys);
-    if (sp >= n_active) return;  // a short context: fewer splits than the grid has (the combine reads n_active)
+    // a short context: fewer splits than the grid has (the combine reads n_active). In a cluster launch the idle
+    // blocks of a cluster that has active ones stay, without keys, for its barriers.
+    if (sp >= n_active && (C == 1 || n_active == 1 || sp / C > (n_active - 1) / C)) return;
     const int chunk = (nk + n_active - 1) / n_active;
     const int k0 = sp * chunk;
     const int k1 = min(nk, k0 + chunk);
@@ -459,7 +467,11 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     }
     __syncthreads();
     // Row t's splits are merged by the last of its blocks to finish (a counter per (row, kv head), reset by that
-    // block; threadfence reduction); a row on one split finishes alone, without writing partial states.
+    // block; threadfence reduction); a row on one split finishes alone, without writing partial states. In a
+    // cluster launch the blocks of each cluster merge first, through distributed shared memory: each leaves its
+    // state in its shared memory (cl_*), the cluster's first block merges them, and only the clusters' states go
+    // through global memory (none where one cluster holds all of the row's splits).
+    __shared__ float cl_ml[C > 1 ? G : 1][2], cl_acc[C > 1 ? G * HD : 1];
     const bool alone = n_active == 1;
     for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps: G * HD is a multiple of 32
         const int h = j / HD, e = j - h * HD;
@@ -477,22 +489,62 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         }
         if (alone) {
             finish_value(o, t, (kh * G + h) * HD + e, n_heads * HD, A / L);
+        } else if (C > 1) {
+            cl_acc[j] = A;
+            if (e == 0) { cl_ml[h][0] = M; cl_ml[h][1] = L; }
         } else {
             const size_t idx = ((size_t)t * n_heads + kh * G + h) * n_splits + sp;
             o.part_acc[idx * HD + e] = A;
             if (e == 0) { o.part_ml[2 * idx] = M; o.part_ml[2 * idx + 1] = L; }
         }
     }
+    int parts = n_active, part = sp, stride = n_splits;  // the states merged through global memory
+    if constexpr (C > 1) {
+        if (!alone) {
+            cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+            cluster.sync();  // every block's state is in its shared memory
+            parts = (n_active + C - 1) / C, part = sp / C, stride = n_splits / C;
+            if (cluster.block_rank() == 0) {  // (every block of an active cluster left a state, idle ones empty)
+                for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {
+                    const int h = j / HD;
+                    float mr[C], lr[C], ar[C];  // the C states' loads all in flight at once
+#pragma unroll
+                    for (int r = 0; r < C; ++r) {
+                        const float* ml = cluster.map_shared_rank(&cl_ml[h][0], r);
+                        mr[r] = ml[0], lr[r] = ml[1], ar[r] = cluster.map_shared_rank(cl_acc, r)[j];
+                    }
+                    float M = -INFINITY, L = 0.f, A = 0.f;
+#pragma unroll
+                    for (int r = 0; r < C; ++r) M = fmaxf(M, mr[r]);
+#pragma unroll
+                    for (int r = 0; r < C; ++r) {
+                        const float w = mr[r] == -INFINITY ? 0.f : __expf(mr[r] - M);
+                        L += lr[r] * w;
+                        A += ar[r] * w;
+                    }
+                    if (parts == 1) {
+                        finish_value(o, t, kh * G * HD + j, n_heads * HD, A / L);
+                    } else {
+                        const size_t idx = ((size_t)t * n_heads + kh * G + h) * stride + part;
+                        o.part_acc[idx * HD + j - h * HD] = A;
+                        if (j == h * HD) { o.part_ml[2 * idx] = M; o.part_ml[2 * idx + 1] = L; }
+                    }
+                }
+            }
+            cluster.sync();  // the first block has read every state of its cluster
+            if (cluster.block_rank() != 0) return;
+        }
+    }
     __shared__ int last;
-    if (!alone) {
+    if (!alone && parts > 1) {
         __threadfence();
         __syncthreads();
         int* done = o.done + (size_t)t * n_kv_heads + kh;
-        if (threadIdx.x == 0) last = atomicAdd(done, 1) == n_active - 1;
+        if (threadIdx.x == 0) last = atomicAdd(done, 1) == parts - 1;
         __syncthreads();
         if (!last) return;
         __threadfence();
-        merge_splits<HD, G>(o, t, kh, n_heads, n_splits, n_active);
+        merge_splits<HD, G>(o, t, kh, n_heads, stride, parts);
         if (threadIdx.x == 0) *done = 0;  // ready for the next launch
     }
     // The sequence's new K/V of this head go into the ring once every block reading its entries has finished: at
@@ -542,8 +594,8 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
 
 // CudaBackend.n_splits sizes the grid at 8 blocks per SM (one wave); without GQA the kernel fits in 64 registers
 #define ATT_MIN_BLOCKS(G) ((G) == 1 ? 8 : 1)
-#define ATT_ENTRY(NAME, HD, G, KVT, ROPE)                                                                      \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS, ATT_MIN_BLOCKS(G)) NAME(                         \
+#define ATT_ENTRY(NAME, HD, G, KVT, ROPE, C, CLUSTER)                                                         \
+    extern "C" __global__ void CLUSTER __launch_bounds__(ATT_THREADS, ATT_MIN_BLOCKS(G)) NAME(                 \
         const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta, void* ring_k, void* ring_v, \
         __half* ring_ks, __half* ring_vs, const void* __restrict__ new_k, const void* __restrict__ new_v,      \
         const __half* __restrict__ new_ks, const __half* __restrict__ new_vs, const float* __restrict__ raw_k,  \
@@ -553,17 +605,24 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         int* __restrict__ xs16, int Kp, int split_keys) {                                                      \
         const SplitOut o{part_ml, part_acc, done, out,                                                          \
                          RowQuant{xq, xds, xd, dsd, xs16, n_kv_heads * G * HD, Kp}};                             \
-        attention_split<HD, G, KVT, ROPE>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs,                    \
-                                          NewKV{new_k, new_v, new_ks, new_vs, raw_k, raw_v, rope, n_rot}, o, n_kv_heads,      \
-                                          sinks, window, max_positions, scale, split_keys);                     \
+        attention_split<HD, G, KVT, ROPE, C>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs,                 \
+                                             NewKV{new_k, new_v, new_ks, new_vs, raw_k, raw_v, rope, n_rot}, o,    \
+                                             n_kv_heads, sinks, window, max_positions, scale, split_keys);         \
     }
 
-// attention_split_<HD>_<G>_<kv>: new keys staged; attention_split_rope_<HD>_<G>_<kv>: q and the new k rotated here
+// attention_split_<HD>_<G>_<kv>: new keys staged; attention_split_rope_<HD>_<G>_<kv>: q and the new k rotated here;
+// attention_split_rope_c4_<HD>_<G>_<kv>: the same launched in clusters of ATT_CLUSTER (4) blocks (CudaBackend: decode
+// steps of short contexts)
+#define ATT_CLUSTER 4
+#define ATT_NO_CLUSTER
+#define ATT_IN_CLUSTERS __cluster_dims__(ATT_CLUSTER, 1, 1)
 #define ATT_ENTRIES(HD, G)                                                                                     \
-    ATT_ENTRY(attention_split_##HD##_##G##_f16, HD, G, 0, false)                                               \
-    ATT_ENTRY(attention_split_##HD##_##G##_q8, HD, G, 1, false)                                                \
-    ATT_ENTRY(attention_split_rope_##HD##_##G##_f16, HD, G, 0, true)                                           \
-    ATT_ENTRY(attention_split_rope_##HD##_##G##_q8, HD, G, 1, true)
+    ATT_ENTRY(attention_split_##HD##_##G##_f16, HD, G, 0, false, 1, ATT_NO_CLUSTER)                            \
+    ATT_ENTRY(attention_split_##HD##_##G##_q8, HD, G, 1, false, 1, ATT_NO_CLUSTER)                             \
+    ATT_ENTRY(attention_split_rope_##HD##_##G##_f16, HD, G, 0, true, 1, ATT_NO_CLUSTER)                        \
+    ATT_ENTRY(attention_split_rope_##HD##_##G##_q8, HD, G, 1, true, 1, ATT_NO_CLUSTER)                         \
+    ATT_ENTRY(attention_split_rope_c4_##HD##_##G##_f16, HD, G, 0, true, ATT_CLUSTER, ATT_IN_CLUSTERS)          \
+    ATT_ENTRY(attention_split_rope_c4_##HD##_##G##_q8, HD, G, 1, true, ATT_CLUSTER, ATT_IN_CLUSTERS)
 ATT_ENTRIES(64, 1) ATT_ENTRIES(64, 2) ATT_ENTRIES(64, 3) ATT_ENTRIES(64, 4) ATT_ENTRIES(64, 8)
 ATT_ENTRIES(128, 1) ATT_ENTRIES(128, 2) ATT_ENTRIES(128, 3) ATT_ENTRIES(128, 4) ATT_ENTRIES(128, 8)
 

@@ -43,6 +43,7 @@ MMA_THREADS = 128  # block of attention_prefill_mma (kernels/attention_mma.cu)
 MMA_VECTORS = 64  # query vectors (rows x heads of one kv head) per attention_prefill_mma block
 ROPE_MAX_HALF = 256  # most rotated pairs per head kernels/rope.cu's rope_qk keeps angles for
 ATT_MAX_SPLITS = 64  # most key splits of decode attention (COMBINE_MAX_SPLITS in kernels/attention.cu)
+ATT_CLUSTER = 4  # blocks per cluster of attention_split_rope_c4_* (ATT_CLUSTER in kernels/attention.cu)
 
 
 class CudaTensor:
@@ -165,6 +166,7 @@ class CudaStep:
     max_positions: int
     n_tiles: int = 0  # 16-row tiles of the sequences' rows (prefill attention)
     rope_table: Any = None  # the rope config whose angles the step's table holds (CudaBackend._rope_table)
+    short: bool = False  # every row has at most CudaBackend.short_keys keys (decode attention in clusters)
 
 
 @dataclass
@@ -215,6 +217,10 @@ class CudaBackend:
         self.fuse_rope = True
         # fewest keys per split of decode attention: each split beyond a row's first costs the merge of partial states
         self.split_keys = 64
+        # decode steps whose rows have at most short_keys keys each (0: none) take attention in one cluster of
+        # ATT_CLUSTER splits per (row, kv head), merged through distributed shared memory (attention_split_rope_c4_*),
+        # not the grid sized for the longest context the ring holds; their CUDA graphs are captured apart
+        self.short_keys = 192
         self._rope_cs: tuple[DeviceBuffer, int] | None = None
         self._mm: Any = None
         self._weights: dict[int, Any] = {}  # id(QTensor) -> handle (a tied head shares token_embd)
@@ -407,7 +413,7 @@ class CudaBackend:
             self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr, h, self.rt.stream)
             self._last_greedy = None  # the ids it left are overwritten
         self._stage_event.record(self.rt.stream)
-        self._step = CudaStep(batch, T, S, int(len(rows)), batch.max_positions, len(tiles))
+        self._step = CudaStep(batch, T, S, int(len(rows)), batch.max_positions, len(tiles), short=self._short(batch))
         return self._step
 
     # -- ops ---------------------------------------------------------------------------------------
@@ -713,12 +719,16 @@ class CudaBackend:
         ml, acc, done = self._partial_bufs(n_heads, hd, max_positions, n_kv_heads)
         assert T * splits * n_heads * hd <= self._partials["rows"]
         quant = self._quant_out(T, n_heads * hd) if hd % 32 == 0 else None  # ... + the O projection's input (fuse_quant)
-        rope = "rope_" if new[6] else ""
+        rope, split_keys = "rope_" if new[6] else "", self.split_keys
+        # a short context's decode step: one cluster per (row, kv head), in a grid that stays one wave (on an H200 a
+        # clustered grid of ~1,024 blocks ran as two, 896 as one: bench/RESULTS.md, round eight)
+        if new[6] and step.short and T * n_kv_heads * ATT_CLUSTER <= 7 * self.rt.sm_count:
+            rope, splits, split_keys = f"rope_c{ATT_CLUSTER}_", ATT_CLUSTER, -(-self.short_keys // ATT_CLUSTER)
         name = f"attention_split_{rope}{hd}_{n_heads // n_kv_heads}_{'q8' if q8 else 'f16'}"
         self._launch("attention", name, "PP" + "PPPP" + "PPPP" + "PPPPPPPi" + "PPPP" + "iiiif" + "PPPPPi" + "i",
                      (splits, n_kv_heads, T), (ATT_THREADS, 1, 1), q, q_sink, *meta, *ring, *new, ml.ptr, acc.ptr,
                      done.ptr, out.ptr, *tail, *(quant[:6] if quant is not None else (0, 0, 0, 0, 0, np.int32(0))),
-                     np.int32(self.split_keys))
+                     np.int32(split_keys))
         if quant is not None:
             self._ws_x = out
         return out
@@ -780,8 +790,8 @@ class CudaBackend:
     def forward(self, model: Any, batch: StepBatch) -> np.ndarray:
         """model.forward(batch), replaying a captured CUDA graph when every sequence decodes one token.
 
-        The first decode step of a batch shape runs eagerly (it sizes the pools and uploads constants), the
-        second is captured and every later one replays; prefill chunks always run eagerly."""
+        The first decode step of a batch shape (and context class: graph_key) runs eagerly (it sizes the pools and
+        uploads constants), the second is captured and every later one replays; prefill chunks always run eagerly."""
         t0 = time.perf_counter()
         if not self._decode_only(batch):
             return model.forward(batch)
@@ -816,10 +826,20 @@ class CudaBackend:
     def _decode_only(self, batch: StepBatch) -> bool:
         return self.use_graphs and bool(batch.seqs) and all(s.n_new == 1 for s in batch.seqs)
 
+    def _short(self, batch: StepBatch) -> bool:
+        """Whether every row of the step has at most short_keys keys (ring entries + the sequence's new rows)."""
+        return bool(batch.seqs) and max(min(s.n_cached, batch.max_positions) + s.n_new
+                                        for s in batch.seqs) <= self.short_keys
+
+    def graph_key(self, model: Any, batch: StepBatch, greedy: bool) -> tuple:
+        """The decode graph a step replays: its shape, and whether its contexts are short (_short)."""
+        return (id(model), len(batch.seqs), tuple(s.want_logits for s in batch.seqs), batch.max_positions, greedy,
+                self._short(batch))
+
     def _decode_step(self, model: Any, batch: StepBatch, greedy: bool) -> CudaTensor:
         """Enqueue a decode-only step, through its CUDA graph from the second step of its shape on; returns the
         logits tensor (S', vocab) and, greedy, leaves each row's argmax in the staged token ids."""
-        key = (id(model), len(batch.seqs), tuple(s.want_logits for s in batch.seqs), batch.max_positions, greedy)
+        key = self.graph_key(model, batch, greedy)
         entry = self._graphs.get(key)
         if entry is None and key not in self._seen:
             self._seen.add(key)

@@ -270,6 +270,37 @@ def test_decode_attention_rotates_q_and_k_itself(cuda_be, rng, dtype, rope, hd, 
     assert np.isclose(worst[True], worst[False], rtol=1e-3, atol=0), worst  # the rope_qk path's arithmetic
 
 
+@pytest.mark.parametrize("dtype", ["f16", "q8"])
+@pytest.mark.parametrize("hd,n_heads,n_kv", [(128, 4, 4), (64, 8, 2)], ids=["hd128-g1", "hd64-g4"])
+@pytest.mark.parametrize("short_keys", [192, 400])
+def test_short_context_decode_attention_in_clusters(cuda_be, rng, dtype, hd, n_heads, n_kv, short_keys):
+    """Decode steps whose rows have at most short_keys keys take attention in one cluster of ATT_CLUSTER splits per
+    (row, kv head), merged through distributed shared memory (attention_split_rope_c4_*); the others the grid sized
+    for the ring. Both == NumPy on a 600-position ring, in steps whose longest rows have 11 keys (one split), 101
+    (3 splits of 48: merged in the cluster), 251 (short at 400: 3 splits of 100 keys and an idle block, the later
+    iterations' loads after the wait) and 601 (past the ring's end, the window wrapped)."""
+    from service.backends.cuda_backend import ATT_CLUSTER
+
+    layout = KVLayout(n_layers=1, slots=3, max_positions=600, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
+    steps = [[(0, 10)], [(0, 1)], [(1, 100)], [(0, 1), (1, 1)], [(2, 250)], [(0, 1), (1, 1), (2, 1)], [(2, 300)],
+             [(2, 60)], [(0, 1), (1, 1), (2, 1)]]
+    longest = [11, 101, 251, 601]  # keys of the longest row of each decode step
+    launched: list[str] = []
+    real_launch = cuda_be._launch
+    cuda_be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
+    cuda_be.short_keys = short_keys
+    try:
+        worst = _with_prefill_kernel(cuda_be, "split",
+                                     lambda: _run_scenario(cuda_be, rng, steps, layout, n_heads, rope=ROPES[0]))
+    finally:
+        cuda_be._launch = real_launch
+        cuda_be.short_keys = 192
+    decode = [n for n in launched if n.startswith("attention_split_rope")]
+    clustered = [n.startswith(f"attention_split_rope_c{ATT_CLUSTER}_") for n in decode]
+    assert clustered == [n <= short_keys for n in longest], launched
+    assert worst < 1e-3, worst  # (the rotated keys round to f16, as in the fused-rope tests)
+
+
 # -- tensor-core prefill attention (kernels/attention_mma.cu) ---------------------------------------
 # Tolerance: the kernel feeds the MMAs f16 operands (q * scale * log2(e), K, V and the probabilities P) with f32
 # accumulation and an f32 online softmax, so unlike the f32 kernels above (2e-5) it carries f16 rounding
