@@ -44,6 +44,7 @@ MMA_VECTORS = 64  # query vectors (rows x heads of one kv head) per attention_pr
 ROPE_MAX_HALF = 256  # most rotated pairs per head kernels/rope.cu's rope_qk keeps angles for
 ATT_MAX_SPLITS = 64  # most key splits of decode attention (COMBINE_MAX_SPLITS in kernels/attention.cu)
 ATT_CLUSTER = 4  # blocks per cluster of attention_split_rope_c4_* (ATT_CLUSTER in kernels/attention.cu)
+ATT_STAGES = 4  # iterations of keys a split-K block has in flight, the first ones before its wait (kernels/attention.cu)
 
 
 class CudaTensor:
@@ -219,7 +220,8 @@ class CudaBackend:
         self.split_keys = 64
         # decode steps whose rows have at most short_keys keys each (0: none) take attention in one cluster of
         # ATT_CLUSTER splits per (row, kv head), merged through distributed shared memory (attention_split_rope_c4_*),
-        # not the grid sized for the longest context the ring holds; their CUDA graphs are captured apart
+        # not the grid sized for the longest context the ring holds; their CUDA graphs are captured apart. (At
+        # head_dim 128 the 4 splits have all their keys in flight before the wait up to 128 keys, 48 at most at 192.)
         self.short_keys = 192
         self._rope_cs: tuple[DeviceBuffer, int] | None = None
         self._mm: Any = None
@@ -722,8 +724,11 @@ class CudaBackend:
         rope, split_keys = "rope_" if new[6] else "", self.split_keys
         # a short context's decode step: one cluster per (row, kv head), in a grid that stays one wave (on an H200 a
         # clustered grid of ~1,024 blocks ran as two, 896 as one: bench/RESULTS.md, round eight)
+        # a split is at least as many keys as its block loads before its wait (the rest of up to short_keys keys
+        # spread over the cluster's blocks)
         if new[6] and step.short and T * n_kv_heads * ATT_CLUSTER <= 7 * self.rt.sm_count:
-            rope, splits, split_keys = f"rope_c{ATT_CLUSTER}_", ATT_CLUSTER, -(-self.short_keys // ATT_CLUSTER)
+            rope, splits = f"rope_c{ATT_CLUSTER}_", ATT_CLUSTER
+            split_keys = ATT_STAGES * ATT_THREADS // (hd // 8)
         name = f"attention_split_{rope}{hd}_{n_heads // n_kv_heads}_{'q8' if q8 else 'f16'}"
         self._launch("attention", name, "PP" + "PPPP" + "PPPP" + "PPPPPPPi" + "PPPP" + "iiiif" + "PPPPPi" + "i",
                      (splits, n_kv_heads, T), (ATT_THREADS, 1, 1), q, q_sink, *meta, *ring, *new, ml.ptr, acc.ptr,

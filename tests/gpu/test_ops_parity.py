@@ -277,8 +277,9 @@ def test_short_context_decode_attention_in_clusters(cuda_be, rng, dtype, hd, n_h
     """Decode steps whose rows have at most short_keys keys take attention in one cluster of ATT_CLUSTER splits per
     (row, kv head), merged through distributed shared memory (attention_split_rope_c4_*); the others the grid sized
     for the ring. Both == NumPy on a 600-position ring, in steps whose longest rows have 11 keys (one split), 101
-    (3 splits of 48: merged in the cluster), 251 (short at 400: 3 splits of 100 keys and an idle block, the later
-    iterations' loads after the wait) and 601 (past the ring's end, the window wrapped)."""
+    (4 splits of 26 keys merged in the cluster at head_dim 128; 2 of 51 and two idle blocks at 64), 251 (short at
+    400: 4 splits of 63 keys, the later iterations' loads after the wait) and 601 (past the ring's end, the window
+    wrapped)."""
     from service.backends.cuda_backend import ATT_CLUSTER
 
     layout = KVLayout(n_layers=1, slots=3, max_positions=600, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
