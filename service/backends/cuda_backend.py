@@ -723,9 +723,8 @@ class CudaBackend:
         quant = self._quant_out(T, n_heads * hd) if hd % 32 == 0 else None  # ... + the O projection's input (fuse_quant)
         rope, split_keys = "rope_" if new[6] else "", self.split_keys
         # a short context's decode step: one cluster per (row, kv head), in a grid that stays one wave (on an H200 a
-        # clustered grid of ~1,024 blocks ran as two, 896 as one: bench/RESULTS.md, round eight)
-        # a split is at least as many keys as its block loads before its wait (the rest of up to short_keys keys
-        # spread over the cluster's blocks)
+        # clustered grid of ~1,024 blocks ran as two, 896 as one: bench/RESULTS.md, round eight); a split has at least
+        # the keys its block loads before its wait, longer contexts (up to short_keys) spread over the cluster
         if new[6] and step.short and T * n_kv_heads * ATT_CLUSTER <= 7 * self.rt.sm_count:
             rope, splits = f"rope_c{ATT_CLUSTER}_", ATT_CLUSTER
             split_keys = ATT_STAGES * ATT_THREADS // (hd // 8)
