@@ -12,8 +12,9 @@ kernel to those weight types (e.g. pdl+only:q4_k), nomix launches Q4_K and Q6_K 
 their own (not inside rms_norm / silu_mul: CudaBackend.fuse_quant), norope rotates q and k in a rope_qk launch of
 its own (not inside decode attention: CudaBackend.fuse_rope), splitk:<n> gives decode attention's splits at least n
 keys (CudaBackend.split_keys), noshort / short:<n> sends decode steps of contexts up to 0 / n keys (default 192) to
-attention in clusters (CudaBackend.short_keys), skip:<prefix>,<prefix> launches no kernel whose name starts with a prefix (the
-outputs are then wrong: it measures what those kernels cost inside the graph, e.g. pdl+skip:quantize_act).
+attention in clusters (CudaBackend.short_keys), skip:<prefix>,<prefix> launches no kernel whose name starts with a
+prefix (the outputs are then wrong: it measures what those kernels cost inside the graph, e.g.
+pdl+skip:quantize_act).
 For every scenario (b1: batch 1 at depth 16, d<D>: batch 1 at depth D, s<N>: N sequences at depth 512) one
 decode graph is captured per setting; the graphs are then replayed alternately,
 `reps` replays per setting per round, timed with CUDA events, so every setting sees the same machine state.

@@ -44,7 +44,7 @@ MMA_VECTORS = 64  # query vectors (rows x heads of one kv head) per attention_pr
 ROPE_MAX_HALF = 256  # most rotated pairs per head kernels/rope.cu's rope_qk keeps angles for
 ATT_MAX_SPLITS = 64  # most key splits of decode attention (COMBINE_MAX_SPLITS in kernels/attention.cu)
 ATT_CLUSTER = 4  # blocks per cluster of attention_split_rope_c4_* (ATT_CLUSTER in kernels/attention.cu)
-ATT_STAGES = 4  # iterations of keys a split-K block has in flight, the first ones before its wait (kernels/attention.cu)
+ATT_STAGES = 4  # iterations of keys a split-K block has in flight, the first before its wait (kernels/attention.cu)
 
 
 class CudaTensor:
