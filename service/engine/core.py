@@ -15,7 +15,8 @@ token of budget left.
 
 Thread-safety: `add_request` and `abort` may be called from any thread. A lock guards the bookkeeping (never
 held while the model computes); a request aborted while its rows are in the forward pass is freed at the
-end of that same step (overlapped: when the step in flight completes, at the start of the next `step()`). Deadlines (absolute `time.monotonic()`) are checked at every step boundary.
+end of that same step (overlapped: when the step in flight completes, at the start of the next `step()`).
+Deadlines (absolute `time.monotonic()`) are checked at every step boundary.
 
 The model is anything with `forward(StepBatch) -> np.ndarray (S', vocab)`, `hp` (LlamaHParams),
 `kv_layout(slots, max_positions, sink_tokens, dtype)` and `alloc_kv(layout)`.

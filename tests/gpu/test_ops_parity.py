@@ -12,6 +12,8 @@ comparison. Tolerances (max |cuda - numpy| / max |numpy| unless stated):
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -237,6 +239,18 @@ def test_attention_with_fused_rope(cuda_be, rng, dtype, rope, kernel):
     assert worst < ((1e-4 if dtype == "f16" else 1e-3) if kernel == "split" else MMA_TOL[dtype]), worst
 
 
+@contextlib.contextmanager
+def _launches(cuda_be):
+    """The names of the kernels cuda_be launches inside the block, in order (a list, filled as they launch)."""
+    launched: list[str] = []
+    real_launch = cuda_be._launch
+    cuda_be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
+    try:
+        yield launched
+    finally:
+        cuda_be._launch = real_launch
+
+
 @pytest.mark.parametrize("dtype", ["f16", "q8"])
 @pytest.mark.parametrize("rope", [ROPES[0], ROPES[2], ROPES[3]], ids=["normal", "partial", "llama3"])
 @pytest.mark.parametrize("hd,n_heads,n_kv", [(128, 4, 4), (64, 8, 2)], ids=["hd128-g1", "hd64-g4"])
@@ -249,21 +263,17 @@ def test_decode_attention_rotates_q_and_k_itself(cuda_be, rng, dtype, rope, hd, 
     cuda_be.split_keys = split_keys
     layout = KVLayout(n_layers=1, slots=7, max_positions=40, sink_tokens=4, n_kv_heads=n_kv, head_dim=hd, dtype=dtype)
     steps = SCENARIOS["decode"] + [[(s, 1) for s in range(6)]] * 3  # the later steps wrap the 40-position ring
-    launched: list[str] = []
-    real_launch = cuda_be._launch
-    cuda_be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
     try:
         worst = {}
         for fuse in (True, False):
             cuda_be.fuse_rope = fuse
-            launched.clear()
-            worst[fuse] = _run_scenario(cuda_be, np.random.default_rng(5), steps, layout, n_heads, rope=rope)
+            with _launches(cuda_be) as launched:
+                worst[fuse] = _run_scenario(cuda_be, np.random.default_rng(5), steps, layout, n_heads, rope=rope)
             decode_launches = len(steps) - 1  # every step after the prefill
             rotations = sum(n.startswith(("rope_qk", "kv_stage")) for n in launched)
             assert (rotations <= 2) if fuse else (rotations >= decode_launches), (fuse, launched)
             assert launched.count("rope_table_f32") == (decode_launches if fuse else 0)
     finally:
-        cuda_be._launch = real_launch
         cuda_be.fuse_rope = True
         cuda_be.split_keys = 64
     assert worst[True] < 1e-3, worst  # f16 KV too: the rotated keys round to f16 (a last-bit angle can flip one)
@@ -286,15 +296,12 @@ def test_short_context_decode_attention_in_clusters(cuda_be, rng, dtype, hd, n_h
     steps = [[(0, 10)], [(0, 1)], [(1, 100)], [(0, 1), (1, 1)], [(2, 250)], [(0, 1), (1, 1), (2, 1)], [(2, 300)],
              [(2, 60)], [(0, 1), (1, 1), (2, 1)]]
     longest = [11, 101, 251, 601]  # keys of the longest row of each decode step
-    launched: list[str] = []
-    real_launch = cuda_be._launch
-    cuda_be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
     cuda_be.short_keys = short_keys
     try:
-        worst = _with_prefill_kernel(cuda_be, "split",
-                                     lambda: _run_scenario(cuda_be, rng, steps, layout, n_heads, rope=ROPES[0]))
+        with _launches(cuda_be) as launched:
+            worst = _with_prefill_kernel(cuda_be, "split",
+                                         lambda: _run_scenario(cuda_be, rng, steps, layout, n_heads, rope=ROPES[0]))
     finally:
-        cuda_be._launch = real_launch
         cuda_be.short_keys = 192
     decode = [n for n in launched if n.startswith("attention_split_rope")]
     clustered = [n.startswith(f"attention_split_rope_c{ATT_CLUSTER}_") for n in decode]
