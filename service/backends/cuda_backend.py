@@ -45,6 +45,7 @@ ROPE_MAX_HALF = 256  # most rotated pairs per head kernels/rope.cu's rope_qk kee
 ATT_MAX_SPLITS = 64  # most key splits of decode attention (COMBINE_MAX_SPLITS in kernels/attention.cu)
 ATT_CLUSTER = 4  # blocks per cluster of attention_split_rope_c4_* (ATT_CLUSTER in kernels/attention.cu)
 ATT_STAGES = 4  # iterations of keys a split-K block has in flight, the first before its wait (kernels/attention.cu)
+TOKEN_RING = 4  # greedy steps whose tokens the host ring holds at once (a step follows one in flight, at most)
 
 
 class CudaTensor:
@@ -174,13 +175,17 @@ class CudaStep:
 class PendingTokens:
     """The tokens of a greedy step launched on the device (LlamaModel.launch_greedy's GreedyTokens)."""
 
-    host: np.ndarray  # (S,) int32, pinned: filled by the step's device-to-host copy
-    done: Any  # CUDA event recorded after that copy
+    ring: np.ndarray  # (TOKEN_RING, max_seqs, 2) int32, host-mapped: the step's last kernel (argmax_step_f32)
+    serial: int  # writes (serial, token) of row r at [serial % TOKEN_RING, r]
+    done: Any  # CUDA event recorded after the step
     slots: tuple[int, ...]  # the step's sequences (a following step must have the same)
 
     def result(self) -> np.ndarray:
         self.done.synchronize()
-        return self.host.copy()
+        got = self.ring[self.serial % len(self.ring), :len(self.slots)]  # (S, 2)
+        if not (got[:, 0] == self.serial).all():  # a later step took the entry: more than TOKEN_RING in flight
+            raise RuntimeError(f"greedy step {self.serial}'s tokens were overwritten before they were read")
+        return got[:, 1].copy()
 
 
 class CudaBackend:
@@ -232,14 +237,14 @@ class CudaBackend:
         self._partials: dict[str, Any] = {}
         self._fn: dict[str, Any] = {}
         # per-step int32 block: ids, pos, row_seq (max_rows each), slot, ncached (max_seqs), row0 (max_seqs+1),
-        # logits rows (max_seqs)
+        # logits rows (max_seqs), the prefill tiles' sequence and first row, the greedy step serial (max_rows)
         R, S = self.max_rows, self.max_seqs
         self._max_tiles = (R + PF_TILE - 1) // PF_TILE + S
         NT = self._max_tiles
         self._off = {"ids": 0, "pos": R, "row_seq": 2 * R, "slot": 3 * R, "ncached": 3 * R + S,
                      "row0": 3 * R + 2 * S, "logits": 3 * R + 3 * S + 1, "tile_seq": 3 * R + 4 * S + 1,
-                     "tile_row": 3 * R + 4 * S + 1 + NT}
-        n_ints = 3 * R + 4 * S + 1 + 2 * NT
+                     "tile_row": 3 * R + 4 * S + 1 + NT, "serial": 3 * R + 4 * S + 1 + 2 * NT}
+        n_ints = 4 * R + 4 * S + 1 + 2 * NT
         self._stage_host = self.rt.pinned((n_ints,), np.int32, "step.staging")  # (n_ints,) int32
         self._stage_dev = self.rt.alloc(4 * n_ints, "activations", "step.meta")
         self._stage_event = self.rt._cuda.Event()
@@ -251,11 +256,16 @@ class CudaBackend:
         self._step: CudaStep | None = None
         self.graph_replays = 0
         self.last_host_s = 0.0  # host time of the last graph-replayed step up to the replay's launch
-        # greedy steps (launch_greedy): tokens come back through a ring of pinned buffers, one event each
-        self._token_host = [self.rt.pinned((self.max_seqs,), np.int32, f"step.tokens{i}") for i in range(4)]
-        self._token_done = [self.rt._cuda.Event() for _ in self._token_host]
-        self._token_ring = 0
+        # greedy steps (launch_greedy): the last kernel writes the tokens into a host-mapped ring (PendingTokens), one
+        # event per step; each greedy step has a serial number (staged per row), its place in the ring
+        self._token_ring = self.rt.pinned((TOKEN_RING, self.max_seqs, 2), np.int32, "step.tokens", mapped=True)
+        self._token_ring[:] = -1
+        self._token_done = [self.rt._cuda.Event() for _ in range(TOKEN_RING)]
+        self._greedy_serial = 0  # the next greedy step's
         self._keep_ids = False  # begin_step leaves the staged ids alone (a greedy step that follows another)
+        # what the staging block holds on the device past the ids, as the host last left it (after a greedy step:
+        # advanced by its argmax_step_f32), or None if unknown; a step whose staging equals it is not copied
+        self._dev_meta: np.ndarray | None = None
         self._last_greedy: PendingTokens | None = None  # the step whose argmax the staged ids hold
         self._ws_x: CudaTensor | None = None  # the input whose int8 quantization the workspace holds
         self._pending_mm: dict[int, list[weakref.ref]] = {}  # id(input) -> deferred matmul outputs on it
@@ -408,13 +418,18 @@ class CudaBackend:
         tiles = [(i, r) for i, ch in enumerate(batch.seqs) for r in range(int(starts[i]), int(starts[i]) + ch.n_new, PF_TILE)]
         h[o["tile_seq"]:o["tile_seq"] + len(tiles)] = [t[0] for t in tiles]
         h[o["tile_row"]:o["tile_row"] + len(tiles)] = [t[1] for t in tiles]
+        h[o["serial"]:o["serial"] + T] = self._greedy_serial
+        first = o["ids"] + self.max_rows
+        known, self._dev_meta = self._dev_meta, None  # (unknown should the copy fail)
         if self._keep_ids:  # the ids are the previous greedy step's argmax, already in place (launch_greedy)
-            first = o["ids"] + self.max_rows
-            self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr + 4 * first, h[first:], self.rt.stream)
+            if known is None or not np.array_equal(known, h[first:]):  # (else: in place, advanced by that step)
+                self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr + 4 * first, h[first:], self.rt.stream)
+                self._stage_event.record(self.rt.stream)
         else:
             self.rt._cuda.memcpy_htod_async(self._stage_dev.ptr, h, self.rt.stream)
+            self._stage_event.record(self.rt.stream)
             self._last_greedy = None  # the ids it left are overwritten
-        self._stage_event.record(self.rt.stream)
+        self._dev_meta = h[first:].copy()
         self._step = CudaStep(batch, T, S, int(len(rows)), batch.max_positions, len(tiles), short=self._short(batch))
         return self._step
 
@@ -766,15 +781,11 @@ class CudaBackend:
                          self._ptr("logits"), out.ptr, np.int32(x.cols))
         return out
 
-    def _argmax_into(self, x: CudaTensor, out: int) -> None:
-        """out[r] (int32) = the first index of row r's maximum (argmax_f32)."""
-        self._launch("argmax", "argmax_f32", "PPi", (x.rows, 1, 1), (1024, 1, 1), x.ptr, out, np.int32(x.cols))
-
     def argmax(self, x: CudaTensor) -> np.ndarray:
         """(rows,) int32 greedy token of each row, computed on the device."""
         self._ready(x)
         out = self.pool.get(max(1, x.rows), 1)  # (rows, 1) used as int32
-        self._argmax_into(x, out.ptr)
+        self._launch("argmax", "argmax_f32", "PPi", (x.rows, 1, 1), (1024, 1, 1), x.ptr, out.ptr, np.int32(x.cols))
         host = np.empty(x.rows, np.int32)  # (rows,)
         self.rt._cuda.memcpy_dtoh_async(host, out.ptr, self.rt.stream)
         self.rt.synchronize()
@@ -817,13 +828,20 @@ class CudaBackend:
         self._keep_ids = follow is not None
         try:
             self._decode_step(model, batch, greedy=True)
+        except BaseException:
+            self._dev_meta = None  # the step may or may not have run
+            raise
         finally:
             self._keep_ids = False
-        self._token_ring = (self._token_ring + 1) % len(self._token_host)
-        host, done = self._token_host[self._token_ring], self._token_done[self._token_ring]
-        self.rt._cuda.memcpy_dtoh_async(host[:len(slots)], self._ptr("ids"), self.rt.stream)
+        serial, self._greedy_serial = self._greedy_serial, self._greedy_serial + 1
+        meta, o, first = self._dev_meta, self._off, self._off["ids"] + self.max_rows
+        if meta is not None:  # what the step's argmax_step_f32 advances
+            T, S = batch.n_tokens, len(batch.seqs)
+            for key, n in (("pos", T), ("ncached", S), ("serial", T)):
+                meta[o[key] - first:o[key] - first + n] += 1
+        done = self._token_done[serial % TOKEN_RING]
         done.record(self.rt.stream)
-        self._last_greedy = PendingTokens(host[:len(slots)], done, slots)
+        self._last_greedy = PendingTokens(self._token_ring, serial, done, slots)
         self.last_host_s = time.perf_counter() - t0
         return self._last_greedy
 
@@ -867,8 +885,11 @@ class CudaBackend:
     def _decode_launches(self, model: Any, batch: StepBatch, greedy: bool) -> CudaTensor:
         logits = model.logits(batch)  # (S', vocab)
         self._ready(logits)
-        if greedy:  # each row's token into the ids the next step's embedding reads
-            self._argmax_into(logits, self._ptr("ids"))
+        if greedy:  # each row's token into the ids the next step's embedding reads and the host's ring; advance
+            self._launch("argmax", "argmax_step_f32", "PPiPPPPii", (logits.rows, 1, 1), (1024, 1, 1), logits.ptr,
+                         self._ptr("ids"), np.int32(logits.cols), self._ptr("pos"), self._ptr("ncached"),
+                         self._ptr("serial"), self.rt.mapped_ptr(self._token_ring), np.int32(TOKEN_RING),
+                         np.int32(self.max_seqs))
         return logits
 
     def _pdl_for(self, n_seqs: int) -> bool:

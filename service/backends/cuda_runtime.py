@@ -322,13 +322,20 @@ class CudaRuntime:
         if buf.slab is None:
             self._driver_free(buf.alloc, buf.nbytes, buf.record.category)
 
-    def pinned(self, shape: Any, dtype: Any, name: str) -> np.ndarray:
-        """Page-locked host array (fast async copies), accounted as pinned_host."""
+    def pinned(self, shape: Any, dtype: Any, name: str, mapped: bool = False) -> np.ndarray:
+        """Page-locked host array (fast async copies), accounted as pinned_host; mapped: also addressable by kernels
+        (its device address: mapped_ptr)."""
         self.ensure_current()
-        arr = self._cuda.pagelocked_empty(shape, dtype)  # shape as asked
+        flags = self._cuda.host_alloc_flags.DEVICEMAP if mapped else 0
+        arr = self._cuda.pagelocked_empty(shape, dtype, mem_flags=flags)  # shape as asked
         with self._lock:
             self._records.append(MemoryRecord("pinned_host", name, int(arr.nbytes), None, None, device=False))
         return arr
+
+    @staticmethod
+    def mapped_ptr(arr: np.ndarray) -> int:
+        """The device address of a pinned(..., mapped=True) array."""
+        return int(arr.base.get_device_pointer())
 
     def memory_records(self) -> list[MemoryRecord]:
         """Every accounted allocation, plus per category the bytes reserved in slabs but not handed out

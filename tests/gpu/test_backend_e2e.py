@@ -283,6 +283,59 @@ def test_greedy_steps_chain_on_the_device():
         assert len({int(t) for step in want for t in step}) > 2  # the tokens do change along the way
 
 
+def test_greedy_steps_that_follow_need_no_staging(monkeypatch):
+    """A greedy step's last kernel advances the staged positions and cached counts on the device, so a step that
+    follows it at the next positions copies nothing from the host; a following step at other positions (here: the
+    same ones again) is staged as usual. Either way the tokens are those of host-side argmax over `forward`."""
+    _, be, gpu, _, last = _prefilled_tiny(8, 8, 2, "f16", max_seqs=4)
+    slots, starts = (0, 1), [9, 10]
+    toks0 = np.array([int(np.argmax(last[s])) for s in slots], np.int32)
+    plan = [0, 1, 2, 3, 3, 4]  # step i at positions starts + plan[i]: the fifth rewrites the fourth's positions
+
+    def chunks(i):
+        return tuple(SeqChunk(s, starts[s] + plan[i], 1) for s in slots)
+
+    want, toks = [], toks0
+    for i in range(len(plan)):
+        toks = be.forward(gpu, StepBatch(toks, chunks(i), 48)).argmax(-1).astype(np.int32)
+        want.append(toks)
+    copies = []
+    real_copy = be.rt._cuda.memcpy_htod_async
+
+    def counted(dst, src, *a, **kw):
+        if be._stage_dev.ptr <= int(dst) < be._stage_dev.ptr + be._stage_dev.nbytes:
+            copies.append(int(dst))
+        return real_copy(dst, src, *a, **kw)
+
+    monkeypatch.setattr(be.rt._cuda, "memcpy_htod_async", counted)
+    got, staged = [], []
+    prev = gpu.launch_greedy(StepBatch(toks0, chunks(0), 48))
+    staged.append(len(copies))
+    for i in range(1, len(plan)):
+        nxt = gpu.launch_greedy(StepBatch(np.zeros(len(slots), np.int32), chunks(i), 48), follow=prev)
+        staged.append(len(copies))
+        got.append(prev.result())
+        prev = nxt
+    got.append(prev.result())
+    np.testing.assert_array_equal(np.stack(got), np.stack(want))
+    assert np.diff(staged).tolist() == [0, 0, 0, 1, 0]  # one copy: for the rewritten positions
+
+
+def test_greedy_tokens_overwritten_unread_are_an_error():
+    """The host ring holds TOKEN_RING steps' tokens: reading a step after that many more were launched raises
+    rather than returning a later step's tokens."""
+    from service.backends.cuda_backend import TOKEN_RING
+
+    _, be, gpu, _, last = _prefilled_tiny(8, 8, 1, "f16", max_seqs=4)
+    steps = [gpu.launch_greedy(StepBatch(np.array([int(np.argmax(last[0]))], np.int32), (SeqChunk(0, 9, 1),), 48))]
+    for i in range(1, TOKEN_RING + 1):
+        steps.append(gpu.launch_greedy(StepBatch(np.zeros(1, np.int32), (SeqChunk(0, 9 + i, 1),), 48),
+                                       follow=steps[-1]))
+    assert steps[1].result().shape == (1,)
+    with pytest.raises(RuntimeError, match="overwritten"):
+        steps[0].result()
+
+
 def test_overlapped_engine_on_the_gpu_gives_the_plain_engines_tokens():
     """LLMEngine with overlapped decode (automatic on CUDA) against the same engine step by step."""
     from service.config import Config, replace
