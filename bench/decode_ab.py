@@ -12,7 +12,9 @@ kernel to those weight types (e.g. pdl+only:q4_k), nomix launches Q4_K and Q6_K 
 their own (not inside rms_norm / silu_mul: CudaBackend.fuse_quant), norope rotates q and k in a rope_qk launch of
 its own (not inside decode attention: CudaBackend.fuse_rope), splitk:<n> gives decode attention's splits at least n
 keys (CudaBackend.split_keys), noshort / short:<n> sends decode steps of contexts up to 0 / n keys (default 192) to
-attention in clusters (CudaBackend.short_keys), skip:<prefix>,<prefix> launches no kernel whose name starts with a
+attention in clusters (CudaBackend.short_keys), noglu launches gate / up and silu_mul apart (not in one
+matmul_dec_glu launch: CudaBackend.fuse_glu), glu:<config> picks that launch's configuration (cuda_matmul.GLU_CONFIGS),
+skip:<prefix>,<prefix> launches no kernel whose name starts with a
 prefix (the outputs are then wrong: it measures what those kernels cost inside the graph, e.g.
 pdl+skip:quantize_act).
 For every scenario (b1: batch 1 at depth 16, d<D>: batch 1 at depth D, s<N>: N sequences at depth 512) one
@@ -34,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from service.backends.base import SeqChunk, StepBatch  # noqa: E402
-from service.backends.cuda_matmul import DEC_TYPES  # noqa: E402
+from service.backends.cuda_matmul import DEC_TYPES, GLU_DEFAULT  # noqa: E402
 from service.model.llama import LlamaModel  # noqa: E402
 
 MB = 1 << 20
@@ -65,7 +67,7 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nomix, +nofuse,
-    +norope, +splitk:<n>, +noshort, +short:<n>, +skip:<prefixes> (module docstring)."""
+    +norope, +noglu, +glu:<config>, +splitk:<n>, +noshort, +short:<n>, +skip:<prefixes> (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
     be.mm.dec_mixed = "nomix" not in opts
@@ -73,6 +75,8 @@ def apply(be, setting: str) -> None:
     be.mm.quant_trigger_first = "qfirst" in opts
     be.fuse_quant = "nofuse" not in opts
     be.fuse_rope = "norope" not in opts
+    be.fuse_glu = "noglu" not in opts
+    be.mm.glu_config = next((o[4:] for o in opts if o.startswith("glu:")), GLU_DEFAULT)
     be.split_keys = next((int(o[7:]) for o in opts if o.startswith("splitk:")), 64)
     be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)

@@ -38,9 +38,12 @@
 // Entries: matmul_dec_q4_k_r<RT>p1 (the register variant: each row's weights loaded one unit ahead, the first before
 // the wait; loading them at use or two units ahead was slower), _r<RT>s<STAGES> (the shared-memory variant below),
 // matmul_dec_q6_k_r<RT>s<STAGES>, _r2k2s2 (both types: the K of each row split between two warps, for long rows),
-// and matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M layer in one launch; its stages are
+// matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M layer in one launch; its stages are
 // sized for Q6_K rows, and each warp takes its group's type). Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2,
-// out2, N2, K, xd int8, dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only.
+// out2, N2, K, xd int8, dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only. And
+// matmul_dec_glu_q4_k_w<W>s<STAGES>, with a signature of its own: gate and up of a feed-forward with silu and the
+// quantization of its output (dec_glu_body, below).
+#include "act_quant.cuh"
 #include "async_copy.cuh"
 #include "pdl.cuh"
 #include "quant_blocks.cuh"
@@ -460,6 +463,75 @@ __device__ __forceinline__ void dec_pipe_k2_body(const uint8_t* q0, const uint8_
     }
 }
 
+// --- gate and up with silu and the quantization of its output (a Q4_K_M feed-forward at batch 1) ----------------
+// og = W_g . x, ou = W_u . x (N rows each, Q4_K), h = silu(og) * ou = og / (1 + exp(-og)) * ou as elementwise.cu
+// computes it, and h's two-pass quantization with the decode copy (RowQuant: what silu_mul_quant_x2 writes), in one
+// launch instead of the matmul's and silu_mul's. The quantization needs 32 consecutive values of h, so a block of W
+// warps owns chunks of 32 rows (c = blockIdx.x, blockIdx.x + gridDim.x, ...): in round k (0 .. 32 / W - 1) of a chunk
+// warp w sums the 2 rows 32c + W k + 2(w/2) + {0, 1} of W_g (w even) or W_u (w odd), with its next STAGES groups of
+// rows in flight as in dec_pipe_body (here a warp's groups are its rounds, chunk after chunk). Each row's sum goes to
+// og / ou and to shared memory; after a chunk's rounds warp 0 makes the chunk's 32 values of h, one per lane, and
+// quantizes them. N % 32 == 0.
+template <int W, int STAGES>
+__device__ __forceinline__ void dec_glu_body(const uint8_t* qg, float* og, const uint8_t* qu, float* ou, int N, int K,
+                                             const int8_t* __restrict__ xd, const float4* __restrict__ dsd, int Kp,
+                                             float* h, const RowQuant& hq) {
+    constexpr int RT = 2, ROUNDS = 32 / (W / 2 * RT);
+    extern __shared__ __align__(128) uint8_t wsm[];  // (W, STAGES, RT, row bytes)
+    __shared__ __align__(8) uint64_t bar[W][STAGES];
+    __shared__ float sums[2][32];  // W_g's and W_u's sums of the chunk's rows
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int up = warp & 1, nbk = K >> 8, row_bytes = nbk * BLOCK_BYTES;
+    const uint8_t* q = up ? qu : qg;
+    float* o = up ? ou : og;
+    const int chunks = N / 32;
+    const int groups = blockIdx.x < chunks ? ((chunks - 1 - blockIdx.x) / gridDim.x + 1) * ROUNDS : 0;  // block-wide
+    auto first_row = [&](int g) {  // of this warp's group g: round g % ROUNDS of its (g / ROUNDS)-th chunk
+        return (blockIdx.x + g / ROUNDS * gridDim.x) * 32 + g % ROUNDS * W + (warp >> 1) * RT;
+    };
+    uint8_t* stages = wsm + (size_t)warp * STAGES * RT * row_bytes;
+    auto issue = [&](int s, int g) {
+        bulk_copy(stages + (size_t)s * RT * row_bytes, q + (size_t)first_row(g) * row_bytes, RT * row_bytes,
+                  &bar[warp][s]);
+    };
+    start_stages<STAGES>(bar[warp], 0, 1, groups, issue);
+    pdl_start();  // x is the previous kernel's output: everything below may read it
+
+    const int j = lane & 3;
+    const SubBlocks sb{(2u * (j & 1)) | ((2u * (j & 1) + 1) << 4), j >= 2};
+    uint32_t parity = 0;
+    int s = 0;
+    for (int g = 0; g < groups; ++g) {
+        const int r = first_row(g);
+        bulk_wait(&bar[warp][s], (parity >> s) & 1u);
+        parity ^= 1u << s;
+        Sums<RT> acc = group_dot<DecQ4K, RT>(Group{q, nullptr, o, N, r}, stages + (size_t)s * RT * row_bytes,
+                                             row_bytes, 0, K >> 6, nbk, j, sb, xd, dsd, nullptr, Kp);
+#pragma unroll
+        for (int t = 0; t < RT; ++t) acc.v[t] = warp_sum(acc.v[t]);
+        __syncwarp();  // every lane is done reading stage s
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < RT; ++t) o[r + t] = sums[up][(r & 31) + t] = acc.v[t];
+            if (g + STAGES < groups) {
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // our reads before the copy's writes
+                issue(s, g + STAGES);
+            }
+        }
+        s = s + 1 == STAGES ? 0 : s + 1;
+        if (g % ROUNDS == ROUNDS - 1) {  // the chunk's rows are summed
+            __syncthreads();
+            if (warp == 0) {
+                const int i = (r & ~31) + lane;
+                const float gv = sums[0][lane], v = gv / (1.0f + expf(-gv)) * sums[1][lane];
+                h[i] = v;
+                quantize_lane_x2(v, i, hq);
+            }
+            __syncthreads();  // sums is the next chunk's
+        }
+    }
+}
+
 }  // namespace
 
 #define DEC_ARGS                                                                                              \
@@ -502,3 +574,17 @@ DEC_K2_ENTRY(q4_k, DecQ4K, 2, 2, 4)
 DEC_K2_ENTRY(q6_k, DecQ6K, 2, 2, 3)
 // W_0, W_1 Q4_K and W_2 Q6_K (a Q4_K_M layer's Q, K and V): cuda_matmul.DEC_MIXED
 DEC_PIPE_ENTRY2(q4_k_q6_k, DecQ4K, DecQ6K, 2, 2, 4)
+
+// gate / up + silu + quantization (dec_glu_body): cuda_matmul.GLU_CONFIGS, w<W>s<STAGES>. hq: h's quantization (xq,
+// xds, xd, dsd, xs16 of an N-wide row, Kp of N)
+#define DEC_GLU_ENTRY(W, STAGES)                                                                              \
+    extern "C" __global__ void __launch_bounds__(32 * W) matmul_dec_glu_q4_k_w##W##s##STAGES(                 \
+        const uint8_t* qg, float* og, const uint8_t* qu, float* ou, int N, int K, const int8_t* xd,           \
+        const float2* dsd, int Kp, float* h, int8_t* xq, float2* xds, int8_t* hxd, float2* hdsd, int* hxs16,    \
+        int hKp) {                                                                                            \
+        dec_glu_body<W, STAGES>(qg, og, qu, ou, N, K, xd, reinterpret_cast<const float4*>(dsd), Kp, h,        \
+                                RowQuant{xq, xds, hxd, hdsd, hxs16, N, hKp});                                 \
+    }
+DEC_GLU_ENTRY(4, 2)
+DEC_GLU_ENTRY(8, 1)
+DEC_GLU_ENTRY(8, 2)

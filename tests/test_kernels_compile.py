@@ -83,10 +83,12 @@ def test_every_vector_configuration_the_launcher_picks_is_compiled() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 def test_every_decode_configuration_is_compiled() -> None:
-    """DEC_CONFIG, the benchmark's DEC_VARIANTS and DEC_MIXED name entries of matmul_dec.cu, with no spills."""
+    """DEC_CONFIG, the benchmark's DEC_VARIANTS, DEC_MIXED and GLU_CONFIGS name entries of matmul_dec.cu, with no
+    spills."""
     from gguf import GGMLQuantizationType as T
 
-    from service.backends.cuda_matmul import DEC_CONFIG, DEC_MIXED, DEC_TYPES, DEC_VARIANTS, CudaMatmul, DeviceWeight
+    from service.backends.cuda_matmul import (DEC_CONFIG, DEC_MIXED, DEC_TYPES, DEC_VARIANTS, GLU_CONFIGS,
+                                              GLU_DEFAULT, CudaMatmul, DeviceWeight)
 
     rc, stderr, _ = _compile(os.path.join(KERNEL_DIR, "matmul_dec.cu"))
     assert rc == 0, stderr[-4000:]
@@ -99,7 +101,8 @@ def test_every_decode_configuration_is_compiled() -> None:
         names = {CudaMatmul.dec_kernel(w, f"dec:{v}")[0] for v in DEC_VARIANTS[w.suffix]}
         assert len(names) == len(DEC_VARIANTS[w.suffix])  # each configuration its own entry
         wanted |= names | {CudaMatmul.dec_kernel(w)[0]}
-    assert wanted | {DEC_MIXED} == compiled
+    assert GLU_DEFAULT in GLU_CONFIGS
+    assert wanted | {DEC_MIXED} | {f"matmul_dec_glu_q4_k_{c}" for c in GLU_CONFIGS} == compiled
 
 
 @functools.lru_cache(maxsize=None)

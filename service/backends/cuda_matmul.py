@@ -73,6 +73,14 @@ DEC_MIXED = "matmul_dec_q4_k_q6_k_r2s2"
 DEC_TYPES = frozenset(DEC_CONFIG)
 DEC_BLOCK_BYTES = {"q4_k": 144, "q6_k": 208}  # bytes per 256 values of the copied rows
 DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
+# gate and up of a Q4_K_M feed-forward with silu and the quantization of its output in one launch
+# (matmul_dec_glu_q4_k_w<W>s<STAGES>: blocks of W warps, STAGES groups of 2 rows in flight a warp; CudaMatmul.dec_glu):
+# the compiled configurations, and the default. H200, bench/decode_ab.py, batch-1 step at depth 16 / 2048 against
+# gate / up and silu_mul apart (1.678 / 2.091 ms): w4s1 +1.3 / +1.3 %, w4s2 -2.4 / -2.2 %, w4s3 -0.8 / -0.8 %,
+# w4s4 +1.7 / +1.3 %, w8s1 -3.8 / -3.0 %, w8s2 -2.0 / -1.7 %, w16s1 +0.5 / +0.4 % (larger blocks leave less room on
+# an SM for the down projection launched behind it, whose first copies go before its wait)
+GLU_CONFIGS = ("w4s2", "w8s1", "w8s2")
+GLU_DEFAULT = "w8s1"
 MULTI_MAX = 3  # matrices one vector launch can serve
 TILE_N, TILE_K = 128, 64  # output columns per tiled block, K values per tiled step (kernels/matmul_tiled.cu)
 SPLIT_MAX = 8  # most K splits of one tiled matmul
@@ -205,6 +213,7 @@ class CudaMatmul:
         self.dec_mixed = True  # ... Q4_K and Q6_K matrices sharing x in one launch where they can (DEC_MIXED)
         self.dec_variant: str | None = None  # "dec:<config>[/<config above DEC_SHORT_K>]" in place of DEC_CONFIG
         self.dec_types = DEC_TYPES  # the types it takes (benchmark: a subset)
+        self.glu_config = GLU_DEFAULT  # matmul_dec_glu_q4_k_<config> (dec_glu)
         # True: the two-pass quantizer writing the decode copy lets its dependent (the decode kernel, which starts its
         # weight copies before its own wait) launch before the quantizer's own PDL wait (kernels/quantize_act.cu).
         # H200, bench/decode_ab.py, batch 1: 2.218 -> 2.182 ms per step with the separate quantizer launches; with the
@@ -486,6 +495,41 @@ class CudaMatmul:
             return None
         return by["q4_k"] + by["q6_k"]
 
+    def glu_ok(self, n_rows: int, wg: DeviceWeight, wu: DeviceWeight) -> bool:
+        """Whether dec_glu takes gate wg and up wu at n_rows rows: one row on the decode path, both Q4_K of one shape
+        up to K = DEC_SHORT_K, whole chunks of 32 rows."""
+        return n_rows == 1 and self.int8x2 and self.use_dec and self.dec_variant is None and \
+            "q4_k" in self.dec_types and wg.suffix == wu.suffix == "q4_k" and (wg.n, wg.k) == (wu.n, wu.k) and \
+            wg.k <= DEC_SHORT_K and wg.n % 32 == 0
+
+    def dec_glu(self, workspace_ptr: int, wg: DeviceWeight, og: int, wu: DeviceWeight, ou: int, h: int,
+                quant: tuple) -> None:
+        """og = x @ wg.T, ou = x @ wu.T (one row; x's decode copy in the workspace), h = silu(og) * ou and, where
+        quant = row_quant_args(workspace, N) says, h's two-pass quantization: one launch (kernels/matmul_dec.cu,
+        dec_glu_body), as many blocks as are resident at once, up to one per 32 rows."""
+        assert self.glu_ok(1, wg, wu)
+        warps, stages = (int(v) for v in re.fullmatch(r"w(\d+)s(\d+)", self.glu_config).groups())
+        name = f"matmul_dec_glu_q4_k_{self.glu_config}"
+        shared = stages * warps * 2 * (wg.k // 256) * DEC_BLOCK_BYTES["q4_k"]
+        fn = self._dec_fn(name, "PPPPiiPPiP" + "PPPPPi", shared)
+        blocks = min(wg.n // 32, self.rt.sm_count * self._resident_blocks(name, fn, warps, shared))
+        xd, dsd, _ = self._dec_parts(workspace_ptr, wg.k)
+        fn.prepared_async_call((blocks, 1), (32 * warps, 1, 1), self.rt.stream, wg.q_ptr, og, wu.q_ptr, ou,
+                               np.int32(wg.n), np.int32(wg.k), xd, dsd, np.int32(self.dec_kp(wg.k)), h, *quant[:6],
+                               shared_size=shared)
+
+    def _dec_fn(self, name: str, sig: str, shared: int) -> Any:
+        """A matmul_dec entry (through _fn each time: benchmarks wrap it); launched with `shared` bytes of dynamic
+        shared memory, it is allowed all an SM has on its first use."""
+        fresh = name not in self._fns
+        fn = self._fn("matmul_dec", name, sig)
+        if fresh and shared:
+            drv = self.rt.driver
+            optin = getattr(drv.device_attribute, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
+            most = self.rt.device.get_attribute(optin) if optin is not None else 227 << 10
+            fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, most - fn.shared_size_bytes)
+        return fn
+
     def _dec_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], variant: str | None,
                     mixed: bool = False) -> None:
         """One row of int8x2 activations x up to MULTI_MAX Q4_K or Q6_K matrices (kernels/matmul_dec.cu); mixed:
@@ -505,14 +549,7 @@ class CudaMatmul:
         if "k2" in cfg:  # every warp a stage of the longer half of its rows (dec_pipe_k2_body)
             half_blocks = ((w0.k // 64 // 2 + 3) // 4 * 4) // 4
             shared = stages * DEC_WARPS * (rpb // (DEC_WARPS // 2)) * half_blocks * row_bytes
-        fresh = name not in self._fns
-        fn = self._fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi")  # (through _fn each time: benchmarks wrap it)
-        if fresh:
-            if shared:
-                drv = self.rt.driver
-                optin = getattr(drv.device_attribute, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
-                most = self.rt.device.get_attribute(optin) if optin is not None else 227 << 10
-                fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, most - fn.shared_size_bytes)
+        fn = self._dec_fn(name, "PPPi" * MULTI_MAX + "iPPPi", shared)
         args: list[Any] = []
         blocks = 0
         for i in range(MULTI_MAX):

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from service.backends.base import SeqChunk, StepBatch
+from service.backends.cuda_matmul import GLU_CONFIGS
 from service.model.llama import LlamaModel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -198,7 +199,7 @@ def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
         be.pdl_plain_into = ()
     tokens = rng.integers(0, g.hparams.vocab_size, (6, n_seqs)).astype(np.int32)  # (steps, seqs)
 
-    def run(pdl: bool) -> tuple[np.ndarray, int]:
+    def run(pdl: bool) -> tuple[np.ndarray, int, int]:
         be.pdl = pdl
         be._graphs.clear()
         be._seen.clear()
@@ -207,15 +208,16 @@ def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
             batch = StepBatch(tokens[i], tuple(SeqChunk(s, 9 + s + i, 1) for s in range(n_seqs)), 48)
             outs.append(be.forward(gpu, batch))
         graph = next(iter(be._graphs.values()))[0]
-        return np.stack(outs), graph.n_programmatic
+        return np.stack(outs), graph.n_programmatic, graph.n_nodes
 
-    plain, n_plain = run(False)
-    prog, n_prog = run(True)
-    again, _ = run(False)
+    plain, n_plain, _ = run(False)
+    prog, n_prog, n_nodes = run(True)
+    again, _, _ = run(False)
     assert np.isfinite(prog).all()
     np.testing.assert_array_equal(again, plain)  # the plain graph is deterministic
     np.testing.assert_array_equal(prog, plain)
-    assert n_plain == 0 and n_prog >= 10 * g.hparams.n_layers  # every kernel -> kernel edge of the step
+    # every kernel -> kernel edge of the step: one stream's chain of kernels, 5 or more a layer
+    assert n_plain == 0 and n_prog == n_nodes - 1 >= 5 * g.hparams.n_layers
 
 
 def test_fused_quantization_leaves_logits_unchanged():
@@ -224,6 +226,7 @@ def test_fused_quantization_leaves_logits_unchanged():
     f32 values quantized the same way; only float rounding could differ) over eager and graph-replayed steps, and
     the fused kernels are what ran: one per norm, silu_mul and attention, no quantize_act_q8x2 left."""
     g, be, gpu, rng, _ = _prefilled_tiny(6, 6, 1, "f16", max_seqs=2)
+    be.fuse_glu = False  # (silu_mul apart from gate / up: test_gate_up_silu_mul_in_one_launch_...)
     tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
     launched: list[str] = []
     real_launch = be._launch
@@ -253,6 +256,40 @@ def test_fused_quantization_leaves_logits_unchanged():
     assert np.isfinite(fused).all()
     np.testing.assert_allclose(fused, apart, rtol=0, atol=1e-5 * np.abs(apart).max())
     assert (fused.argmax(-1) == apart.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("config", GLU_CONFIGS)
+def test_gate_up_silu_mul_in_one_launch_leaves_logits_unchanged(config):
+    """At batch 1 gate and up (Q4_K), silu_mul and its quantization run as one launch (CudaBackend.fuse_glu,
+    matmul_dec_glu_q4_k_s*): the same sums, the same silu and the same quantization as the two launches, so
+    bit-identical logits over eager steps and graph replays; and that launch is what ran, one per layer."""
+    g, be, gpu, rng, _ = _prefilled_tiny(6, 6, 1, "f16", max_seqs=2)
+    be.mm.glu_config = config
+    tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
+    launched: list[str] = []
+    real_launch = be._launch
+    be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
+    fns: list[str] = []
+    real_fn = be.mm._fn
+    be.mm._fn = lambda module, name, sig: (fns.append(name), real_fn(module, name, sig))[1]
+
+    def run(fuse: bool) -> np.ndarray:
+        be.fuse_glu = fuse
+        be._graphs.clear()
+        be._seen.clear()
+        return np.stack([be.forward(gpu, StepBatch(tokens[i:i + 1], (SeqChunk(0, 9 + i, 1),), 48))
+                         for i in range(len(tokens))])
+
+    apart = run(False)
+    steps = launched.count("silu_mul_quant_x2") // g.hparams.n_layers
+    assert steps >= 1 and not any(f.startswith("matmul_dec_glu") for f in fns)
+    launched.clear()
+    fns.clear()
+    fused = run(True)
+    assert "silu_mul_quant_x2" not in launched
+    assert fns.count(f"matmul_dec_glu_q4_k_{config}") == steps * g.hparams.n_layers
+    assert be.graph_replays > 0
+    np.testing.assert_array_equal(fused, apart)
 
 
 def test_greedy_steps_chain_on_the_device():
