@@ -800,6 +800,8 @@ class CudaBackend:
         return out
 
     def take_rows(self, x: CudaTensor, step: CudaStep) -> CudaTensor:
+        if step.n_logits == step.n_tokens == x.rows:  # every row wants logits (a decode step): x itself, still
+            return x                                   # deferred (its residual add goes into the final norm)
         self._ready(x)
         out = self.pool.get(step.n_logits, x.cols)  # (S', D)
         if step.n_logits:

@@ -224,7 +224,8 @@ def test_fused_quantization_leaves_logits_unchanged():
     """At batch 1 with int8x2 activations rms_norm / silu_mul / split-K attention write their output's
     quantization themselves (CudaBackend.fuse_quant): the logits match the separate quantize_act launches (the same
     f32 values quantized the same way; only float rounding could differ) over eager and graph-replayed steps, and
-    the fused kernels are what ran: one per norm, silu_mul and attention, no quantize_act_q8x2 left."""
+    the fused kernels are what ran: one per norm, silu_mul and attention, no quantize_act_q8x2 left, and no residual
+    add or row gather of its own (a decode step's rows all want logits: take_rows passes x on, add deferred)."""
     g, be, gpu, rng, _ = _prefilled_tiny(6, 6, 1, "f16", max_seqs=2)
     be.fuse_glu = False  # (silu_mul apart from gate / up: test_gate_up_silu_mul_in_one_launch_...)
     tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
@@ -251,6 +252,7 @@ def test_fused_quantization_leaves_logits_unchanged():
     fused = run(True)
     assert launched.count("rms_norm_quant_x2") == steps * (2 * n_layers + 1)
     assert launched.count("silu_mul_quant_x2") == steps * n_layers
+    assert not {"add_f32", "take_rows_f32"} & set(launched)  # decode steps: every residual add goes into a norm
     assert sum(name.startswith("attention_split_") for name in launched) == steps * n_layers  # quantizes out too
     assert "quantize_act_q8x2" not in quantized
     assert np.isfinite(fused).all()
