@@ -454,8 +454,8 @@ class CudaBackend:
         assert d is not None
         if d.kind == "matmul":
             x = d.args[0]
-            group = [o for o in (r() for r in self._pending_mm.pop(id(x), []))
-                     if o is not None and o.pending is not None and o.pending.kind == "matmul" and o.pending.args[0] is x]
+            group = self._pending_on(x)
+            self._pending_mm.pop(id(x), None)
             if t not in group:
                 group.append(t)
             ws = [o.pending.args[1] for o in group]
@@ -480,6 +480,11 @@ class CudaBackend:
                          np.int32(1 if sink else 0), np.int32(step.max_positions))
         else:  # pragma: no cover
             raise AssertionError(d.kind)
+
+    def _pending_on(self, x: CudaTensor) -> list[CudaTensor]:
+        """The deferred matmul outputs of input x (launched together)."""
+        return [o for o in (r() for r in self._pending_mm.get(id(x), []))
+                if o is not None and o.pending is not None and o.pending.kind == "matmul" and o.pending.args[0] is x]
 
     def _run_matmuls(self, x: CudaTensor, ws: list[MatWeight], outs: list[CudaTensor]) -> None:
         """outs[i] = x @ ws[i].T, one multi-matrix launch per weight type on the vector path; x's int8
@@ -765,7 +770,7 @@ class CudaBackend:
         if du.args[0] is not x or self._ws_x is not x or \
                 not self.mm.glu_ok(x.rows, dg.args[1].dw, du.args[1].dw):
             return None
-        pending = [o for o in (r() for r in self._pending_mm.get(id(x), [])) if o is not None and o.pending is not None]
+        pending = self._pending_on(x)
         if len(pending) != 2 or not any(o is gate for o in pending) or not any(o is up for o in pending):
             return None
         return x, dg.args[1], du.args[1]
@@ -843,11 +848,12 @@ class CudaBackend:
         return self.to_host(logits)
 
     def launch_greedy(self, model: Any, batch: StepBatch, follow: "PendingTokens | None" = None) -> "PendingTokens":
-        """LlamaModel.launch_greedy on the device: the step's graph ends with each row's argmax written into the
-        step's own token-id input (`ids` of the staging block), and only those ids are copied to the host,
-        asynchronously. Returns at once. With `follow` (the step launched just before, same sequences in the same
-        order), this step's staging leaves the ids in place, so it reads the previous step's tokens without a
-        round trip through the host: the host queues step n + 1 while step n still runs."""
+        """LlamaModel.launch_greedy on the device: the step's graph ends with argmax_step_f32, which writes each row's
+        argmax into the step's own token-id input (`ids` of the staging block) and into the host-mapped token ring,
+        then advances the staged positions. Returns at once. With `follow` (the step launched just before, same
+        sequences in the same order), this step's staging leaves the ids in place, so it reads the previous step's
+        tokens without a round trip through the host, and copies nothing at all when its positions are the ones the
+        device advanced to: the host queues step n + 1 while step n still runs."""
         t0 = time.perf_counter()
         slots = tuple(s.slot for s in batch.seqs)
         assert self._decode_only(batch) and all(s.want_logits for s in batch.seqs), "greedy steps decode one token"
