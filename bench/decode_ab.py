@@ -90,6 +90,17 @@ def apply(be, setting: str) -> None:
     be.pdl_plain_into = tuple(p for p in plain.split(",") if p)
 
 
+def dummy_7b_model():
+    """The 7B-shaped Q4_K_M dummy model on a CUDA backend of 512 rows and 64 sequences a step: (backend, model)."""
+    from service.backends.cuda_backend import CudaBackend
+    from service.model.dummy import dummy_gguf_model
+
+    be = CudaBackend(max_rows=512, max_seqs=64)
+    g = dummy_gguf_model("7b")
+    be.reserve_weights(g)
+    return be, LlamaModel(g, be)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", nargs="+", default=["nopdl", "pdl"])
@@ -99,16 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     args = ap.parse_args(argv)
 
-    from service.backends.cuda_backend import CudaBackend
-    from service.model.dummy import dummy_gguf_model
-
     rng = np.random.default_rng(0)
-    be = CudaBackend(max_rows=512, max_seqs=64)
+    be, model = dummy_7b_model()
     cuda = be.rt._cuda
-    g = dummy_gguf_model("7b")
-    be.reserve_weights(g)
-    model = LlamaModel(g, be)
-    vocab = g.hparams.vocab_size
+    vocab = model.hp.vocab_size
     maxpos = 2048 + 64
     scenarios = args.scenarios.split(",")
     deep = [sc for sc in scenarios if sc.startswith("d")]

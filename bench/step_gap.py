@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.decode_ab import dummy_7b_model  # noqa: E402
 from service.backends.base import SeqChunk, StepBatch  # noqa: E402
-from service.model.llama import LlamaModel  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,16 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     args = ap.parse_args(argv)
 
-    from service.backends.cuda_backend import CudaBackend
-    from service.model.dummy import dummy_gguf_model
-
     rng = np.random.default_rng(0)
-    be = CudaBackend(max_rows=512, max_seqs=64)
+    be, model = dummy_7b_model()
     cuda = be.rt._cuda
-    g = dummy_gguf_model("7b")
-    be.reserve_weights(g)
-    model = LlamaModel(g, be)
-    vocab = g.hparams.vocab_size
+    vocab = model.hp.vocab_size
     depths = [int(d) for d in args.depths.split(",")]
     maxpos = max(depths) + args.steps + 8
     kv = model.alloc_kv(model.kv_layout(slots=len(depths), max_positions=maxpos, sink_tokens=4, dtype="f16"))

@@ -220,6 +220,25 @@ def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
     assert n_plain == 0 and n_prog == n_nodes - 1 >= 5 * g.hparams.n_layers
 
 
+def _record_launches(be) -> tuple[list[str], list[str]]:
+    """The names of the kernels launched from now on: through the backend's ops, and through the matmul launcher."""
+    launched: list[str] = []
+    fns: list[str] = []
+    real_launch, real_fn = be._launch, be.mm._fn
+    be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
+    be.mm._fn = lambda module, name, sig: (fns.append(name), real_fn(module, name, sig))[1]
+    return launched, fns
+
+
+def _decode_steps(be, gpu, tokens: np.ndarray) -> np.ndarray:
+    """(steps, 1, vocab) logits of sequence 0 decoding `tokens` one a step from position 9 on, through a fresh eager
+    step, the capture and graph replays."""
+    be._graphs.clear()
+    be._seen.clear()
+    return np.stack([be.forward(gpu, StepBatch(tokens[i:i + 1], (SeqChunk(0, 9 + i, 1),), 48))
+                     for i in range(len(tokens))])
+
+
 def test_fused_quantization_leaves_logits_unchanged():
     """At batch 1 with int8x2 activations rms_norm / silu_mul / split-K attention write their output's
     quantization themselves (CudaBackend.fuse_quant): the logits match the separate quantize_act launches (the same
@@ -229,19 +248,11 @@ def test_fused_quantization_leaves_logits_unchanged():
     g, be, gpu, rng, _ = _prefilled_tiny(6, 6, 1, "f16", max_seqs=2)
     be.fuse_glu = False  # (silu_mul apart from gate / up: test_gate_up_silu_mul_in_one_launch_...)
     tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
-    launched: list[str] = []
-    real_launch = be._launch
-    be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
-    quantized = []
-    real_fn = be.mm._fn
-    be.mm._fn = lambda module, name, sig: (quantized.append(name), real_fn(module, name, sig))[1]
+    launched, quantized = _record_launches(be)
 
     def run(fuse: bool) -> np.ndarray:
         be.fuse_quant = fuse
-        be._graphs.clear()
-        be._seen.clear()
-        outs = [be.forward(gpu, StepBatch(tokens[i:i + 1], (SeqChunk(0, 9 + i, 1),), 48)) for i in range(len(tokens))]
-        return np.stack(outs)
+        return _decode_steps(be, gpu, tokens)
 
     n_layers = g.hparams.n_layers
     apart = run(False)
@@ -263,24 +274,16 @@ def test_fused_quantization_leaves_logits_unchanged():
 @pytest.mark.parametrize("config", GLU_CONFIGS)
 def test_gate_up_silu_mul_in_one_launch_leaves_logits_unchanged(config):
     """At batch 1 gate and up (Q4_K), silu_mul and its quantization run as one launch (CudaBackend.fuse_glu,
-    matmul_dec_glu_q4_k_s*): the same sums, the same silu and the same quantization as the two launches, so
+    matmul_dec_glu_q4_k_<config>): the same sums, the same silu and the same quantization as the two launches, so
     bit-identical logits over eager steps and graph replays; and that launch is what ran, one per layer."""
     g, be, gpu, rng, _ = _prefilled_tiny(6, 6, 1, "f16", max_seqs=2)
     be.mm.glu_config = config
     tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
-    launched: list[str] = []
-    real_launch = be._launch
-    be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
-    fns: list[str] = []
-    real_fn = be.mm._fn
-    be.mm._fn = lambda module, name, sig: (fns.append(name), real_fn(module, name, sig))[1]
+    launched, fns = _record_launches(be)
 
     def run(fuse: bool) -> np.ndarray:
         be.fuse_glu = fuse
-        be._graphs.clear()
-        be._seen.clear()
-        return np.stack([be.forward(gpu, StepBatch(tokens[i:i + 1], (SeqChunk(0, 9 + i, 1),), 48))
-                         for i in range(len(tokens))])
+        return _decode_steps(be, gpu, tokens)
 
     apart = run(False)
     steps = launched.count("silu_mul_quant_x2") // g.hparams.n_layers
