@@ -257,8 +257,8 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
     __syncthreads();  // sw is reused for the next row
 }
 
-// ROPE: a decode step (one row per sequence), NewKV's rope given. C > 1 (ROPE only): launched in clusters of C
-// blocks along the splits (grid.x a multiple of C), whose states merge through distributed shared memory (below).
+// ROPE: a decode step (one row per sequence), NewKV's rope given. C > 1 (ROPE only): each (row, kv head) is one
+// cluster of C blocks (grid.x == C), whose states merge through distributed shared memory (below).
 template <int HD, int G, int KVT, bool ROPE, int C>
 __device__ void attention_split(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
                                 void* ring_k, void* ring_v, __half* ring_ks, __half* ring_vs, NewKV nw, SplitOut o,
@@ -288,8 +288,8 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     const int nk = valid + (t - r0) + 1;
     const int n_active = active_splits(nk, n_splits, split_keys);
     // a short context: fewer splits than the grid has (the combine reads n_active). In a cluster launch the idle
-    // blocks of a cluster that has active ones stay, without keys, for its barriers.
-    if (sp >= n_active && (C == 1 || n_active == 1 || sp / C > (n_active - 1) / C)) return;
+    // blocks stay, without keys, for the cluster's barriers (unless the row is on one split: no merge).
+    if (sp >= n_active && (C == 1 || n_active == 1)) return;
     const int chunk = (nk + n_active - 1) / n_active;
     const int k0 = sp * chunk;
     const int k1 = min(nk, k0 + chunk);
@@ -350,21 +350,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             encode_new<KVT, HD>(kx, vx, ang, nw.n_rot, col, key_lanes, it < ATT_STAGES ? st.k[tid] : k8,
                                 it < ATT_STAGES ? st.ks + tid * KVT : &kw, it < ATT_STAGES ? st.v[tid] : v8,
                                 it < ATT_STAGES ? st.vs + tid * KVT : &vw);
-            if (it >= ATT_STAGES) {
-                unsigned char* sk = (unsigned char*)nw.k + ((size_t)t * kv_dim + col) * (2 - KVT);
-                unsigned char* sv = (unsigned char*)nw.v + ((size_t)t * kv_dim + col) * (2 - KVT);
-                if (KVT == 0) {
-                    *reinterpret_cast<uint4*>(sk) = *reinterpret_cast<const uint4*>(k8);
-                    *reinterpret_cast<uint4*>(sv) = *reinterpret_cast<const uint4*>(v8);
-                } else {
-                    *reinterpret_cast<uint2*>(sk) = *reinterpret_cast<const uint2*>(k8);
-                    *reinterpret_cast<uint2*>(sv) = *reinterpret_cast<const uint2*>(v8);
-                    if (gl % 4 == 0) {
-                        const size_t i = (size_t)t * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK, sh = 16 * (i & 1);
-                        ((__half*)nw.ks)[i] = __ushort_as_half((unsigned short)(kw >> sh));
-                        ((__half*)nw.vs)[i] = __ushort_as_half((unsigned short)(vw >> sh));
-                    }
-                }
+            if (it >= ATT_STAGES) {  // (staging rows are stored as ring rows)
+                store8<KVT>(const_cast<void*>(nw.k), const_cast<__half*>(nw.ks), t, kv_dim, col, k8, kw);
+                store8<KVT>(const_cast<void*>(nw.v), const_cast<__half*>(nw.vs), t, kv_dim, col, v8, vw);
             }
             if (early_append) {
                 const size_t ring_row = (size_t)slot * max_positions + c;
@@ -468,9 +456,8 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     __syncthreads();
     // Row t's splits are merged by the last of its blocks to finish (a counter per (row, kv head), reset by that
     // block; threadfence reduction); a row on one split finishes alone, without writing partial states. In a
-    // cluster launch the blocks of each cluster merge first, through distributed shared memory: each leaves its
-    // state in its shared memory (cl_*), the cluster's first block merges them, and only the clusters' states go
-    // through global memory (none where one cluster holds all of the row's splits).
+    // cluster launch the blocks merge through distributed shared memory instead: each leaves its state in its shared
+    // memory (cl_*) and the cluster's first block merges them and finishes the row.
     __shared__ float cl_ml[C > 1 ? G : 1][2], cl_acc[C > 1 ? G * HD : 1];
     const bool alone = n_active == 1;
     for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps: G * HD is a multiple of 32
@@ -498,12 +485,10 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             if (e == 0) { o.part_ml[2 * idx] = M; o.part_ml[2 * idx + 1] = L; }
         }
     }
-    int parts = n_active, part = sp, stride = n_splits;  // the states merged through global memory
     if constexpr (C > 1) {
         if (!alone) {
             cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
             cluster.sync();  // every block's state is in its shared memory
-            parts = (n_active + C - 1) / C, part = sp / C, stride = n_splits / C;
             if (cluster.block_rank() == 0) {  // (every block of an active cluster left a state, idle ones empty)
                 for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {
                     const int h = j / HD;
@@ -522,13 +507,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
                         L += lr[r] * w;
                         A += ar[r] * w;
                     }
-                    if (parts == 1) {
-                        finish_value(o, t, kh * G * HD + j, n_heads * HD, A / L);
-                    } else {
-                        const size_t idx = ((size_t)t * n_heads + kh * G + h) * stride + part;
-                        o.part_acc[idx * HD + j - h * HD] = A;
-                        if (j == h * HD) { o.part_ml[2 * idx] = M; o.part_ml[2 * idx + 1] = L; }
-                    }
+                    finish_value(o, t, kh * G * HD + j, n_heads * HD, A / L);
                 }
             }
             cluster.sync();  // the first block has read every state of its cluster
@@ -536,15 +515,15 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         }
     }
     __shared__ int last;
-    if (!alone && parts > 1) {
+    if (!alone && C == 1) {
         __threadfence();
         __syncthreads();
         int* done = o.done + (size_t)t * n_kv_heads + kh;
-        if (threadIdx.x == 0) last = atomicAdd(done, 1) == parts - 1;
+        if (threadIdx.x == 0) last = atomicAdd(done, 1) == n_active - 1;
         __syncthreads();
         if (!last) return;
         __threadfence();
-        merge_splits<HD, G>(o, t, kh, n_heads, stride, parts);
+        merge_splits<HD, G>(o, t, kh, n_heads, n_splits, n_active);
         if (threadIdx.x == 0) *done = 0;  // ready for the next launch
     }
     // The sequence's new K/V of this head go into the ring once every block reading its entries has finished: at

@@ -241,6 +241,16 @@ __device__ __forceinline__ void start_stages(uint64_t* bars, int first, int stri
     __syncwarp();
 }
 
+// Lane 0, once its warp has read stage s: the copy of group `next` into it, where there is one (the warp's reads
+// ordered before the copy's writes)
+template <class Issue>
+__device__ __forceinline__ void restage(int s, int next, int groups, const Issue& issue) {
+    if (next < groups) {
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        issue(s, next);
+    }
+}
+
 __device__ __forceinline__ int4 lds16(const uint8_t* p) { return *reinterpret_cast<const int4*>(p); }
 
 // The weight types of the pipelined variant: row bytes per 256 values, and a unit's contribution to a row from its
@@ -380,10 +390,7 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
 #pragma unroll
             for (int t = 0; t < RT; ++t)
                 if (t < live) gr.out[gr.row0 + t] = acc.v[t];
-            if (g + STAGES * stride < groups) {
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // our reads before the copy's writes
-                issue(s, g + STAGES * stride);
-            }
+            restage(s, g + STAGES * stride, groups, issue);
         }
         s = s + 1 == STAGES ? 0 : s + 1;
     }
@@ -448,10 +455,7 @@ __device__ __forceinline__ void dec_pipe_k2_body(const uint8_t* q0, const uint8_
 #pragma unroll
                 for (int t = 0; t < RT; ++t) part[pair][round & 1][t] = acc.v[t];
             }
-            if (g + STAGES * stride < groups) {
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-                issue(s, g + STAGES * stride);
-            }
+            restage(s, g + STAGES * stride, groups, issue);
         }
         pair_sync(pair);  // warp 2p + 1's sums are written (and the group before's were read)
         if (h == 0 && lane == 0) {
@@ -513,10 +517,7 @@ __device__ __forceinline__ void dec_glu_body(const uint8_t* qg, float* og, const
         if (lane == 0) {
 #pragma unroll
             for (int t = 0; t < RT; ++t) o[r + t] = sums[up][(r & 31) + t] = acc.v[t];
-            if (g + STAGES < groups) {
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");  // our reads before the copy's writes
-                issue(s, g + STAGES);
-            }
+            restage(s, g + STAGES, groups, issue);
         }
         s = s + 1 == STAGES ? 0 : s + 1;
         if (g % ROUNDS == ROUNDS - 1) {  // the chunk's rows are summed

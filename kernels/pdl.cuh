@@ -7,8 +7,9 @@
 //                  once the preceding grid has completed and its writes are visible (and so, transitively, every
 //                  earlier grid). Before it a kernel may only read what no kernel of the step writes, or what a
 //                  kernel two or more launches earlier wrote (complete: the kernel in between passed its own wait
-//                  before this one could start): weights (matmul_dec), the host-staged step metadata, the KV ring's
-//                  entries of earlier steps and the step's rope angle table (attention_split).
+//                  before this one could start): weights (matmul_dec), the step metadata (staged by the host, or
+//                  advanced by the step before's last kernel), the KV ring's entries of earlier steps and the step's
+//                  rope angle table (attention_split).
 //   pdl_trigger()  after pdl_wait(): lets the next kernel's launch begin now rather than at this grid's exit.
 // Launched without a programmatic edge (eager steps, tests), both are no-ops.
 #pragma once

@@ -18,6 +18,7 @@ tokens per test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,21 @@ TEST_SETTINGS = dict(model__backend="numpy", cache__slots=4, cache__max_position
                      engine__max_running=4, engine__max_waiting=2, engine__max_tokens_default=8,
                      engine__retry_after_s=0.25, server__host="127.0.0.1", server__port=0, server__http_port=0,
                      server__metrics_port=0, server__grace_s=2.0, server__log_level="WARNING")
+
+
+@contextlib.contextmanager
+def kernel_launches(be: Any) -> Any:
+    """The names of the kernels a CudaBackend launches inside the block, in order, as (those its ops launch, those
+    its matmul launcher takes through CudaMatmul._fn), filled as they launch."""
+    ops: list[str] = []
+    matmuls: list[str] = []
+    real_launch, real_fn = be._launch, be.mm._fn
+    be._launch = lambda module, name, *a: (ops.append(name), real_launch(module, name, *a))[1]
+    be.mm._fn = lambda module, name, sig: (matmuls.append(name), real_fn(module, name, sig))[1]
+    try:
+        yield ops, matmuls
+    finally:
+        be._launch, be.mm._fn = real_launch, real_fn
 
 
 def make_test_config(**changes: Any) -> cfg.Config:

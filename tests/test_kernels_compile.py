@@ -129,9 +129,9 @@ def test_every_kernel_waits_for_its_predecessor(source: str) -> None:
     for kernels that run griddepcontrol.wait before touching their inputs (kernels/pdl.cuh). Each entry's PTX
     must contain the wait, and no global load or store before it. Kernels in PRE_WAIT_READS may read, with read-only
     loads or async copies, data no kernel of the step writes: weights (matmul_dec_*: its first rows; rms_norm_quant_x2:
-    the norm weights; rope_qk_*: the frequencies), the host-staged step metadata (positions, sequence table), the
-    KV ring's entries of earlier steps and the step's rope angle table, launched before the first layer's matmuls
-    (attention_split_*)."""
+    the norm weights; rope_qk_*: the frequencies), the step metadata (positions, sequence table: staged by the host
+    or advanced by the step before), the KV ring's entries of earlier steps and the step's rope angle table, launched
+    before the first layer's matmuls (attention_split_*)."""
     ptx = _ptx(source)
     entries = re.split(r"\n\.visible \.entry ", ptx)[1:]
     assert entries, f"no entry in {source}"

@@ -511,23 +511,25 @@ class CudaMatmul:
         warps, stages = (int(v) for v in re.fullmatch(r"w(\d+)s(\d+)", self.glu_config).groups())
         name = f"matmul_dec_glu_q4_k_{self.glu_config}"
         shared = stages * warps * 2 * (wg.k // 256) * DEC_BLOCK_BYTES["q4_k"]
-        fn = self._dec_fn(name, "PPPPiiPPiP" + "PPPPPi", shared)
+        fn = self._shared_fn("matmul_dec", name, "PPPPiiPPiP" + "PPPPPi", shared, allow_all=True)
         blocks = min(wg.n // 32, self.rt.sm_count * self._resident_blocks(name, fn, warps, shared))
         xd, dsd, _ = self._dec_parts(workspace_ptr, wg.k)
         fn.prepared_async_call((blocks, 1), (32 * warps, 1, 1), self.rt.stream, wg.q_ptr, og, wu.q_ptr, ou,
                                np.int32(wg.n), np.int32(wg.k), xd, dsd, np.int32(self.dec_kp(wg.k)), h, *quant[:6],
                                shared_size=shared)
 
-    def _dec_fn(self, name: str, sig: str, shared: int) -> Any:
-        """A matmul_dec entry (through _fn each time: benchmarks wrap it); launched with `shared` bytes of dynamic
-        shared memory, it is allowed all an SM has on its first use."""
+    def _shared_fn(self, module: str, name: str, sig: str, shared: int, allow_all: bool = False) -> Any:
+        """_fn (through it each time: benchmarks wrap it) for an entry launched with `shared` bytes of dynamic shared
+        memory: on its first use allowed that much, or with allow_all all a block may have (its sizes vary by K)."""
         fresh = name not in self._fns
-        fn = self._fn("matmul_dec", name, sig)
+        fn = self._fn(module, name, sig)
         if fresh and shared:
             drv = self.rt.driver
-            optin = getattr(drv.device_attribute, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
-            most = self.rt.device.get_attribute(optin) if optin is not None else 227 << 10
-            fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, most - fn.shared_size_bytes)
+            if allow_all:
+                optin = getattr(drv.device_attribute, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
+                most = self.rt.device.get_attribute(optin) if optin is not None else 227 << 10
+                shared = most - fn.shared_size_bytes
+            fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
         return fn
 
     def _dec_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], variant: str | None,
@@ -549,7 +551,7 @@ class CudaMatmul:
         if "k2" in cfg:  # every warp a stage of the longer half of its rows (dec_pipe_k2_body)
             half_blocks = ((w0.k // 64 // 2 + 3) // 4 * 4) // 4
             shared = stages * DEC_WARPS * (rpb // (DEC_WARPS // 2)) * half_blocks * row_bytes
-        fn = self._dec_fn(name, "PPPi" * MULTI_MAX + "iPPPi", shared)
+        fn = self._shared_fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi", shared, allow_all=True)
         args: list[Any] = []
         blocks = 0
         for i in range(MULTI_MAX):
@@ -668,11 +670,7 @@ class CudaMatmul:
         stages = self.pipe_stages or PIPE_STAGES[tile]
         name = f"matmul_pipe_{w0.suffix}_m{tile}_s{stages}"
         shared = self.pipe_smem_bytes(w0.suffix, tile, stages)
-        fresh = name not in self._fns
-        fn = self._fn("matmul_pipe", name, "PPPi" * MULTI_MAX + "iPiPi")  # (through _fn each time: benchmarks wrap it)
-        if fresh:
-            drv = self.rt.driver
-            fn.set_attribute(drv.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES, shared)
+        fn = self._shared_fn("matmul_pipe", name, "PPPi" * MULTI_MAX + "iPiPi", shared)
         n_tot = sum(w.n for w, _ in members)
         tiles_n = sum(-(-w.n // TILE_N) for w, _ in members)
         slots = self._resident_blocks(name, fn, 8, shared)

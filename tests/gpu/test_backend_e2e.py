@@ -23,6 +23,7 @@ import pytest
 from service.backends.base import SeqChunk, StepBatch
 from service.backends.cuda_matmul import GLU_CONFIGS
 from service.model.llama import LlamaModel
+from tests.conftest import kernel_launches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 E2E_DIR = os.path.join(ROOT, "build", "e2e")
@@ -220,23 +221,15 @@ def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
     assert n_plain == 0 and n_prog == n_nodes - 1 >= 5 * g.hparams.n_layers
 
 
-def _record_launches(be) -> tuple[list[str], list[str]]:
-    """The names of the kernels launched from now on: through the backend's ops, and through the matmul launcher."""
-    launched: list[str] = []
-    fns: list[str] = []
-    real_launch, real_fn = be._launch, be.mm._fn
-    be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
-    be.mm._fn = lambda module, name, sig: (fns.append(name), real_fn(module, name, sig))[1]
-    return launched, fns
-
-
-def _decode_steps(be, gpu, tokens: np.ndarray) -> np.ndarray:
+def _decode_steps(be, gpu, tokens: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
     """(steps, 1, vocab) logits of sequence 0 decoding `tokens` one a step from position 9 on, through a fresh eager
-    step, the capture and graph replays."""
+    step, the capture and graph replays, and the kernels they launched (kernel_launches)."""
     be._graphs.clear()
     be._seen.clear()
-    return np.stack([be.forward(gpu, StepBatch(tokens[i:i + 1], (SeqChunk(0, 9 + i, 1),), 48))
-                     for i in range(len(tokens))])
+    with kernel_launches(be) as (launched, fns):
+        logits = np.stack([be.forward(gpu, StepBatch(tokens[i:i + 1], (SeqChunk(0, 9 + i, 1),), 48))
+                           for i in range(len(tokens))])
+    return logits, launched, fns
 
 
 def test_fused_quantization_leaves_logits_unchanged():
@@ -248,19 +241,16 @@ def test_fused_quantization_leaves_logits_unchanged():
     g, be, gpu, rng, _ = _prefilled_tiny(6, 6, 1, "f16", max_seqs=2)
     be.fuse_glu = False  # (silu_mul apart from gate / up: test_gate_up_silu_mul_in_one_launch_...)
     tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
-    launched, quantized = _record_launches(be)
 
-    def run(fuse: bool) -> np.ndarray:
+    def run(fuse: bool) -> tuple[np.ndarray, list[str], list[str]]:
         be.fuse_quant = fuse
         return _decode_steps(be, gpu, tokens)
 
     n_layers = g.hparams.n_layers
-    apart = run(False)
+    apart, launched, quantized = run(False)
     steps, rest = divmod(quantized.count("quantize_act_q8x2"), 4 * n_layers + 1)  # steps that launched (not replays)
     assert steps >= 1 and rest == 0 and "rms_norm_quant_x2" not in launched
-    launched.clear()
-    quantized.clear()
-    fused = run(True)
+    fused, launched, quantized = run(True)
     assert launched.count("rms_norm_quant_x2") == steps * (2 * n_layers + 1)
     assert launched.count("silu_mul_quant_x2") == steps * n_layers
     assert not {"add_f32", "take_rows_f32"} & set(launched)  # decode steps: every residual add goes into a norm
@@ -279,18 +269,15 @@ def test_gate_up_silu_mul_in_one_launch_leaves_logits_unchanged(config):
     g, be, gpu, rng, _ = _prefilled_tiny(6, 6, 1, "f16", max_seqs=2)
     be.mm.glu_config = config
     tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
-    launched, fns = _record_launches(be)
 
-    def run(fuse: bool) -> np.ndarray:
+    def run(fuse: bool) -> tuple[np.ndarray, list[str], list[str]]:
         be.fuse_glu = fuse
         return _decode_steps(be, gpu, tokens)
 
-    apart = run(False)
+    apart, launched, fns = run(False)
     steps = launched.count("silu_mul_quant_x2") // g.hparams.n_layers
     assert steps >= 1 and not any(f.startswith("matmul_dec_glu") for f in fns)
-    launched.clear()
-    fns.clear()
-    fused = run(True)
+    fused, launched, fns = run(True)
     assert "silu_mul_quant_x2" not in launched
     assert fns.count(f"matmul_dec_glu_q4_k_{config}") == steps * g.hparams.n_layers
     assert be.graph_replays > 0

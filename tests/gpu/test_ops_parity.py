@@ -12,8 +12,6 @@ comparison. Tolerances (max |cuda - numpy| / max |numpy| unless stated):
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -23,6 +21,7 @@ from service.backends.base import SeqChunk, StepBatch  # noqa: E402
 from service.backends.kv_layout import KVLayout  # noqa: E402
 from service.backends.numpy_backend import NumpyBackend  # noqa: E402
 from service.model.gguf_file import RopeConfig  # noqa: E402
+from tests.conftest import kernel_launches  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -239,18 +238,6 @@ def test_attention_with_fused_rope(cuda_be, rng, dtype, rope, kernel):
     assert worst < ((1e-4 if dtype == "f16" else 1e-3) if kernel == "split" else MMA_TOL[dtype]), worst
 
 
-@contextlib.contextmanager
-def _launches(cuda_be):
-    """The names of the kernels cuda_be launches inside the block, in order (a list, filled as they launch)."""
-    launched: list[str] = []
-    real_launch = cuda_be._launch
-    cuda_be._launch = lambda module, name, *a: (launched.append(name), real_launch(module, name, *a))[1]
-    try:
-        yield launched
-    finally:
-        cuda_be._launch = real_launch
-
-
 @pytest.mark.parametrize("dtype", ["f16", "q8"])
 @pytest.mark.parametrize("rope", [ROPES[0], ROPES[2], ROPES[3]], ids=["normal", "partial", "llama3"])
 @pytest.mark.parametrize("hd,n_heads,n_kv", [(128, 4, 4), (64, 8, 2)], ids=["hd128-g1", "hd64-g4"])
@@ -267,7 +254,7 @@ def test_decode_attention_rotates_q_and_k_itself(cuda_be, rng, dtype, rope, hd, 
         worst = {}
         for fuse in (True, False):
             cuda_be.fuse_rope = fuse
-            with _launches(cuda_be) as launched:
+            with kernel_launches(cuda_be) as (launched, _):
                 worst[fuse] = _run_scenario(cuda_be, np.random.default_rng(5), steps, layout, n_heads, rope=rope)
             decode_launches = len(steps) - 1  # every step after the prefill
             rotations = sum(n.startswith(("rope_qk", "kv_stage")) for n in launched)
@@ -298,7 +285,7 @@ def test_short_context_decode_attention_in_clusters(cuda_be, rng, dtype, hd, n_h
     longest = [11, 101, 251, 601]  # keys of the longest row of each decode step
     cuda_be.short_keys = short_keys
     try:
-        with _launches(cuda_be) as launched:
+        with kernel_launches(cuda_be) as (launched, _):
             worst = _with_prefill_kernel(cuda_be, "split",
                                          lambda: _run_scenario(cuda_be, rng, steps, layout, n_heads, rope=ROPES[0]))
     finally:
