@@ -101,6 +101,16 @@ def dummy_7b_model():
     return be, LlamaModel(g, be)
 
 
+def prefill(model, rng: np.random.Generator, slot: int, n: int, max_positions: int) -> int:
+    """Sequence `slot` prefilled with n random tokens (chunks of up to 512); returns the greedy token after them."""
+    vocab = model.hp.vocab_size
+    for a in range(0, n, 512):
+        m = min(512, n - a)
+        out = model.forward(StepBatch(rng.integers(0, vocab, m).astype(np.int32), (SeqChunk(slot, a, m),),
+                                      max_positions))
+    return int(np.argmax(out[0]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", nargs="+", default=["nopdl", "pdl"])
@@ -113,24 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     be, model = dummy_7b_model()
     cuda = be.rt._cuda
-    vocab = model.hp.vocab_size
     maxpos = 2048 + 64
     scenarios = args.scenarios.split(",")
     deep = [sc for sc in scenarios if sc.startswith("d")]
     n_slots = max([1 + len(deep)] + [int(sc[1:]) for sc in scenarios if sc.startswith("s")])
     kv = model.alloc_kv(model.kv_layout(slots=n_slots, max_positions=maxpos, sink_tokens=4, dtype="f16"))
 
-    def prefill(slot: int, n: int) -> int:
-        for a in range(0, n, 512):
-            m = min(512, n - a)
-            out = model.forward(StepBatch(rng.integers(0, vocab, m).astype(np.int32), (SeqChunk(slot, a, m),), maxpos))
-        return int(np.argmax(out[0]))
-
     batches = {}
     for sc in scenarios:  # b1: one sequence at depth 16; d<D>: one at depth D; s<N>: N sequences at depth 512
         slots = [0] if sc == "b1" else [1 + deep.index(sc)] if sc in deep else list(range(int(sc[1:])))
         depth = 16 if sc == "b1" else int(sc[1:]) if sc in deep else 512
-        toks = [prefill(s, depth) for s in slots]
+        toks = [prefill(model, rng, s, depth, maxpos) for s in slots]
         batches[sc] = StepBatch(np.array(toks, np.int32), tuple(SeqChunk(s, depth, 1) for s in slots), maxpos)
 
     graphs: dict[tuple[str, str], object] = {}

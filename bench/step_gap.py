@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.decode_ab import dummy_7b_model  # noqa: E402
+from bench.decode_ab import dummy_7b_model, prefill  # noqa: E402
+from bench.gpu_bench import graph_step_ms  # noqa: E402
 from service.backends.base import SeqChunk, StepBatch  # noqa: E402
 
 
@@ -36,8 +37,6 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(0)
     be, model = dummy_7b_model()
-    cuda = be.rt._cuda
-    vocab = model.hp.vocab_size
     depths = [int(d) for d in args.depths.split(",")]
     maxpos = max(depths) + args.steps + 8
     kv = model.alloc_kv(model.kv_layout(slots=len(depths), max_positions=maxpos, sink_tokens=4, dtype="f16"))
@@ -55,10 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for slot, depth in enumerate(depths):
-        for a in range(0, depth, 512):
-            m = min(512, depth - a)
-            out = model.forward(StepBatch(rng.integers(0, vocab, m).astype(np.int32), (SeqChunk(slot, a, m),), maxpos))
-        b = batch(slot, depth, int(np.argmax(out[0])))
+        b = batch(slot, depth, prefill(model, rng, slot, depth, maxpos))
         prev = None
         for _ in range(3):  # eager, capture, replay
             prev = model.launch_greedy(b, follow=prev)
@@ -89,17 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 p = nxt
             p.result()
 
-        e0, e1 = cuda.Event(), cuda.Event()
         be.begin_step(b)
-        graph.replay()
-        be.begin_step(b)
-        e0.record(be.rt.stream)
-        for _ in range(n):
-            graph.replay()
-        e1.record(be.rt.stream)
-        e1.synchronize()
-        be._dev_meta = None
-        row = {"depth": depth, "replay_events": e1.time_since(e0) / n}
+        graph.replay()  # (warm)
+        row = {"depth": depth, "replay_events": graph_step_ms(be, model, b, reps=n)}
         for name, fn in (("replay", replay), ("+stage", staged), ("+tokens", queued), ("engine", engine)):
             row[name] = min(timed(fn) for _ in range(3))
         rows.append(row)
