@@ -13,9 +13,10 @@ their own (not inside rms_norm / silu_mul: CudaBackend.fuse_quant), norope rotat
 its own (not inside decode attention: CudaBackend.fuse_rope), splitk:<n> gives decode attention's splits at least n
 keys (CudaBackend.split_keys), noshort / short:<n> sends decode steps of contexts up to 0 / n keys (default 192) to
 attention in clusters (CudaBackend.short_keys), noglu launches gate / up and silu_mul apart (not in one
-matmul_dec_glu launch: CudaBackend.fuse_glu), glu:<config> picks that launch's configuration (cuda_matmul.GLU_CONFIGS),
-skip:<prefix>,<prefix> launches no kernel whose name starts with a
-prefix (the outputs are then wrong: it measures what those kernels cost inside the graph, e.g.
+matmul_dec_glu launch: CudaBackend.fuse_glu), glu:<config> picks that launch's configuration
+(cuda_matmul.GLU_CONFIGS), pf:<KB> prefetches that many KB of the weights after each single-matrix decode launch's
+matrix into L2 (CudaMatmul.prefetch_kb; pf:0 none), skip:<prefix>,<prefix> launches no kernel whose name starts with
+a prefix (the outputs are then wrong: it measures what those kernels cost inside the graph, e.g.
 pdl+skip:quantize_act).
 For every scenario (b1: batch 1 at depth 16, d<D>: batch 1 at depth D, s<N>: N sequences at depth 512) one
 decode graph is captured per setting; the graphs are then replayed alternately,
@@ -36,7 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from service.backends.base import SeqChunk, StepBatch  # noqa: E402
-from service.backends.cuda_matmul import DEC_TYPES, GLU_DEFAULT  # noqa: E402
+from service.backends.cuda_matmul import DEC_TYPES, GLU_DEFAULT, PREFETCH_KB  # noqa: E402
 from service.model.llama import LlamaModel  # noqa: E402
 
 MB = 1 << 20
@@ -67,7 +68,7 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nomix, +nofuse,
-    +norope, +noglu, +glu:<config>, +splitk:<n>, +noshort, +short:<n>, +skip:<prefixes> (module docstring)."""
+    +norope, +noglu, +glu:<config>, +pf:<KB>, +splitk:<n>, +noshort, +short:<n>, +skip:<prefixes> (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
     be.mm.dec_mixed = "nomix" not in opts
@@ -78,6 +79,7 @@ def apply(be, setting: str) -> None:
     be.fuse_glu = "noglu" not in opts
     be.mm.glu_config = next((o[4:] for o in opts if o.startswith("glu:")), GLU_DEFAULT)
     be.split_keys = next((int(o[7:]) for o in opts if o.startswith("splitk:")), 64)
+    be.mm.prefetch_kb = next((int(o[3:]) for o in opts if o.startswith("pf:")), PREFETCH_KB)
     be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)
     skip = next((o[5:] for o in opts if o.startswith("skip:")), "")

@@ -333,6 +333,43 @@ def test_decode_kernel_shares_its_input_and_replays(gpu, variant) -> None:
 
 
 @pytest.mark.gpu
+def test_decode_prefetch_of_the_next_weights_changes_no_output(gpu) -> None:
+    """CudaMatmul.prefetch_kb: a single-matrix decode launch of a weight followed by that many KB inside its slab goes
+    through the entry's "f" twin, which prefetches them into L2 when its blocks finish; every configuration gives the
+    same bits with and without it. No prefetch where the window would leave the slab, or for a weight of its own."""
+    from service.backends.cuda_matmul import DEC_VARIANTS, PREFETCH_ENTRIES
+
+    rt, _ = gpu
+    mm = CudaMatmul(rt, int8x2=True)
+    rng = np.random.default_rng(404)
+    ts = [random_weight(T.Q4_K, N, K, rng), random_weight(T.Q6_K, N, K, rng)]
+    size = sum(t.data.nbytes + 4096 for t in ts)  # both uploads, their regions aligned (< 1 MB of slack)
+    slab = rt.reserve("weights", size, "test.prefetch", open_for_alloc=True)
+    alone = None
+    try:
+        ws_ = [mm.upload(t) for t in ts]
+        rt.close("weights")
+        alone = mm.upload(ts[0])
+        assert ws_[0].buffer.slab is slab and ws_[1].buffer.slab is slab and alone.buffer.slab is None
+        mm.prefetch_kb = 1024
+        nxt = [mm._next_weights(w) for w in ws_ + [alone]]
+        assert nxt == [ws_[1].buffer.ptr, 0, 0], nxt  # 3.4 MB of Q6_K after the first, the slab's end after that
+        x = rng.standard_normal((1, K)).astype(np.float32)  # (1, K)
+        for w in ws_:
+            for v in DEC_VARIANTS[w.suffix]:
+                mm.prefetch_kb = 0
+                plain = _matmul_twice(rt, mm, x, w, (v, "plain"), variant=f"dec:{v}")
+                mm.prefetch_kb = 1024
+                fetched = _matmul_twice(rt, mm, x, w, (v, "prefetch"), variant=f"dec:{v}")
+                assert np.array_equal(plain, fetched), v
+        assert {n + "f" for n in PREFETCH_ENTRIES if n.startswith("matmul_dec_q4_k")} <= set(mm._fns)
+    finally:
+        if alone is not None:
+            rt.free(alone.buffer)
+        rt.release(slab)
+
+
+@pytest.mark.gpu
 def test_decode_kernel_mixed_types_in_one_launch(gpu) -> None:
     """One or two Q4_K and one Q6_K matrix sharing a decode row (a Q4_K_M layer's Q, K, V) take one DEC_MIXED launch
     (CudaMatmul.dec_mixed): the same bits as a launch per type, within 1e-4 of float64 on the same two-pass rounding
