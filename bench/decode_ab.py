@@ -68,7 +68,8 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nomix, +nofuse,
-    +norope, +noglu, +glu:<config>, +pf:<KB>, +splitk:<n>, +noshort, +short:<n>, +skip:<prefixes> (module docstring)."""
+    +norope, +noglu, +glu:<config>, +pf:<KB>, +splitk:<n>, +noshort, +short:<n>, +skip:<prefixes>
+    (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
     be.mm.dec_mixed = "nomix" not in opts

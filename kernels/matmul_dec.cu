@@ -535,10 +535,11 @@ __device__ __forceinline__ void dec_glu_body(const uint8_t* qg, float* og, const
 
 }  // namespace
 
-// The entries ending in "f" (cuda_matmul.PREFETCH_ENTRIES) take one matrix, and W_2's slot names weights to
-// prefetch into L2 instead: q2 their start, N2 their kilobytes. Each block, when it is done, prefetches its share
-// from one thread (cuda_matmul.CudaMatmul.prefetch_kb: an output or down projection, whose successor after the norm
-// reads the weights that follow it in memory). The other entries are left exactly as they were.
+// The entries ending in "f" (cuda_matmul.PREFETCH_ENTRIES) are twins of the default configurations for one matrix,
+// with two more arguments: pf, pf_kb name weights to prefetch into L2. Each block, when it is done, prefetches its
+// share of them from one thread (cuda_matmul.CudaMatmul.prefetch_kb: the weights that follow an output or down
+// projection in memory, which the matmul after the next norm reads). The entries without the "f" are the same code
+// as before the twins were added.
 __device__ __forceinline__ void prefetch_next(const uint8_t* next, int kb) {
     if (next == nullptr || kb <= 0 || threadIdx.x != 0) return;
     const unsigned share = ((static_cast<unsigned>(kb) << 10) / gridDim.x + 15) & ~15u;
@@ -550,34 +551,44 @@ __device__ __forceinline__ void prefetch_next(const uint8_t* next, int kb) {
     const uint8_t *q0, const uint8_t *s0, float *o0, int N0, const uint8_t *q1, const uint8_t *s1, float *o1,  \
         int N1, const uint8_t *q2, const uint8_t *s2, float *o2, int N2, int K, const int8_t *xd,             \
         const float2 *dsd, const int *xs16, int Kp
-#define DEC_ENTRY_(NAME, RT, PF)                                                                              \
-    extern "C" __global__ void __launch_bounds__(128) NAME(DEC_ARGS) {                                        \
-        /* a group of 4 RT rows per block */                                                                  \
-        const Group g = group_of<WARPS * RT>(blockIdx.x, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2,          \
-                                             PF ? 0 : N2);                                                    \
-        dec_body<RT>(g.q, g.out, g.N, K, g.row0, xd, reinterpret_cast<const float4*>(dsd), Kp);               \
-        if (PF) prefetch_next(q2, N2);                                                                        \
+#define PF_ARGS const uint8_t *pf, int pf_kb
+#define DEC_BODY(RT)                                                                                          \
+    /* a group of 4 RT rows per block */                                                                      \
+    const Group g = group_of<WARPS * RT>(blockIdx.x, q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2);         \
+    dec_body<RT>(g.q, g.out, g.N, K, g.row0, xd, reinterpret_cast<const float4*>(dsd), Kp);
+#define DEC_ENTRY(RT)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128) matmul_dec_q4_k_r##RT##p1(DEC_ARGS) { DEC_BODY(RT) }
+#define DEC_ENTRY_PF(RT)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128) matmul_dec_q4_k_r##RT##p1f(DEC_ARGS, PF_ARGS) {         \
+        DEC_BODY(RT)                                                                                          \
+        prefetch_next(pf, pf_kb);                                                                             \
     }
-#define DEC_ENTRY(RT) DEC_ENTRY_(matmul_dec_q4_k_r##RT##p1, RT, false)
-#define DEC_PIPE_ENTRY_(NAME, WA, WB, RT, STAGES, MIN_BLOCKS, PF)                                             \
-    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(DEC_ARGS) {                            \
-        dec_pipe_body<WA, WB, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, PF ? 0 : N2, K, xd,     \
-                                          reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), \
-                                          Kp);                                                                \
-        if (PF) prefetch_next(q2, N2);                                                                        \
-    }
+#define DEC_PIPE_BODY(WA, WB, RT, STAGES, N1, N2)                                                             \
+    dec_pipe_body<WA, WB, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,                  \
+                                      reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), Kp);
 #define DEC_PIPE_ENTRY2(suffix, WA, WB, RT, STAGES, MIN_BLOCKS)                                               \
-    DEC_PIPE_ENTRY_(matmul_dec_##suffix##_r##RT##s##STAGES, WA, WB, RT, STAGES, MIN_BLOCKS, false)
-#define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS) DEC_PIPE_ENTRY2(suffix, W, W, RT, STAGES, MIN_BLOCKS)
-#define DEC_K2_ENTRY_(NAME, W, RT, STAGES, MIN_BLOCKS, PF)                                                    \
-    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) NAME(DEC_ARGS) {                            \
-        dec_pipe_k2_body<W, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, PF ? 0 : N2, K, xd,       \
-                                        reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), \
-                                        Kp);                                                                  \
-        if (PF) prefetch_next(q2, N2);                                                                        \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
+        matmul_dec_##suffix##_r##RT##s##STAGES(DEC_ARGS) { DEC_PIPE_BODY(WA, WB, RT, STAGES, N1, N2) }
+// (W_2 taken as empty: compiled so, the r2s2 twins fit their cap of 96 registers; walking three matrices, they spill)
+#define DEC_PIPE_ENTRY_PF(suffix, W, RT, STAGES, MIN_BLOCKS)                                                  \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
+        matmul_dec_##suffix##_r##RT##s##STAGES##f(DEC_ARGS, PF_ARGS) {                                        \
+        DEC_PIPE_BODY(W, W, RT, STAGES, N1, 0)                                                                \
+        prefetch_next(pf, pf_kb);                                                                             \
     }
+#define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS) DEC_PIPE_ENTRY2(suffix, W, W, RT, STAGES, MIN_BLOCKS)
+#define DEC_K2_BODY(W, RT, STAGES)                                                                            \
+    dec_pipe_k2_body<W, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,                    \
+                                    reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), Kp);
 #define DEC_K2_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS)                                                       \
-    DEC_K2_ENTRY_(matmul_dec_##suffix##_r##RT##k2s##STAGES, W, RT, STAGES, MIN_BLOCKS, false)
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
+        matmul_dec_##suffix##_r##RT##k2s##STAGES(DEC_ARGS) { DEC_K2_BODY(W, RT, STAGES) }
+#define DEC_K2_ENTRY_PF(suffix, W, RT, STAGES, MIN_BLOCKS)                                                    \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
+        matmul_dec_##suffix##_r##RT##k2s##STAGES##f(DEC_ARGS, PF_ARGS) {                                      \
+        DEC_K2_BODY(W, RT, STAGES)                                                                            \
+        prefetch_next(pf, pf_kb);                                                                             \
+    }
 
 // cuda_matmul.DEC_VARIANTS
 DEC_ENTRY(1)
@@ -593,12 +604,12 @@ DEC_K2_ENTRY(q4_k, DecQ4K, 2, 2, 4)
 DEC_K2_ENTRY(q6_k, DecQ6K, 2, 2, 3)
 // W_0, W_1 Q4_K and W_2 Q6_K (a Q4_K_M layer's Q, K and V): cuda_matmul.DEC_MIXED
 DEC_PIPE_ENTRY2(q4_k_q6_k, DecQ4K, DecQ6K, 2, 2, 4)
-// the default configurations (cuda_matmul.DEC_CONFIG) with the prefetch: cuda_matmul.PREFETCH_ENTRIES
-DEC_ENTRY_(matmul_dec_q4_k_r4p1f, 4, true)
-DEC_PIPE_ENTRY_(matmul_dec_q4_k_r2s2f, DecQ4K, DecQ4K, 2, 2, 5, true)
-DEC_PIPE_ENTRY_(matmul_dec_q6_k_r2s2f, DecQ6K, DecQ6K, 2, 2, 5, true)
-DEC_K2_ENTRY_(matmul_dec_q6_k_r2k2s2f, DecQ6K, 2, 2, 3, true)
-DEC_K2_ENTRY_(matmul_dec_q4_k_r2k2s2f, DecQ4K, 2, 2, 4, true)
+// the prefetching twins of the default configurations (cuda_matmul.DEC_CONFIG): PREFETCH_ENTRIES
+DEC_ENTRY_PF(4)
+DEC_PIPE_ENTRY_PF(q4_k, DecQ4K, 2, 2, 5)
+DEC_PIPE_ENTRY_PF(q6_k, DecQ6K, 2, 2, 5)
+DEC_K2_ENTRY_PF(q4_k, DecQ4K, 2, 2, 4)
+DEC_K2_ENTRY_PF(q6_k, DecQ6K, 2, 2, 3)
 
 // gate / up + silu + quantization (dec_glu_body): cuda_matmul.GLU_CONFIGS, w<W>s<STAGES>. hq: h's quantization (xq,
 // xds, xd, dsd, xs16 of an N-wide row, Kp of N)

@@ -73,13 +73,15 @@ DEC_MIXED = "matmul_dec_q4_k_q6_k_r2s2"
 DEC_TYPES = frozenset(DEC_CONFIG)
 DEC_BLOCK_BYTES = {"q4_k": 144, "q6_k": 208}  # bytes per 256 values of the copied rows
 DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
-# entries with a twin "<name>f" that takes one matrix and prefetches the weights named in W_2's slot into L2 when its
-# blocks are done (kernels/matmul_dec.cu, prefetch_next; CudaMatmul.prefetch_kb)
-PREFETCH_ENTRIES = frozenset(f"matmul_dec_{c}" for c in ("q4_k_r4p1", "q4_k_r2s2", "q6_k_r2s2", "q6_k_r2k2s2",
-                                                          "q4_k_r2k2s2"))
-# H200, bench/decode_ab.py, the batch-1 step at depth 16 / 100 / 2048 against none (two processes): 2 MB -0.3 / -0.3 /
-# -0.5 %, 4 MB -1.0..-1.2 / -0.8..-0.9 / -1.2..-1.3 %, 6 MB -1.1..-1.2 / -1.0..-1.2 / -1.2 %; an earlier build (its flag
-# in Kp's low bits) 8 MB -1.3 % and 16 MB +2.0 % against 4 MB's -2.0 %
+# Entries with a twin "<name>f" for one matrix that also prefetches weights into L2 when its blocks are done
+# (kernels/matmul_dec.cu, prefetch_next; CudaMatmul.prefetch_kb): the weights after an output or down projection, which
+# the matmul after the next norm reads. H200, bench/decode_ab.py, the batch-1 step at depth 16 / 100 / 2048 against
+# none (two processes each): 2 MB -0.3 / -0.3 / -0.5 %; 4 MB -1.0..-1.4 / -0.8..-1.2 / -1.1..-1.3 %; 6 MB -1.1..-1.2
+# / -1.0..-1.2 / -1.2 %; an earlier build (its flag in Kp's low bits) 8 MB -1.3 % and 16 MB +2.0 % against 4 MB's
+# -2.0 %. The same after Q / K / V (the output projection's weights) and after gate / up (the down projection's) with
+# twins of DEC_MIXED and the glu entry: +0.2..+0.5 % and -0.3..0.0 % against 4 MB after single matrices alone.
+PREFETCH_ENTRIES = frozenset(f"matmul_dec_{c}" for c in ("q4_k_r4p1", "q4_k_r2s2", "q6_k_r2s2", "q4_k_r2k2s2",
+                                                          "q6_k_r2k2s2"))
 PREFETCH_KB = 4096
 # gate and up of a Q4_K_M feed-forward with silu and the quantization of its output in one launch
 # (matmul_dec_glu_q4_k_w<W>s<STAGES>: blocks of W warps, STAGES groups of 2 rows in flight a warp; CudaMatmul.dec_glu):
@@ -223,8 +225,7 @@ class CudaMatmul:
         self.dec_types = DEC_TYPES  # the types it takes (benchmark: a subset)
         self.glu_config = GLU_DEFAULT  # matmul_dec_glu_q4_k_<config> (dec_glu)
         # KB of the weights that follow a single-matrix decode launch's matrix in its slab, prefetched into L2 by the
-        # launch's blocks when they are done (PREFETCH_ENTRIES): the matmul after the norm that follows an output or
-        # down projection reads them. 0: none.
+        # launch's blocks when they are done (PREFETCH_ENTRIES). 0: none.
         self.prefetch_kb = PREFETCH_KB
         # True: the two-pass quantizer writing the decode copy lets its dependent (the decode kernel, which starts its
         # weight copies before its own wait) launch before the quantizer's own PDL wait (kernels/quantize_act.cu).
@@ -565,15 +566,13 @@ class CudaMatmul:
             shared = stages * DEC_WARPS * (rpb // (DEC_WARPS // 2)) * half_blocks * row_bytes
         nxt = self._next_weights(w0) if len(members) == 1 and name in PREFETCH_ENTRIES else 0
         if nxt:
-            name += "f"  # W_2's slot: the prefetch
-            members = members + [None] * (MULTI_MAX - 2) + [(None, nxt)]
-        fn = self._shared_fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi", shared, allow_all=True)
+            name += "f"  # the twin that prefetches
+        fn = self._shared_fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi" + ("Pi" if nxt else ""), shared,
+                             allow_all=True)
         args: list[Any] = []
         blocks = 0
         for i in range(MULTI_MAX):
-            if i < len(members) and members[i] is not None and members[i][0] is None:  # the prefetch
-                args += [members[i][1], 0, 0, np.int32(self.prefetch_kb)]
-            elif i < len(members) and members[i] is not None:
+            if i < len(members) and members[i] is not None:
                 w, o = members[i]
                 args += [w.q_ptr, w.s_ptr, o, np.int32(w.n)]
                 blocks += (w.n + rpb - 1) // rpb
@@ -583,11 +582,13 @@ class CudaMatmul:
             blocks = min(blocks, self.rt.sm_count * self._resident_blocks(name, fn, DEC_WARPS, shared))
         xd, dsd, xs16 = self._dec_parts(workspace_ptr, w0.k)
         args += [np.int32(w0.k), xd, dsd, xs16, np.int32(self.dec_kp(w0.k))]
+        if nxt:
+            args += [nxt, np.int32(self.prefetch_kb)]
         fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args, shared_size=shared)
 
     def _next_weights(self, w: DeviceWeight) -> int:
-        """Where the prefetch_kb KB after w's allocation start (the next buffer carved from its slab), or 0: no
-        prefetch asked, w not in a slab, or the window would leave it."""
+        """Where the prefetch_kb KB after w start (the next buffer carved from its slab), or 0: no prefetch asked, w
+        not in a slab, or the window would leave it."""
         slab = getattr(w.buffer, "slab", None)
         if not self.prefetch_kb or slab is None:
             return 0

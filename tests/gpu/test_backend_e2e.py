@@ -284,6 +284,32 @@ def test_gate_up_silu_mul_in_one_launch_leaves_logits_unchanged(config):
     np.testing.assert_array_equal(fused, apart)
 
 
+def test_weight_prefetch_leaves_logits_unchanged():
+    """CudaMatmul.prefetch_kb: with the weights in one slab (as the loader reserves it), the output and down
+    projections' decode launches prefetch the weights that follow them into L2 through their "f" twins: bit-identical
+    logits over eager steps and graph replays, and the twins are what ran."""
+    from service.model.dummy import dummy_gguf_model
+
+    g = dummy_gguf_model("tiny", seed=7)
+    be = _cuda_backend(max_rows=64, max_seqs=2)
+    be.reserve_weights(g)
+    gpu = LlamaModel(g, be)
+    gpu.alloc_kv(gpu.kv_layout(slots=1, max_positions=48, sink_tokens=4, dtype="f16"))
+    rng = np.random.default_rng(7)
+    V = g.hparams.vocab_size
+    gpu.forward(StepBatch(rng.integers(0, V, 9).astype(np.int32), (SeqChunk(0, 0, 9),), 48))
+    tokens = rng.integers(0, V, 6).astype(np.int32)
+    be.mm.prefetch_kb = 0
+    plain, _, fns = _decode_steps(be, gpu, tokens)
+    assert not any(f.startswith("matmul_dec") and f.endswith("f") for f in fns)
+    be.mm.prefetch_kb = 16  # (the tiny model's tensors are small: a window that stays inside the slab)
+    fetched, _, fns = _decode_steps(be, gpu, tokens)
+    twins = {f for f in fns if f.startswith("matmul_dec") and f.endswith("f")}
+    assert twins, fns
+    assert be.graph_replays > 0
+    np.testing.assert_array_equal(fetched, plain)
+
+
 def test_greedy_steps_chain_on_the_device():
     """launch_greedy: each step's argmax is taken on the device and, with follow, read by the next step from where
     it was left (the host never sends the tokens back). Queued one ahead (step n + 1 launched before step n's
