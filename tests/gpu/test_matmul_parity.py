@@ -336,14 +336,15 @@ def test_decode_kernel_shares_its_input_and_replays(gpu, variant) -> None:
 def test_decode_prefetch_of_the_next_weights_changes_no_output(gpu) -> None:
     """CudaMatmul.prefetch_kb: a single-matrix decode launch of a weight followed by that many KB inside its slab goes
     through the entry's "f" twin, which prefetches them into L2 when its blocks finish; every configuration gives the
-    same bits with and without it. No prefetch where the window would leave the slab, or for a weight of its own."""
+    same bits with and without it, and every twin ran. No prefetch where the window would leave the slab, or for a
+    weight of its own."""
     from service.backends.cuda_matmul import DEC_VARIANTS, PREFETCH_ENTRIES
 
     rt, _ = gpu
     mm = CudaMatmul(rt, int8x2=True)
     rng = np.random.default_rng(404)
     ts = [random_weight(T.Q4_K, N, K, rng), random_weight(T.Q6_K, N, K, rng)]
-    size = sum(t.data.nbytes + 4096 for t in ts)  # both uploads, their regions aligned (< 1 MB of slack)
+    size = sum(t.data.nbytes + 4096 for t in ts) + (2 << 20)  # both uploads (regions aligned), then 2 MB more
     slab = rt.reserve("weights", size, "test.prefetch", open_for_alloc=True)
     alone = None
     try:
@@ -351,9 +352,11 @@ def test_decode_prefetch_of_the_next_weights_changes_no_output(gpu) -> None:
         rt.close("weights")
         alone = mm.upload(ts[0])
         assert ws_[0].buffer.slab is slab and ws_[1].buffer.slab is slab and alone.buffer.slab is None
+        mm.prefetch_kb = 64 << 10  # more than the slab holds after either
+        assert [mm._next_weights(w) for w in ws_ + [alone]] == [0, 0, 0]
         mm.prefetch_kb = 1024
-        nxt = [mm._next_weights(w) for w in ws_ + [alone]]
-        assert nxt == [ws_[1].buffer.ptr, 0, 0], nxt  # 3.4 MB of Q6_K after the first, the slab's end after that
+        end = ws_[1].buffer.ptr + ws_[1].buffer.nbytes
+        assert [mm._next_weights(w) for w in ws_ + [alone]] == [ws_[1].buffer.ptr, end + -end % 256, 0]
         x = rng.standard_normal((1, K)).astype(np.float32)  # (1, K)
         for w in ws_:
             for v in DEC_VARIANTS[w.suffix]:
