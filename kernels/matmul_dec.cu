@@ -608,7 +608,6 @@ DEC_PIPE_ENTRY2(q4_k_q6_k, DecQ4K, DecQ6K, 2, 2, 4)
 DEC_ENTRY_PF(4)
 DEC_PIPE_ENTRY_PF(q4_k, DecQ4K, 2, 2, 5)
 DEC_PIPE_ENTRY_PF(q6_k, DecQ6K, 2, 2, 5)
-DEC_K2_ENTRY_PF(q4_k, DecQ4K, 2, 2, 4)
 DEC_K2_ENTRY_PF(q6_k, DecQ6K, 2, 2, 3)
 
 // gate / up + silu + quantization (dec_glu_body): cuda_matmul.GLU_CONFIGS, w<W>s<STAGES>. hq: h's quantization (xq,

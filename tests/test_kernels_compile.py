@@ -83,26 +83,29 @@ def test_every_vector_configuration_the_launcher_picks_is_compiled() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 def test_every_decode_configuration_is_compiled() -> None:
-    """DEC_CONFIG, the benchmark's DEC_VARIANTS, DEC_MIXED and GLU_CONFIGS name entries of matmul_dec.cu, with no
-    spills."""
+    """DEC_CONFIG, the benchmark's DEC_VARIANTS, DEC_MIXED, GLU_CONFIGS and the prefetching twins of the default
+    configurations (PREFETCH_ENTRIES) name entries of matmul_dec.cu, with no spills."""
     from gguf import GGMLQuantizationType as T
 
     from service.backends.cuda_matmul import (DEC_CONFIG, DEC_MIXED, DEC_TYPES, DEC_VARIANTS, GLU_CONFIGS,
-                                              GLU_DEFAULT, CudaMatmul, DeviceWeight)
+                                              GLU_DEFAULT, PREFETCH_ENTRIES, CudaMatmul, DeviceWeight)
 
     rc, stderr, _ = _compile(os.path.join(KERNEL_DIR, "matmul_dec.cu"))
     assert rc == 0, stderr[-4000:]
     compiled = set(re.findall(r"Compiling entry function '(\w+)'", stderr))
     assert DEC_TYPES == {"q4_k", "q6_k"} == set(DEC_VARIANTS)
-    wanted = set()
+    wanted, defaults = set(), set()
     for ggml_type in (T.Q4_K, T.Q6_K):
         w = DeviceWeight("w", ggml_type, 1, 256, 0, 0, 0, 0)
         assert all(c is None or c in DEC_VARIANTS[w.suffix] for c in DEC_CONFIG[w.suffix])
         names = {CudaMatmul.dec_kernel(w, f"dec:{v}")[0] for v in DEC_VARIANTS[w.suffix]}
         assert len(names) == len(DEC_VARIANTS[w.suffix])  # each configuration its own entry
-        wanted |= names | {CudaMatmul.dec_kernel(w)[0]}
+        wanted |= names
+        defaults |= {CudaMatmul.dec_kernel(DeviceWeight("w", ggml_type, 1, k, 0, 0, 0, 0))[0] for k in (256, 8192)}
     assert GLU_DEFAULT in GLU_CONFIGS
-    assert wanted | {DEC_MIXED} | {f"matmul_dec_glu_q4_k_{c}" for c in GLU_CONFIGS} == compiled
+    assert defaults == PREFETCH_ENTRIES  # a twin for every default configuration
+    twins = {f"{n}f" for n in PREFETCH_ENTRIES}
+    assert wanted | twins | {DEC_MIXED} | {f"matmul_dec_glu_q4_k_{c}" for c in GLU_CONFIGS} == compiled
 
 
 @functools.lru_cache(maxsize=None)

@@ -226,6 +226,8 @@ class CudaBackend:
         self.fuse_rope = True
         # fewest keys per split of decode attention: each split beyond a row's first costs the merge of partial states
         self.split_keys = 64
+        # blocks per SM decode attention's split grid aims at (n_splits)
+        self.split_blocks_per_sm = 8
         # decode steps whose rows have at most short_keys keys each (0: none) take attention in one cluster of
         # ATT_CLUSTER splits per (row, kv head), merged through distributed shared memory (attention_split_rope_c4_*),
         # not the grid sized for the longest context the ring holds; their CUDA graphs are captured apart. (At
@@ -630,7 +632,7 @@ class CudaBackend:
         """Key-range splits of attention's grid: ~8 blocks per SM (loads in flight), at least split_keys keys per
         split of the longest context the graph may see. Each row uses only as many as its own keys fill at
         split_keys each (kernels/kv_common.cuh, active_splits), so a short context is not spread over the grid."""
-        want = math.ceil(8 * self.rt.sm_count / max(1, T * n_kv_heads))
+        want = math.ceil(self.split_blocks_per_sm * self.rt.sm_count / max(1, T * n_kv_heads))
         return max(1, min(want, math.ceil((max_positions + T) / self.split_keys), ATT_MAX_SPLITS))
 
     def _partial_bufs(self, n_heads: int, head_dim: int, max_positions: int,
@@ -638,7 +640,7 @@ class CudaBackend:
         """Split-K partials for the worst step this model shape can take (sized once per shape), and the counters of
         finished splits per (row, kv head) and of merged rows per (sequence, kv head), zero between launches
         (attention_split resets what it counts)."""
-        key = (n_heads, head_dim, max_positions, n_kv_heads, self.split_keys)
+        key = (n_heads, head_dim, max_positions, n_kv_heads, self.split_keys, self.split_blocks_per_sm)
         if self._partials.get("key") != key:
             worst = max(T * self.n_splits(T, n_kv_heads, max_positions) for T in range(1, self.max_rows + 1))
             need = worst * n_heads
