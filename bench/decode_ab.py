@@ -13,7 +13,8 @@ their own (not inside rms_norm / silu_mul: CudaBackend.fuse_quant), norope rotat
 its own (not inside decode attention: CudaBackend.fuse_rope), splitk:<n> gives decode attention's splits at least n
 keys (CudaBackend.split_keys), attsm:<n> sizes its grid for n blocks per SM (CudaBackend.split_blocks_per_sm; list
 the setting with the most splits first: a larger grid reallocates the partial states under the graphs captured
-before), noshort / short:<n> sends decode steps of contexts up to 0 / n keys (default 192) to
+before), halffrom:<n> the keys from which a row takes at least half of that grid (CudaBackend.split_half_from; 0:
+never), noshort / short:<n> sends decode steps of contexts up to 0 / n keys (default 192) to
 attention in clusters (CudaBackend.short_keys), noglu launches gate / up and silu_mul apart (not in one
 matmul_dec_glu launch: CudaBackend.fuse_glu), glu:<config> picks that launch's configuration
 (cuda_matmul.GLU_CONFIGS), pf:<KB> prefetches that many KB of the weights after each single-matrix decode launch's
@@ -83,6 +84,7 @@ def apply(be, setting: str) -> None:
     be.mm.glu_config = next((o[4:] for o in opts if o.startswith("glu:")), GLU_DEFAULT)
     be.split_keys = next((int(o[7:]) for o in opts if o.startswith("splitk:")), 64)
     be.split_blocks_per_sm = next((int(o[6:]) for o in opts if o.startswith("attsm:")), 8)
+    be.split_half_from = next((int(o[9:]) for o in opts if o.startswith("halffrom:")), 512)
     be.mm.prefetch_kb = next((int(o[3:]) for o in opts if o.startswith("pf:")), PREFETCH_KB)
     be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)

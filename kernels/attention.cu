@@ -263,7 +263,7 @@ template <int HD, int G, int KVT, bool ROPE, int C>
 __device__ void attention_split(const float* __restrict__ q, const float* __restrict__ q_sink, StepMeta meta,
                                 void* ring_k, void* ring_v, __half* ring_ks, __half* ring_vs, NewKV nw, SplitOut o,
                                 int n_kv_heads, int sinks, int window, int max_positions, float scale,
-                                int split_keys) {
+                                int split_keys, int half_from) {
     constexpr int LPK = HD / 8;                 // lanes per key
     constexpr int GROUPS = ATT_THREADS / LPK;   // keys in flight per block per iteration
     struct Merge {
@@ -286,7 +286,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     const int p = c + (t - r0);
     const int valid = c < max_positions ? c : max_positions;
     const int nk = valid + (t - r0) + 1;
-    const int n_active = active_splits(nk, n_splits, split_keys);
+    const int n_active = active_splits(nk, n_splits, split_keys, half_from);
     // a short context: fewer splits than the grid has (the combine reads n_active). In a cluster launch the idle
     // blocks stay, without keys, for the cluster's barriers (unless the row is on one split: no merge).
     if (sp >= n_active && (C == 1 || n_active == 1)) return;
@@ -581,12 +581,13 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         const float* __restrict__ raw_v, const float4* __restrict__ rope, int n_rot, float* __restrict__ part_ml, float* __restrict__ part_acc, int* __restrict__ done,            \
         float* __restrict__ out, int n_kv_heads, int sinks, int window, int max_positions, float scale,         \
         int8_t* __restrict__ xq, float2* __restrict__ xds, int8_t* __restrict__ xd, float2* __restrict__ dsd,    \
-        int* __restrict__ xs16, int Kp, int split_keys) {                                                      \
+        int* __restrict__ xs16, int Kp, int split_keys, int half_from) {                                       \
         const SplitOut o{part_ml, part_acc, done, out,                                                          \
                          RowQuant{xq, xds, xd, dsd, xs16, n_kv_heads * G * HD, Kp}};                             \
         attention_split<HD, G, KVT, ROPE, C>(q, q_sink, meta, ring_k, ring_v, ring_ks, ring_vs,                 \
                                              NewKV{new_k, new_v, new_ks, new_vs, raw_k, raw_v, rope, n_rot}, o,    \
-                                             n_kv_heads, sinks, window, max_positions, scale, split_keys);         \
+                                             n_kv_heads, sinks, window, max_positions, scale, split_keys,          \
+                                             half_from);                                                           \
     }
 
 // attention_split_<HD>_<G>_<kv>: new keys staged; attention_split_rope_<HD>_<G>_<kv>: q and the new k rotated here;

@@ -49,9 +49,12 @@ __device__ __forceinline__ int ring_position(int j, int c, int sinks, int window
 
 // Key splits a row of nk keys uses out of the n_splits of split-K attention's grid (sized for the longest context
 // the step could have): at least split_keys keys each (CudaBackend.split_keys), so a short context is not spread
-// thin (each split beyond one costs the merge of partial states).
-__device__ __forceinline__ int active_splits(int nk, int n_splits, int split_keys) {
-    return max(1, min(n_splits, (nk + split_keys - 1) / split_keys));
+// thin (each split beyond one costs the merge of partial states); but from half_from keys on (0: never) at least
+// half the grid, whose blocks would otherwise idle (CudaBackend.split_half_from).
+__device__ __forceinline__ int active_splits(int nk, int n_splits, int split_keys, int half_from) {
+    const int by_keys = (nk + split_keys - 1) / split_keys;
+    const int least = half_from > 0 && nk >= half_from ? (n_splits + 1) / 2 : 1;
+    return max(1, min(n_splits, max(by_keys, least)));
 }
 
 // The ring's int8 format of 8 values a lane holds, 4 consecutive lanes (aligned) holding a 32-value block: the values

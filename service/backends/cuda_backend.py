@@ -228,6 +228,10 @@ class CudaBackend:
         self.split_keys = 64
         # blocks per SM decode attention's split grid aims at (n_splits)
         self.split_blocks_per_sm = 8
+        # from this many keys on (0: never) a row of decode attention takes at least half the grid's splits, even
+        # where that leaves fewer than split_keys keys a split. H200, bench/decode_ab.py, batch 1: ~17 splits instead
+        # of 9-15 at 512-1024 keys -2..-4 %, at 384 keys +0.6 % (bench/RESULTS.md, round eleven)
+        self.split_half_from = 512
         # decode steps whose rows have at most short_keys keys each (0: none) take attention in one cluster of
         # ATT_CLUSTER splits per (row, kv head), merged through distributed shared memory (attention_split_rope_c4_*),
         # not the grid sized for the longest context the ring holds; their CUDA graphs are captured apart. (At
@@ -754,10 +758,10 @@ class CudaBackend:
             rope, splits = f"rope_c{ATT_CLUSTER}_", ATT_CLUSTER
             split_keys = ATT_STAGES * ATT_THREADS // (hd // 8)
         name = f"attention_split_{rope}{hd}_{n_heads // n_kv_heads}_{'q8' if q8 else 'f16'}"
-        self._launch("attention", name, "PP" + "PPPP" + "PPPP" + "PPPPPPPi" + "PPPP" + "iiiif" + "PPPPPi" + "i",
+        self._launch("attention", name, "PP" + "PPPP" + "PPPP" + "PPPPPPPi" + "PPPP" + "iiiif" + "PPPPPi" + "ii",
                      (splits, n_kv_heads, T), (ATT_THREADS, 1, 1), q, q_sink, *meta, *ring, *new, ml.ptr, acc.ptr,
                      done.ptr, out.ptr, *tail, *(quant[:6] if quant is not None else (0, 0, 0, 0, 0, np.int32(0))),
-                     np.int32(split_keys))
+                     np.int32(split_keys), np.int32(self.split_half_from))
         if quant is not None:
             self._ws_x = out
         return out

@@ -227,6 +227,22 @@ def test_attention_no_sinks_long_context(cuda_be, rng, kernel, n_heads):
     assert worst < (2e-5 if kernel == "split" else MMA_TOL["f16"]), worst
 
 
+@pytest.mark.parametrize("half_from", [512, 0], ids=["half-grid", "by-keys"])
+def test_decode_attention_takes_half_the_grid_from_half_from_keys(cuda_be, rng, half_from):
+    """CudaBackend.split_half_from: decode rows of 584-586 keys (a 2048-position ring, prefilled 2 x 290 + 3) take at
+    least half of the split grid (17 of 33 splits: 35 keys each) instead of 10 splits of at least split_keys = 64;
+    both within 2e-5 of float64, with sinks."""
+    layout = KVLayout(n_layers=1, slots=2, max_positions=2048, sink_tokens=4, n_kv_heads=2, head_dim=128, dtype="f16")
+    steps = [[(0, 290)], [(0, 290)], [(0, 3)], [(0, 1)], [(0, 1), (1, 5)]]
+    before = cuda_be.split_half_from
+    cuda_be.split_half_from = half_from
+    try:
+        worst = _run_scenario(cuda_be, rng, steps, layout, 8)
+    finally:
+        cuda_be.split_half_from = before
+    assert worst < MMA_TOL["f16"], worst
+
+
 @pytest.mark.parametrize("kernel", ["split", "mma"])
 @pytest.mark.parametrize("dtype", ["f16", "q8"])
 @pytest.mark.parametrize("rope", ROPES[:2], ids=["normal", "neox"])
