@@ -229,8 +229,9 @@ class CudaBackend:
         # blocks per SM decode attention's split grid aims at (n_splits)
         self.split_blocks_per_sm = 8
         # from this many keys on (0: never) a row of decode attention takes at least half the grid's splits, even
-        # where that leaves fewer than split_keys keys a split. H200, bench/decode_ab.py, batch 1: ~17 splits instead
-        # of 9-15 at 512-1024 keys -2..-4 %, at 384 keys +0.6 % (bench/RESULTS.md, round eleven)
+        # where that leaves fewer than split_keys keys a split. H200, bench/decode_ab.py, batch 1: 17 splits instead of
+        # 9 / 11 / 13 at 512 / 640 / 768 keys -3.7 / -3.8 / -4.2 %; 13 instead of 7 at 384 keys was +0.6 %, hence not
+        # below 512 (bench/RESULTS.md, round eleven)
         self.split_half_from = 512
         # decode steps whose rows have at most short_keys keys each (0: none) take attention in one cluster of
         # ATT_CLUSTER splits per (row, kv head), merged through distributed shared memory (attention_split_rope_c4_*),
@@ -635,7 +636,8 @@ class CudaBackend:
     def n_splits(self, T: int, n_kv_heads: int, max_positions: int) -> int:
         """Key-range splits of attention's grid: ~8 blocks per SM (loads in flight), at least split_keys keys per
         split of the longest context the graph may see. Each row uses only as many as its own keys fill at
-        split_keys each (kernels/kv_common.cuh, active_splits), so a short context is not spread over the grid."""
+        split_keys each (kernels/kv_common.cuh, active_splits), so a short context is not spread over the grid, and
+        from split_half_from keys on at least half of them."""
         want = math.ceil(self.split_blocks_per_sm * self.rt.sm_count / max(1, T * n_kv_heads))
         return max(1, min(want, math.ceil((max_positions + T) / self.split_keys), ATT_MAX_SPLITS))
 
