@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from service.backends.base import SeqChunk, StepBatch  # noqa: E402
+from service.backends.cuda_backend import SPLIT_BLOCKS_PER_SM, SPLIT_HALF_FROM, SPLIT_KEYS  # noqa: E402
 from service.backends.cuda_matmul import DEC_TYPES, GLU_DEFAULT, PREFETCH_KB  # noqa: E402
 from service.model.llama import LlamaModel  # noqa: E402
 
@@ -82,9 +83,9 @@ def apply(be, setting: str) -> None:
     be.fuse_rope = "norope" not in opts
     be.fuse_glu = "noglu" not in opts
     be.mm.glu_config = next((o[4:] for o in opts if o.startswith("glu:")), GLU_DEFAULT)
-    be.split_keys = next((int(o[7:]) for o in opts if o.startswith("splitk:")), 64)
-    be.split_blocks_per_sm = next((int(o[6:]) for o in opts if o.startswith("attsm:")), 8)
-    be.split_half_from = next((int(o[9:]) for o in opts if o.startswith("halffrom:")), 512)
+    be.split_keys = next((int(o[7:]) for o in opts if o.startswith("splitk:")), SPLIT_KEYS)
+    be.split_blocks_per_sm = next((int(o[6:]) for o in opts if o.startswith("attsm:")), SPLIT_BLOCKS_PER_SM)
+    be.split_half_from = next((int(o[9:]) for o in opts if o.startswith("halffrom:")), SPLIT_HALF_FROM)
     be.mm.prefetch_kb = next((int(o[3:]) for o in opts if o.startswith("pf:")), PREFETCH_KB)
     be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)

@@ -46,6 +46,8 @@ ATT_MAX_SPLITS = 64  # most key splits of decode attention (COMBINE_MAX_SPLITS i
 ATT_CLUSTER = 4  # blocks per cluster of attention_split_rope_c4_* (ATT_CLUSTER in kernels/attention.cu)
 ATT_STAGES = 4  # iterations of keys a split-K block has in flight, the first before its wait (kernels/attention.cu)
 TOKEN_RING = 4  # greedy steps whose tokens the host ring holds at once (a step follows one in flight, at most)
+# decode attention's split grid, CudaBackend's defaults (split_keys, split_blocks_per_sm, split_half_from below)
+SPLIT_KEYS, SPLIT_BLOCKS_PER_SM, SPLIT_HALF_FROM = 64, 8, 512
 
 
 class CudaTensor:
@@ -225,14 +227,14 @@ class CudaBackend:
         # step) instead of taking them from a rope_qk launch
         self.fuse_rope = True
         # fewest keys per split of decode attention: each split beyond a row's first costs the merge of partial states
-        self.split_keys = 64
+        self.split_keys = SPLIT_KEYS
         # blocks per SM decode attention's split grid aims at (n_splits)
-        self.split_blocks_per_sm = 8
+        self.split_blocks_per_sm = SPLIT_BLOCKS_PER_SM
         # from this many keys on (0: never) a row of decode attention takes at least half the grid's splits, even
         # where that leaves fewer than split_keys keys a split. H200, bench/decode_ab.py, batch 1: 17 splits instead of
         # 9 / 11 / 13 at 512 / 640 / 768 keys -3.7 / -3.8 / -4.2 %; 13 instead of 7 at 384 keys was +0.6 %, hence not
         # below 512 (bench/RESULTS.md, round eleven)
-        self.split_half_from = 512
+        self.split_half_from = SPLIT_HALF_FROM
         # decode steps whose rows have at most short_keys keys each (0: none) take attention in one cluster of
         # ATT_CLUSTER splits per (row, kv head), merged through distributed shared memory (attention_split_rope_c4_*),
         # not the grid sized for the longest context the ring holds; their CUDA graphs are captured apart. (At

@@ -173,13 +173,16 @@ def test_dummy_q4k_model_matches_numpy_eager_and_graphs():
     assert worst < 2e-2, worst
 
 
-def _prefilled_tiny(model_seed: int, rng_seed: int, n_seqs: int, dtype: str, max_seqs: int):
+def _prefilled_tiny(model_seed: int, rng_seed: int, n_seqs: int, dtype: str, max_seqs: int, slab: bool = False):
     """The tiny random-weight model on a CUDA backend with sequences 0 .. n_seqs - 1 prefilled (9 + s tokens each,
-    48-position ring with 4 sinks). Returns (gguf model, backend, model, rng, each prefill's last logits row)."""
+    48-position ring with 4 sinks); slab: its weights in one slab, as the loader reserves it. Returns (gguf model,
+    backend, model, rng, each prefill's last logits row)."""
     from service.model.dummy import dummy_gguf_model
 
     g = dummy_gguf_model("tiny", seed=model_seed)
     be = _cuda_backend(max_rows=64, max_seqs=max_seqs)
+    if slab:
+        be.reserve_weights(g)
     gpu = LlamaModel(g, be)
     gpu.alloc_kv(gpu.kv_layout(slots=n_seqs, max_positions=48, sink_tokens=4, dtype=dtype))
     rng = np.random.default_rng(rng_seed)
@@ -288,17 +291,8 @@ def test_weight_prefetch_leaves_logits_unchanged():
     """CudaMatmul.prefetch_kb: with the weights in one slab (as the loader reserves it), the output and down
     projections' decode launches prefetch the weights that follow them into L2 through their "f" twins: bit-identical
     logits over eager steps and graph replays, and the twins are what ran."""
-    from service.model.dummy import dummy_gguf_model
-
-    g = dummy_gguf_model("tiny", seed=7)
-    be = _cuda_backend(max_rows=64, max_seqs=2)
-    be.reserve_weights(g)
-    gpu = LlamaModel(g, be)
-    gpu.alloc_kv(gpu.kv_layout(slots=1, max_positions=48, sink_tokens=4, dtype="f16"))
-    rng = np.random.default_rng(7)
-    V = g.hparams.vocab_size
-    gpu.forward(StepBatch(rng.integers(0, V, 9).astype(np.int32), (SeqChunk(0, 0, 9),), 48))
-    tokens = rng.integers(0, V, 6).astype(np.int32)
+    g, be, gpu, rng, _ = _prefilled_tiny(7, 7, 1, "f16", max_seqs=2, slab=True)
+    tokens = rng.integers(0, g.hparams.vocab_size, 6).astype(np.int32)
     be.mm.prefetch_kb = 0
     plain, _, fns = _decode_steps(be, gpu, tokens)
     assert not any(f.startswith("matmul_dec") and f.endswith("f") for f in fns)
