@@ -78,8 +78,9 @@ DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
 # the matmul after the next norm reads. H200, bench/decode_ab.py, the batch-1 step at depth 16 / 100 / 2048 against
 # none (two processes each): 2 MB -0.3 / -0.4 / -0.5..-0.6 %; 4 MB -1.0..-1.4 / -0.8..-1.2 / -1.1..-1.3 %; 6 MB
 # -1.1..-1.2 / -1.0..-1.2 / -1.2 %; an earlier build (its flag in Kp's low bits) 8 MB -1.3 % and 16 MB +2.0 % against
-# 4 MB's -2.0 %. The same after Q / K / V (the output projection's weights) and after gate / up (the down projection's) with
-# twins of DEC_MIXED and the glu entry (not kept): +0.2..+0.5 % and -0.3..0.0 % against 4 MB after single matrices.
+# 4 MB's -2.0 %. The same after Q / K / V (the output projection's weights) and after gate / up (the down
+# projection's) with twins of DEC_MIXED and the glu entry (not kept): +0.2..+0.5 % and -0.3..0.0 % against 4 MB after
+# single matrices.
 PREFETCH_ENTRIES = frozenset(f"matmul_dec_{c}" for c in ("q4_k_r2s2", "q4_k_r4p1", "q6_k_r2s2", "q6_k_r2k2s2"))
 PREFETCH_KB = 4096
 # gate and up of a Q4_K_M feed-forward with silu and the quantization of its output in one launch
