@@ -310,28 +310,39 @@ __device__ __forceinline__ Group group_of(int g, const uint8_t* q0, const uint8_
     return Group{q2, s2, o2, N2, (g - g0 - g1) * RT};
 }
 
-// The RT sums of one group whose rows (weight type W) are in shared memory at `rows` (row_bytes apart); j, sb: the
-// lane's unit constants
-template <int RT> struct Sums { float v[RT]; };
+// The RT sums per column of one group whose rows (weight type W) are in shared memory at `rows` (row_bytes apart);
+// j, sb: the lane's unit constants. NC columns (x rows) of which the first ncols are live (NC > 1: the entries ending
+// in c<NC>, a few sequences' decode step): column c's decode copy at xd + 2 c Kp, its dsd and xs16 c K/64 float4 /
+// int4 further. Each column's sums are those of the one-column code, in the same order.
+template <int RT, int NC = 1> struct Sums { float v[NC][RT]; };
 // (units u0 .. u1 - 1 of the rows, u0 a multiple of 4: `rows` holds their blocks from u0 / 4 on)
-template <class W, int RT>
-__device__ __forceinline__ Sums<RT> group_dot(const Group& gr, const uint8_t* rows, int row_bytes, int u0, int u1,
-                                              int nbk, int j, SubBlocks sb, const int8_t* __restrict__ xd,
-                                              const float4* __restrict__ dsd, const int4* __restrict__ xs16, int Kp) {
+template <class W, int RT, int NC = 1>
+__device__ __forceinline__ Sums<RT, NC> group_dot(const Group& gr, const uint8_t* rows, int row_bytes, int u0, int u1,
+                                                  int nbk, int j, SubBlocks sb, const int8_t* __restrict__ xd,
+                                                  const float4* __restrict__ dsd, const int4* __restrict__ xs16,
+                                                  int Kp, int ncols = 1) {
     const int lane = threadIdx.x & 31;
-    Sums<RT> acc;
+    Sums<RT, NC> acc;
 #pragma unroll
-    for (int t = 0; t < RT; ++t) acc.v[t] = 0.f;
+    for (int c = 0; c < NC; ++c)
+#pragma unroll
+        for (int t = 0; t < RT; ++t) acc.v[c][t] = 0.f;
     const int8_t* xa = xd + ((u0 + lane) >> 5) * 2048 + ((u0 + lane) & 31) * 16;
     const uint8_t* hp = rows + (lane >> 2) * W::BYTES;
 #pragma unroll 2
     for (int u = u0 + lane; u < u1; u += 32) {
-        const Act a = load_act<W::X16>(xa, Kp, dsd, xs16, u);
+        const int8_t* xu = xa;
         xa += 2048;
 #pragma unroll
-        for (int t = 0; t < RT; ++t) {
-            const int row = min(gr.row0 + t, gr.N - 1);
-            acc.v[t] += W::dot(hp + (size_t)t * row_bytes, j, sb, a, gr.s + (size_t)row * nbk * 2, u >> 2);
+        for (int c = 0; c < NC; ++c) {
+            if (NC > 1 && c >= ncols) break;  // (warp-uniform)
+            const size_t cu = (size_t)c * nbk * 4;  // column c's dsd / xs16 offset, in units
+            const Act a = load_act<W::X16>(xu + (size_t)c * 2 * Kp, Kp, dsd + cu, xs16 + cu, u);
+#pragma unroll
+            for (int t = 0; t < RT; ++t) {
+                const int row = min(gr.row0 + t, gr.N - 1);
+                acc.v[c][t] += W::dot(hp + (size_t)t * row_bytes, j, sb, a, gr.s + (size_t)row * nbk * 2, u >> 2);
+            }
         }
         hp += 8 * W::BYTES;
     }
@@ -342,12 +353,12 @@ template <class A, class B> struct SameType { static constexpr bool value = fals
 template <class A> struct SameType<A, A> { static constexpr bool value = true; };
 
 // W_0, W_1 of type WA, W_2 of type WB (WA == WB: one type); a stage holds RT rows of the larger type
-template <class WA, class WB, int RT, int STAGES>
+template <class WA, class WB, int RT, int STAGES, int NC = 1>
 __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* s0, float* o0, int N0,
                                               const uint8_t* q1, const uint8_t* s1, float* o1, int N1,
                                               const uint8_t* q2, const uint8_t* s2, float* o2, int N2, int K,
                                               const int8_t* __restrict__ xd, const float4* __restrict__ dsd,
-                                              const int4* __restrict__ xs16, int Kp) {
+                                              const int4* __restrict__ xs16, int Kp, int ncols = 1) {
     constexpr bool MIXED = !SameType<WA, WB>::value;
     constexpr int MAX_BYTES = WA::BYTES > WB::BYTES ? WA::BYTES : WB::BYTES;
     extern __shared__ __align__(128) uint8_t wsm[];  // (WARPS, STAGES, RT, row bytes of the larger type)
@@ -380,16 +391,20 @@ __device__ __forceinline__ void dec_pipe_body(const uint8_t* q0, const uint8_t* 
         bulk_wait(&bar[warp][s], (parity >> s) & 1u);
         parity ^= 1u << s;
         const uint8_t* rows = stages + (size_t)s * RT * max_row_bytes;
-        Sums<RT> acc = MIXED && g >= groups_a  // (warp-uniform)
-            ? group_dot<WB, RT>(gr, rows, row_bytes(g), 0, units, nbk, j, sb, xd, dsd, xs16, Kp)
-            : group_dot<WA, RT>(gr, rows, row_bytes(g), 0, units, nbk, j, sb, xd, dsd, xs16, Kp);
+        Sums<RT, NC> acc = MIXED && g >= groups_a  // (warp-uniform)
+            ? group_dot<WB, RT, NC>(gr, rows, row_bytes(g), 0, units, nbk, j, sb, xd, dsd, xs16, Kp, ncols)
+            : group_dot<WA, RT, NC>(gr, rows, row_bytes(g), 0, units, nbk, j, sb, xd, dsd, xs16, Kp, ncols);
 #pragma unroll
-        for (int t = 0; t < RT; ++t) acc.v[t] = warp_sum(acc.v[t]);
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int t = 0; t < RT; ++t) acc.v[c][t] = warp_sum(acc.v[c][t]);
         __syncwarp();  // every lane is done reading stage s
         if (lane == 0) {
 #pragma unroll
-            for (int t = 0; t < RT; ++t)
-                if (t < live) gr.out[gr.row0 + t] = acc.v[t];
+            for (int c = 0; c < NC; ++c)
+#pragma unroll
+                for (int t = 0; t < RT; ++t)
+                    if (t < live && (NC == 1 || c < ncols)) gr.out[(size_t)c * gr.N + gr.row0 + t] = acc.v[c][t];
             restage(s, g + STAGES * stride, groups, issue);
         }
         s = s + 1 == STAGES ? 0 : s + 1;
@@ -407,15 +422,15 @@ __device__ __forceinline__ void pair_sync(int pair) {
     asm volatile("bar.sync %0, 64;" ::"r"(1 + pair) : "memory");
 }
 
-template <class W, int RT, int STAGES>
+template <class W, int RT, int STAGES, int NC = 1>
 __device__ __forceinline__ void dec_pipe_k2_body(const uint8_t* q0, const uint8_t* s0, float* o0, int N0,
                                                  const uint8_t* q1, const uint8_t* s1, float* o1, int N1,
                                                  const uint8_t* q2, const uint8_t* s2, float* o2, int N2, int K,
                                                  const int8_t* __restrict__ xd, const float4* __restrict__ dsd,
-                                                 const int4* __restrict__ xs16, int Kp) {
+                                                 const int4* __restrict__ xs16, int Kp, int ncols = 1) {
     extern __shared__ __align__(128) uint8_t wsm[];  // (WARPS, STAGES, RT, the longer half's bytes)
     __shared__ __align__(8) uint64_t bar[WARPS][STAGES];
-    __shared__ float part[WARPS / 2][2][RT];  // warp 2p + 1's sums, by pair and group parity
+    __shared__ float part[WARPS / 2][2][NC][RT];  // warp 2p + 1's sums, by pair, group parity and column
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int pair = warp >> 1, h = warp & 1;
     const int nbk = K >> 8, units = K >> 6;
@@ -445,23 +460,30 @@ __device__ __forceinline__ void dec_pipe_k2_body(const uint8_t* q0, const uint8_
         const int live = min(RT, gr.N - gr.row0);
         bulk_wait(&bar[warp][s], (parity >> s) & 1u);
         parity ^= 1u << s;
-        Sums<RT> acc = group_dot<W, RT>(gr, stages + (size_t)s * RT * half_bytes, half_bytes, h ? um : 0,
-                                        h ? units : um, nbk, j, sb, xd, dsd, xs16, Kp);
+        Sums<RT, NC> acc = group_dot<W, RT, NC>(gr, stages + (size_t)s * RT * half_bytes, half_bytes, h ? um : 0,
+                                                h ? units : um, nbk, j, sb, xd, dsd, xs16, Kp, ncols);
 #pragma unroll
-        for (int t = 0; t < RT; ++t) acc.v[t] = warp_sum(acc.v[t]);
+        for (int c = 0; c < NC; ++c)
+#pragma unroll
+            for (int t = 0; t < RT; ++t) acc.v[c][t] = warp_sum(acc.v[c][t]);
         __syncwarp();  // every lane is done reading stage s
         if (lane == 0) {
             if (h == 1) {
 #pragma unroll
-                for (int t = 0; t < RT; ++t) part[pair][round & 1][t] = acc.v[t];
+                for (int c = 0; c < NC; ++c)
+#pragma unroll
+                    for (int t = 0; t < RT; ++t) part[pair][round & 1][c][t] = acc.v[c][t];
             }
             restage(s, g + STAGES * stride, groups, issue);
         }
         pair_sync(pair);  // warp 2p + 1's sums are written (and the group before's were read)
         if (h == 0 && lane == 0) {
 #pragma unroll
-            for (int t = 0; t < RT; ++t)
-                if (t < live) gr.out[gr.row0 + t] = acc.v[t] + part[pair][round & 1][t];
+            for (int c = 0; c < NC; ++c)
+#pragma unroll
+                for (int t = 0; t < RT; ++t)
+                    if (t < live && (NC == 1 || c < ncols))
+                        gr.out[(size_t)c * gr.N + gr.row0 + t] = acc.v[c][t] + part[pair][round & 1][c][t];
         }
         s = s + 1 == STAGES ? 0 : s + 1;
     }
@@ -512,11 +534,11 @@ __device__ __forceinline__ void dec_glu_body(const uint8_t* qg, float* og, const
         Sums<RT> acc = group_dot<DecQ4K, RT>(Group{q, nullptr, o, N, r}, stages + (size_t)s * RT * row_bytes,
                                              row_bytes, 0, K >> 6, nbk, j, sb, xd, dsd, nullptr, Kp);
 #pragma unroll
-        for (int t = 0; t < RT; ++t) acc.v[t] = warp_sum(acc.v[t]);
+        for (int t = 0; t < RT; ++t) acc.v[0][t] = warp_sum(acc.v[0][t]);
         __syncwarp();  // every lane is done reading stage s
         if (lane == 0) {
 #pragma unroll
-            for (int t = 0; t < RT; ++t) o[r + t] = sums[up][(r & 31) + t] = acc.v[t];
+            for (int t = 0; t < RT; ++t) o[r + t] = sums[up][(r & 31) + t] = acc.v[0][t];
             restage(s, g + STAGES, groups, issue);
         }
         s = s + 1 == STAGES ? 0 : s + 1;
@@ -609,6 +631,31 @@ DEC_ENTRY_PF(4)
 DEC_PIPE_ENTRY_PF(q4_k, DecQ4K, 2, 2, 5)
 DEC_PIPE_ENTRY_PF(q6_k, DecQ6K, 2, 2, 5)
 DEC_K2_ENTRY_PF(q6_k, DecQ6K, 2, 2, 3)
+
+// A few sequences' decode step (cuda_matmul.DEC_COLS): the default configurations over NC columns of x, the first
+// ncols live (group_dot); outputs (ncols, N_m) row-major
+#define DEC_PIPE_ENTRY_C(suffix, WA, WB, RT, STAGES, NC, MIN_BLOCKS)                                          \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) matmul_dec_##suffix##_r##RT##s##STAGES##c##NC( \
+        DEC_ARGS, int ncols) {                                                                                \
+        dec_pipe_body<WA, WB, RT, STAGES, NC>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,          \
+                                              reinterpret_cast<const float4*>(dsd),                           \
+                                              reinterpret_cast<const int4*>(xs16), Kp, ncols);                \
+    }
+#define DEC_K2_ENTRY_C(suffix, W, RT, STAGES, NC, MIN_BLOCKS)                                                 \
+    extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) matmul_dec_##suffix##_r##RT##k2s##STAGES##c##NC( \
+        DEC_ARGS, int ncols) {                                                                                \
+        dec_pipe_k2_body<W, RT, STAGES, NC>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,            \
+                                            reinterpret_cast<const float4*>(dsd),                             \
+                                            reinterpret_cast<const int4*>(xs16), Kp, ncols);                  \
+    }
+#define DEC_ENTRIES_C(NC, MB, MB_MIXED)                                                                       \
+    DEC_PIPE_ENTRY_C(q4_k, DecQ4K, DecQ4K, 2, 2, NC, MB)                                                      \
+    DEC_PIPE_ENTRY_C(q6_k, DecQ6K, DecQ6K, 2, 2, NC, MB)                                                      \
+    DEC_PIPE_ENTRY_C(q4_k_q6_k, DecQ4K, DecQ6K, 2, 2, NC, MB_MIXED)                                           \
+    DEC_K2_ENTRY_C(q4_k, DecQ4K, 2, 2, NC, 3)                                                                 \
+    DEC_K2_ENTRY_C(q6_k, DecQ6K, 2, 2, NC, 3)
+DEC_ENTRIES_C(2, 4, 4)
+DEC_ENTRIES_C(4, 4, 3)
 
 // gate / up + silu + quantization (dec_glu_body): cuda_matmul.GLU_CONFIGS, w<W>s<STAGES>. hq: h's quantization (xq,
 // xds, xd, dsd, xs16 of an N-wide row, Kp of N)

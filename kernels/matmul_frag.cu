@@ -248,6 +248,92 @@ __device__ __forceinline__ void mmf_body(const WPtrs& w, const half* __restrict_
     }
 }
 
+// Few rows (M <= 8, one column tile), the weights ahead: each warp's first AHEAD blocks of weights are loaded into
+// registers before pdl_wait (weights are constant, so under programmatic launch their DRAM latency overlaps the
+// kernel before), x of the whole split is staged into shared memory once after it (one barrier, none in the loop),
+// and each block's weights are reloaded AHEAD blocks on before its math. Same sums, in the same order, as mmf_body
+// with NT = 1. Dynamic shared memory: (kend - kbeg) / 256 blocks x (16 steps x 8 columns x 16 + 8 x 16) halves.
+template <class F, int AHEAD>
+__device__ __forceinline__ void mmf_ahead_body(const WPtrs& w, const half* __restrict__ xh, int M,
+                                               float* __restrict__ out, int ksplit) {
+    constexpr int MP = 8, XS = 16 * MP * 16, SS = MP * 16;  // halves per block of x, of sub-block sums
+    extern __shared__ __align__(16) half xsm[];             // (blocks, XS) then (blocks, SS)
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int K = w.K, N = w.N;
+    const int row0 = blockIdx.x * 128 + warp * 16;
+    const int ra = min(row0 + g, N - 1), rb = min(row0 + g + 8, N - 1);  // rows past N load row N-1, never stored
+    const int kbeg = blockIdx.z * ksplit, kend = min(K, kbeg + ksplit);
+    const int b0 = kbeg >> 8, nb = (kend >> 8) - b0;  // this split's 256-value blocks
+    half* sums = xsm + (size_t)nb * XS;
+    if (gridDim.z > 1) out += (size_t)blockIdx.z * M * N;
+
+    typename F::W ra_w[AHEAD], rb_w[AHEAD];  // the ring: block i's weights in slot i % AHEAD
+#pragma unroll
+    for (int i = 0; i < AHEAD; ++i)
+        if (i < nb) {
+            ra_w[i] = F::load(w, ra, b0 + i, t);
+            rb_w[i] = F::load(w, rb, b0 + i, t);
+        }
+    pdl_start();  // x is the previous kernel's output
+
+    // x[:, kbeg .. kend) into shared memory: element e = (block, column, 4-value group), as mmf_body stages one block
+    for (int e = tid; e < nb * MP * 64; e += 256) {
+        const int bl = e / (MP * 64), n = (e >> 6) % MP, grp = e & 63;
+        uint2 v = make_uint2(0u, 0u);
+        if (n < M) v = __ldg(reinterpret_cast<const uint2*>(xh + (size_t)n * K + 256 * (b0 + bl) + 4 * grp));
+        uint2 p;  // (v0, v2, v1, v3)
+        p.x = __byte_perm(v.x, v.y, 0x5410);
+        p.y = __byte_perm(v.x, v.y, 0x7632);
+        *reinterpret_cast<uint2*>(&xsm[(size_t)bl * XS + ((grp >> 2) * MP + n) * 16 + 4 * (grp & 3)]) = p;
+        if (F::PER_BLOCK) {
+            const float2 f0 = __half22float2(*reinterpret_cast<const __half2*>(&v.x));
+            const float2 f1 = __half22float2(*reinterpret_cast<const __half2*>(&v.y));
+            float sum = (f0.x + f0.y) + (f1.x + f1.y);
+#pragma unroll
+            for (int o = 1; o < 8; o <<= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, o);
+            if ((grp & 7) == 0) {
+                const int sb = grp >> 3;
+                half* s16 = sums + (size_t)bl * SS + n * 16 + 4 * (sb >> 1) + (sb & 1);
+                const half hi = __float2half_rn(sum);
+                s16[0] = hi;
+                s16[2] = __float2half_rn(sum - __half2float(hi));
+            }
+        }
+    }
+    __syncthreads();
+
+    float acc[1][4] = {{0.f, 0.f, 0.f, 0.f}};
+    for (int base = 0; base < nb; base += AHEAD) {
+#pragma unroll
+        for (int i = 0; i < AHEAD; ++i) {
+            const int bl = base + i;
+            if (bl < nb) {
+                const typename F::W wa = ra_w[i], wb = rb_w[i];
+                if (bl + AHEAD < nb) {
+                    ra_w[i] = F::load(w, ra, b0 + bl + AHEAD, t);
+                    rb_w[i] = F::load(w, rb, b0 + bl + AHEAD, t);
+                }
+                F::template block_math<1, MP>(wa, wb, xsm + (size_t)bl * XS, sums + (size_t)bl * SS, g, t, acc);
+            }
+        }
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const int m = 2 * t + (e & 1), n = row0 + g + 8 * (e >> 1);
+        if (m < M && n < N) out[(size_t)m * N + n] = acc[0][e];
+    }
+}
+
+#define MMF_AHEAD_ENTRY(suffix, F, AHEAD)                                                                      \
+    extern "C" __global__ void __launch_bounds__(256) matmul_frag_##suffix##_n1a##AHEAD(                       \
+        const uint8_t* q, const uint8_t* s, int N, int K, const half* xh, int M, float* out, int ksplit) {     \
+        mmf_ahead_body<F, AHEAD>(WPtrs{q, s, nullptr, N, K}, xh, M, out, ksplit);                              \
+    }
+MMF_AHEAD_ENTRY(q4_k, FQ4K, 2)
+MMF_AHEAD_ENTRY(q4_k, FQ4K, 3)
+MMF_AHEAD_ENTRY(q6_k, FQ6K, 2)
+MMF_AHEAD_ENTRY(q6_k, FQ6K, 3)
+
 #define MMF_ENTRY(suffix, F, NT)                                                                               \
     extern "C" __global__ void __launch_bounds__(256) matmul_frag_##suffix##_n##NT(                            \
         const uint8_t* q, const uint8_t* s, int N, int K, const half* xh, int M, float* out, int ksplit) {     \

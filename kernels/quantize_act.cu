@@ -40,6 +40,24 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2(const float*
     quantize_f4<2>(v, t, ok, xq, xds, res_blocks, xd, dsd, xs16, Kp);
 }
 
+// The same for a few decode rows (matmul_dec.cu's c<NC> entries): row r's decode copy at xd + 2 r Kp, its dsd and
+// xs16 r K/32 and r K/16 further (the rows' copies side by side, each as quantize_act_q8x2 writes one row), xq / xds
+// as quantize_act_q8x2 writes them (the residual pass res_blocks blocks on). Grid (ceil(K / 4 / 256), rows).
+extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2_rows(const float* __restrict__ x,
+                                                                        int8_t* __restrict__ xq,
+                                                                        float2* __restrict__ xds, int K,
+                                                                        int res_blocks, int8_t* __restrict__ xd,
+                                                                        float2* __restrict__ dsd,
+                                                                        int* __restrict__ xs16, int Kp) {
+    pdl_start();
+    const size_t r = blockIdx.y, nb = K / 32;
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;  // float4 index within the row
+    const bool ok = (t >> 3) < (int)nb;
+    const float4 v = ok ? __ldg(reinterpret_cast<const float4*>(x + r * K) + t) : make_float4(0.f, 0.f, 0.f, 0.f);
+    quantize_f4<2>(v, t, ok, xq + r * K, xds + r * nb, res_blocks, xd + 2 * r * Kp, dsd + r * nb, xs16 + r * (K / 16),
+                   Kp);
+}
+
 // --- producers of one decode row that write its two-pass quantization themselves -------------------------------
 // At batch 1 every matmul input is an rms_norm or silu_mul output, quantized by quantize_act_q8x2 in a launch of its
 // own. These do the op and the quantization (with the decode copy, act_quant.cuh) in one launch, so the matmul

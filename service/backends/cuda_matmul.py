@@ -71,6 +71,11 @@ DEC_VARIANTS = {  # the entries it compiles, by type ("k2": each row's K split b
 # in one launch of this entry (the Q6_K one third), instead of one launch per type (CudaMatmul.dec_mixed)
 DEC_MIXED = "matmul_dec_q4_k_q6_k_r2s2"
 DEC_TYPES = frozenset(DEC_CONFIG)
+# A few sequences' decode step (2 .. DEC_COLS[-1] rows, int8x2): the decode kernel over that many columns of x, its
+# default shared-memory configurations by K (matmul_dec_<type>_<config>c<NC>, NC the smallest of DEC_COLS that holds
+# the rows; DEC_MIXED's c<NC> for Q / K / V), instead of the paired vector or fragment kernels
+DEC_COLS = (2, 4)
+DEC_COLS_CONFIG = ("r2s2", "r2k2s2")  # up to DEC_SHORT_K, above
 DEC_BLOCK_BYTES = {"q4_k": 144, "q6_k": 208}  # bytes per 256 values of the copied rows
 DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
 # Entries with a twin "<name>f" for one matrix that also prefetches weights into L2 when its blocks are done
@@ -97,6 +102,9 @@ SPLIT_MAX = 8  # most K splits of one tiled matmul
 SPLIT_MIN_STEPS = 4  # fewest K steps (of TILE_K values) a split may get
 SPLIT_CAP_BYTES = 24 << 20  # bound of the split-K partials buffer (S x M x N f32)
 FRAG_TYPES = frozenset({"q4_k", "q6_k"})  # types of the fragment kernel (kernels/matmul_frag.cu)
+# matmul_frag_*_n1a<A>: dynamic shared memory per 256 K values of a split (x as 16 x 8 x 16 halves, sums 8 x 16), and
+# the most a launch may take (larger splits take mmf_body)
+FRAG_AHEAD_BLOCK_BYTES, FRAG_AHEAD_MAX_SHARED = (16 * 8 * 16 + 8 * 16) * 2, 96 << 10
 FRAG_MAX_ROWS = 32  # rows it takes by default (compiled for up to 64: 8 column tiles of 8)
 PIPE_TYPES = FRAG_TYPES  # types of the pipelined kernel (kernels/matmul_pipe.cu)
 # rows from which it takes those types (fewer: the fragment kernel). H200, bench/matmul_bench.py --only pipe: Q4_K
@@ -218,6 +226,8 @@ class CudaMatmul:
         self.use_frag = True  # Q4_K / Q6_K at few rows: the fragment kernel (False: vector / tiled only)
         self.frag_max_rows = FRAG_MAX_ROWS  # rows up to this take it (more: the tiled kernel)
         self.frag_vec_rows = 2 if int8x2 else 4  # ... from this many rows + 1 (fewer: the vector kernel)
+        self.dec_cols = DEC_COLS[-1]  # rows up to this (from 2) on the decode kernel's column entries (0: none)
+        self.frag_ahead = 0  # up to 8 rows: blocks of weights each warp keeps in flight (matmul_frag_*_n1a<A>; 0: mmf_body)
         self.use_pipe = True  # Q4_K / Q6_K at many rows: the pipelined kernel (False: the tiled one)
         self.use_dec = True  # int8x2 at one row: Q4_K through kernels/matmul_dec.cu (False: the paired vector kernel)
         self.dec_mixed = True  # ... Q4_K and Q6_K matrices sharing x in one launch where they can (DEC_MIXED)
@@ -297,8 +307,9 @@ class CudaMatmul:
         VEC_MAX_ROWS), so any input reserves that many."""
         if max_rows <= 0:
             return 0
-        return CudaMatmul._dec_offset(max_k) + _align(2 * CudaMatmul.dec_kp(max_k)) + _align((max_k // 32) * 8) + \
-            (max_k // 16) * 4
+        n = DEC_COLS[-1]
+        return CudaMatmul._dec_offset(max_k) + _align(n * 2 * CudaMatmul.dec_kp(max_k)) + \
+            _align(n * (max_k // 32) * 8) + n * (max_k // 16) * 4
 
     @staticmethod
     def _ws_parts(workspace_ptr: int, n_rows: int, k: int) -> tuple[int, int]:
@@ -317,10 +328,12 @@ class CudaMatmul:
 
     @staticmethod
     def _dec_parts(workspace_ptr: int, k: int) -> tuple[int, int, int]:
-        """(xd ptr (2, Kp) int8, dsd ptr (K/32) float2, xs16 ptr (K/16) int32) of the decode copy in the workspace."""
+        """(xd ptr (rows, 2, Kp) int8, dsd ptr (rows, K/32) float2, xs16 ptr (rows, K/16) int32) of the decode copies
+        of up to DEC_COLS[-1] rows in the workspace."""
+        n = DEC_COLS[-1]
         xd = workspace_ptr + CudaMatmul._dec_offset(k)
-        dsd = xd + _align(2 * CudaMatmul.dec_kp(k))
-        return xd, dsd, dsd + _align((k // 32) * 8)
+        dsd = xd + _align(n * 2 * CudaMatmul.dec_kp(k))
+        return xd, dsd, dsd + _align(n * (k // 32) * 8)
 
     # -- ops -----------------------------------------------------------------------------------------
     def quantize_act(self, x_ptr: int, n_rows: int, k: int, workspace_ptr: int) -> None:
@@ -339,9 +352,14 @@ class CudaMatmul:
         `decode` (one row) also the copy the decode kernel reads (kernels/act_quant.cuh)."""
         res_rows = res_rows or n_rows
         assert n_rows <= res_rows and 2 * res_rows <= VEC_MAX_ROWS and k % 32 == 0
-        assert not decode or n_rows == 1
+        assert not decode or n_rows <= DEC_COLS[-1]
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows, k)
         xd, dsd, xs16 = self._dec_parts(workspace_ptr, k) if decode else (0, 0, 0)
+        if decode and n_rows > 1:  # the decode copies of a few rows (quantize_act_q8x2_rows)
+            fn = self._fn("quantize_act", "quantize_act_q8x2_rows", "PPPiiPPPi")
+            fn.prepared_async_call((-(-k // 4 // 256), n_rows), (256, 1, 1), self.rt.stream, x_ptr, xq, xds,
+                                   np.int32(k), np.int32(res_rows * k // 32), xd, dsd, xs16, np.int32(self.dec_kp(k)))
+            return
         nblocks = n_rows * k // 32
         fn = self._fn("quantize_act", "quantize_act_q8x2", "PPPiiPPPii")
         fn.prepared_async_call(((nblocks * 8 + 255) // 256, 1), (256, 1, 1), self.rt.stream,
@@ -389,10 +407,17 @@ class CudaMatmul:
         """Whether n_rows x w takes the vector kernel: up to vec_max_rows rows, and for the fragment kernel's types
         only up to frag_vec_rows (H100, bench/matmul_bench.py: a 7B step's matmuls at 4 rows take 3.7 ms on the
         fragment kernel vs ~5.5 ms on the paired int8x2 vector kernel and 3.05 ms on single-pass int8)."""
+        if self.on_dec_cols(n_rows, w):
+            return True
         limit = self.vec_max_rows
         if self.use_frag and w.suffix in FRAG_TYPES:
             limit = min(limit, self.frag_vec_rows)
         return n_rows <= limit
+
+    def on_dec_cols(self, n_rows: int, w: DeviceWeight | None = None) -> bool:
+        """Whether n_rows (from 2) take the decode kernel's column entries (DEC_COLS; w: and w's type)."""
+        return 2 <= n_rows <= min(self.dec_cols, DEC_COLS[-1]) and self.int8x2 and self.use_dec and \
+            self.dec_variant is None and (w is None or w.suffix in self.dec_types)
 
     def on_pipe_path(self, n_rows: int, w: DeviceWeight) -> bool:
         """Whether n_rows x w takes the pipelined kernel (Q4_K / Q6_K from PIPE_MIN_ROWS rows)."""
@@ -430,7 +455,9 @@ class CudaMatmul:
         if not vec:
             return prequantized
         x2 = self.int8x2  # then n_rows <= VEC_MAX_ROWS // 2 here (vec_max_rows)
-        dec = x2 and n_rows == 1 and self.use_dec  # the decode copy is written (whatever the types: x may be reused)
+        # the decode copy is written (whatever the types: x may be reused); several rows: their column entries
+        dec = x2 and self.use_dec and (n_rows == 1 or self.on_dec_cols(n_rows))
+        cols = n_rows if n_rows > 1 else 0
         res_rows = self.paired_cols(n_rows) // 2 if x2 else n_rows
         quantized = prequantized
         if not prequantized and any(_TYPES[w.ggml_type].q8_act for w, _ in vec):
@@ -443,12 +470,12 @@ class CudaMatmul:
         if dec and self.dec_mixed and not variant:
             mixed = self._dec_mixed(vec)
             if mixed is not None:
-                self._dec_launch(workspace_ptr, mixed, None, mixed=True)
+                self._dec_launch(workspace_ptr, mixed, None, mixed=True, cols=cols)
                 vec = [m for m in vec if not any(m is n for n in mixed)]
         for members in self._launch_groups(vec):
             if dec and members[0][0].suffix in self.dec_types and not (variant and not variant.startswith("dec")) and \
-                    self.dec_kernel(members[0][0], variant or self.dec_variant) is not None:
-                self._dec_launch(workspace_ptr, members, variant or self.dec_variant)
+                    self.dec_kernel(members[0][0], variant or self.dec_variant, cols) is not None:
+                self._dec_launch(workspace_ptr, members, variant or self.dec_variant, cols=cols)
                 continue
             paired = x2 and _TYPES[members[0][0].ggml_type].q8_act  # both int8 passes, summed in the kernel
             self._vec_launch(x_ptr, xq, xds, n_rows, members, variant, paired)
@@ -482,11 +509,15 @@ class CudaMatmul:
         fn.prepared_async_call((blocks, 1), (128, 1, 1), self.rt.stream, *args)
 
     @staticmethod
-    def dec_kernel(w: DeviceWeight, variant: str | None = None) -> tuple[str, int] | None:
+    def dec_kernel(w: DeviceWeight, variant: str | None = None, cols: int = 0) -> tuple[str, int] | None:
         """(kernel name, rows per block) of the decode kernel for w, or None where DEC_CONFIG leaves w's K to the
         paired vector kernel; variant "dec:<config>[/<config>]" (up to DEC_SHORT_K / above) overrides DEC_CONFIG
-        where the type has that configuration."""
+        where the type has that configuration. cols (2 .. DEC_COLS[-1]): the column entry for that many rows."""
         long_k = w.k > DEC_SHORT_K
+        if cols:
+            nc = next(c for c in DEC_COLS if c >= cols)
+            cfg = DEC_COLS_CONFIG[long_k]
+            return f"matmul_dec_{w.suffix}_{cfg}c{nc}", (DEC_WARPS // 2 if "k2" in cfg else DEC_WARPS) * 2
         cfg = DEC_CONFIG[w.suffix][long_k]
         if variant and ":" in variant:
             want = variant.split(":", 1)[1].split("/")
@@ -546,18 +577,21 @@ class CudaMatmul:
         return fn
 
     def _dec_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], variant: str | None,
-                    mixed: bool = False) -> None:
+                    mixed: bool = False, cols: int = 0) -> None:
         """One row of int8x2 activations x up to MULTI_MAX Q4_K or Q6_K matrices (kernels/matmul_dec.cu); mixed:
-        members = one or two Q4_K then one Q6_K matrix, through DEC_MIXED (the Q6_K one in the third slot)."""
+        members = one or two Q4_K then one Q6_K matrix, through DEC_MIXED (the Q6_K one in the third slot); cols:
+        that many rows (2 .. DEC_COLS[-1]) on the column entries."""
         w0 = members[0][0]
         if mixed:
             name, rpb = DEC_MIXED, DEC_WARPS * 2
+            if cols:
+                name += f"c{next(c for c in DEC_COLS if c >= cols)}"
             members = members[:-1] + [None] * (MULTI_MAX - len(members)) + members[-1:]
         else:
-            found = self.dec_kernel(w0, variant)
+            found = self.dec_kernel(w0, variant, cols)
             assert found is not None
             name, rpb = found
-        cfg = name.rsplit("_", 1)[1]
+        cfg = name.rsplit("_", 1)[1].split("c")[0]
         stages = int(cfg.split("s")[1]) if "s" in cfg else 0
         row_bytes = max(DEC_BLOCK_BYTES[m[0].suffix] for m in members if m is not None)
         shared = stages * rpb * (w0.k // 256) * row_bytes  # the copied rows in shared memory
@@ -567,8 +601,8 @@ class CudaMatmul:
         nxt = self._next_weights(w0) if len(members) == 1 and name in PREFETCH_ENTRIES else 0
         if nxt:
             name += "f"  # the twin that prefetches
-        fn = self._shared_fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi" + ("Pi" if nxt else ""), shared,
-                             allow_all=True)
+        fn = self._shared_fn("matmul_dec", name, "PPPi" * MULTI_MAX + "iPPPi" + ("Pi" if nxt else "") +
+                             ("i" if cols else ""), shared, allow_all=True)
         args: list[Any] = []
         blocks = 0
         for i in range(MULTI_MAX):
@@ -584,6 +618,8 @@ class CudaMatmul:
         args += [np.int32(w0.k), xd, dsd, xs16, np.int32(self.dec_kp(w0.k))]
         if nxt:
             args += [nxt, np.int32(self.prefetch_kb)]
+        if cols:
+            args += [np.int32(cols)]
         fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args, shared_size=shared)
 
     def _next_weights(self, w: DeviceWeight) -> int:
@@ -652,11 +688,12 @@ class CudaMatmul:
         return -(-units // per), per * unit
 
     def _launch_split(self, fn: Any, grid_xy: tuple[int, int], splits: int, args: tuple, n_rows: int,
-                      w: DeviceWeight, out_ptr: int) -> None:
+                      w: DeviceWeight, out_ptr: int, shared: int = 0) -> None:
         """Launch a tensor-core matmul whose last two arguments are (out, ksplit) with grid.z = splits; with
         splits > 1 it writes the partials and splitk_reduce sums them into out in a fixed order."""
         dst = self._part.ptr if splits > 1 else out_ptr
-        fn.prepared_async_call((*grid_xy, splits), (256, 1, 1), self.rt.stream, *args[:-1], dst, args[-1])
+        fn.prepared_async_call((*grid_xy, splits), (256, 1, 1), self.rt.stream, *args[:-1], dst, args[-1],
+                               shared_size=shared)
         if splits > 1:
             mn = n_rows * w.n
             red = self._fn("matmul_tiled", "splitk_reduce", "PPii")
@@ -675,8 +712,14 @@ class CudaMatmul:
         like the tiled kernel's (one 64-row tile), in whole 256-value blocks."""
         nt = next(c for c in (1, 2, 4, 8) if 8 * c >= n_rows)
         splits, ksplit = self._plan(n_rows, w.n, w.k, 64, 256)
-        fn = self._fn("matmul_frag", f"matmul_frag_{w.suffix}_n{nt}", "PPiiPiPi")
         args = (w.q_ptr, w.s_ptr, np.int32(w.n), np.int32(w.k), xh_ptr, np.int32(n_rows), np.int32(ksplit))
+        shared = ksplit // 256 * FRAG_AHEAD_BLOCK_BYTES
+        if nt == 1 and self.frag_ahead and shared <= FRAG_AHEAD_MAX_SHARED:
+            name = f"matmul_frag_{w.suffix}_n1a{self.frag_ahead}"
+            fn = self._shared_fn("matmul_frag", name, "PPiiPiPi", FRAG_AHEAD_MAX_SHARED)
+            self._launch_split(fn, (-(-w.n // TILE_N), 1), splits, args, n_rows, w, out_ptr, shared)
+            return
+        fn = self._fn("matmul_frag", f"matmul_frag_{w.suffix}_n{nt}", "PPiiPiPi")
         self._launch_split(fn, (-(-w.n // TILE_N), 1), splits, args, n_rows, w, out_ptr)
 
     @staticmethod

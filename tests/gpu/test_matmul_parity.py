@@ -122,8 +122,8 @@ def gpu():
     yield rt, mm
 
 
-ROUTING = ("use_frag", "frag_vec_rows", "frag_max_rows", "split_override", "use_pipe", "pipe_min_rows",
-           "pipe_stages")  # CudaMatmul knobs tests pin
+ROUTING = ("use_frag", "frag_vec_rows", "frag_max_rows", "frag_ahead", "split_override", "use_pipe",
+           "pipe_min_rows", "pipe_stages")  # CudaMatmul knobs tests pin
 
 
 @pytest.fixture(autouse=True)
@@ -568,6 +568,103 @@ def test_fragment_kernel_matches_float64(gpu, ggml_type: T) -> None:
             ref = x.astype(np.float64) @ w64.T  # (n_rows, N)
             assert rel(out, ref_x16) <= 2e-5, (case, rel(out, ref_x16))
             assert rel(out, ref) <= 2e-3, (case, rel(out, ref))
+    finally:
+        rt.free(w.buffer)
+
+
+@pytest.mark.gpu
+def test_decode_kernel_columns_give_each_row_its_batch_1_bits(gpu) -> None:
+    """A few sequences' decode step (2 .. 4 rows, int8x2) on the decode kernel's column entries (matmul_dec_*c<NC>,
+    DEC_MIXED's for Q / K / V): each row's outputs are bit-identical to that row alone at batch 1 on the same
+    configuration (same quantization, same sums in the same order), within 1e-4 of float64 on the same two-pass
+    rounding of x, and the column entries are what ran. K = 2304 (the r2s2 body, 36 units) and K = 5376 (> DEC_SHORT_K:
+    each row's K split between a pair of warps); N = 771 / 770 / 769: partial row groups; 3 rows: a padded column."""
+    rt, _ = gpu
+    mm = CudaMatmul(rt, int8x2=True)
+    rng = np.random.default_rng(404)
+    names: list[str] = []
+    real = mm._dec_launch
+    mm._dec_launch = lambda *a, **kw: (names.append(kw.get("cols", 0)), real(*a, **kw))[1]
+    for k, types in ((2304, (T.Q4_K, T.Q4_K, T.Q6_K)), (2304, (T.Q6_K,)), (K, (T.Q4_K, T.Q6_K))):
+        ts = [random_weight(tp, 771 - i, k, rng) for i, tp in enumerate(types)]
+        ws_ = [mm.upload(t) for t in ts]
+        try:
+            for n_rows in (2, 3, 4):
+                x = rng.standard_normal((n_rows, k)).astype(np.float32)  # (rows, k)
+                x[:, 5] *= 40.0  # an outlier channel
+                bufs = _Bufs(rt, mm, x, 771)
+                outs = [rt.alloc(4 * n_rows * w.n, "activations", f"o{i}") for i, w in enumerate(ws_)]
+                try:
+                    for o, w in zip(outs, ws_):
+                        rt.htod(o, np.full((n_rows, w.n), np.nan, np.float32))
+                    names.clear()
+                    mm.matmul_multi(bufs.x.ptr, n_rows, ws_, [o.ptr for o in outs], bufs.ws.ptr)
+                    rt.synchronize()
+                    assert names and all(c == n_rows for c in names), (k, types, n_rows, names)
+                    got = []
+                    for o, w in zip(outs, ws_):
+                        host = np.empty((n_rows, w.n), np.float32)  # (rows, N_i)
+                        rt.dtoh(host, o)
+                        got.append(host)
+                finally:
+                    bufs.free()
+                    for b in outs:
+                        rt.free(b)
+                mm.dec_variant = "dec:r2s2/r2k2s2"  # the column entries' configurations, at one row
+                try:
+                    for r in range(n_rows):
+                        one = x[r:r + 1]
+                        b1 = _Bufs(rt, mm, one, 771)
+                        singles = [rt.alloc(4 * w.n, "activations", f"s{i}") for i, w in enumerate(ws_)]
+                        try:
+                            mm.matmul_multi(b1.x.ptr, 1, ws_, [o.ptr for o in singles], b1.ws.ptr)
+                            rt.synchronize()
+                            for i, (t, w, o) in enumerate(zip(ts, ws_, singles)):
+                                host = np.empty((1, w.n), np.float32)  # (1, N_i)
+                                rt.dtoh(host, o)
+                                case = (k, types, n_rows, r, i)
+                                assert np.isfinite(got[i][r]).all(), case
+                                assert np.array_equal(got[i][r], host[0]), (case, rel(got[i][r:r + 1], host))
+                                assert rel(host, q8x2_simulated(one) @ dequant64(t).T) <= 1e-4, case
+                        finally:
+                            b1.free()
+                            for b in singles:
+                                rt.free(b)
+                finally:
+                    mm.dec_variant = None
+        finally:
+            for w in ws_:
+                rt.free(w.buffer)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("ggml_type", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_fragment_kernel_with_weights_ahead_gives_the_same_bits(gpu, ggml_type: T) -> None:
+    """matmul_frag_*_n1a<A> (up to 8 rows, weights loaded A blocks ahead, x staged once per split) computes
+    mmf_body's sums in the same order: the same bits as the n1 entry, for every split (K = 21 blocks: uneven
+    splits, one block a split, all in one), and within f32 accumulation error of float64 on f16 x."""
+    rt, mm = gpu
+    mm.frag_vec_rows, mm.use_pipe = 0, False
+    rng = np.random.default_rng(int(ggml_type) + 450)
+    t = random_weight(ggml_type, N, K, rng)
+    w = mm.upload(t)
+    w64 = dequant64(t)  # (N, K)
+    try:
+        for n_rows, splits in ((1, None), (2, 21), (5, 2), (8, 5), (8, 1)):
+            x = rng.standard_normal((n_rows, K)).astype(np.float32)  # (n_rows, K)
+            x[:, 11] *= 40.0
+            mm.split_override, mm.frag_ahead = splits, 0
+            base = _matmul_twice(rt, mm, x, w, (n_rows, splits))
+            ref_x16 = x.astype(np.float16).astype(np.float64) @ w64.T  # (n_rows, N)
+            for ahead in (2, 3):
+                mm.frag_ahead = ahead
+                case = (n_rows, f"S={splits}", f"A={ahead}")
+                entry = f"matmul_frag_{t.ggml_type.name.lower()}_n1a{ahead}"
+                mm._fns.pop(entry, None)
+                out = _matmul_twice(rt, mm, x, w, case)
+                assert entry in mm._fns, case  # launched (not the n1 entry's fallback)
+                assert np.array_equal(out, base), (case, rel(out, base))
+                assert rel(out, ref_x16) <= 2e-5, (case, rel(out, ref_x16))
     finally:
         rt.free(w.buffer)
 
