@@ -65,13 +65,14 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2_rows(const f
 // and is computed exactly as norm.cu / elementwise.cu compute it.
 
 // [sum = a + b (b not null),] out = rms_norm(sum or a) * w for one row of D values (D % 32 == 0); one block, any
-// multiple of 32 threads (the backend gives rms_norm's: one per float4, up to 1024).
-extern "C" __global__ void rms_norm_quant_x2(const float* __restrict__ a, const float* __restrict__ b,
-                                             const float* __restrict__ w, float* __restrict__ sum,
-                                             float* __restrict__ out, int D, float eps, int8_t* __restrict__ xq,
-                                             float2* __restrict__ xds, int8_t* __restrict__ xd,
-                                             float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
-                                             int trigger_first) {
+// multiple of 32 threads (the backend gives rms_norm's: one per float4, up to 1024). res_blocks: where the residual
+// pass of xq / xds goes (quantize_f4).
+__device__ __forceinline__ void rms_norm_quant_row(const float* __restrict__ a, const float* __restrict__ b,
+                                                   const float* __restrict__ w, float* __restrict__ sum,
+                                                   float* __restrict__ out, int D, float eps, int8_t* __restrict__ xq,
+                                                   float2* __restrict__ xds, int res_blocks, int8_t* __restrict__ xd,
+                                                   float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
+                                                   int trigger_first) {
     const int n4 = D / 4;
     const float4* w4 = reinterpret_cast<const float4*>(w);
     // the first round's norm weights (constant) are loaded before the wait, over the kernel before
@@ -104,17 +105,39 @@ extern "C" __global__ void rms_norm_quant_x2(const float* __restrict__ a, const 
             o = make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w);
             o4[i] = o;
         }
-        quantize_f4<2>(o, i, ok, xq, xds, D / 32, xd, dsd, xs16, Kp);
+        quantize_f4<2>(o, i, ok, xq, xds, res_blocks, xd, dsd, xs16, Kp);
     }
 }
 
+extern "C" __global__ void rms_norm_quant_x2(const float* __restrict__ a, const float* __restrict__ b,
+                                             const float* __restrict__ w, float* __restrict__ sum,
+                                             float* __restrict__ out, int D, float eps, int8_t* __restrict__ xq,
+                                             float2* __restrict__ xds, int8_t* __restrict__ xd,
+                                             float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
+                                             int trigger_first) {
+    rms_norm_quant_row(a, b, w, sum, out, D, eps, xq, xds, D / 32, xd, dsd, xs16, Kp, trigger_first);
+}
+
+// The same for a few decode rows (grid: one block per row), each row's decode copy where quantize_act_q8x2_rows puts
+// it, the residual pass of xq / xds res_rows rows on
+extern "C" __global__ void rms_norm_quant_x2_rows(const float* __restrict__ a, const float* __restrict__ b,
+                                                  const float* __restrict__ w, float* __restrict__ sum,
+                                                  float* __restrict__ out, int D, float eps, int8_t* __restrict__ xq,
+                                                  float2* __restrict__ xds, int8_t* __restrict__ xd,
+                                                  float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
+                                                  int res_rows) {
+    const size_t r = blockIdx.x, at = r * D, nb = D / 32;
+    rms_norm_quant_row(a + at, b != nullptr ? b + at : nullptr, w, b != nullptr ? sum + at : nullptr, out + at, D,
+                       eps, xq + at, xds + r * nb, res_rows * (int)nb, xd + 2 * r * Kp, dsd + r * nb,
+                       xs16 + r * (D / 16), Kp, 0);
+}
+
 // out = silu(gate) * up for one row of n values (n % 32 == 0). Launch: one thread per float4, 256 per block.
-extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2(const float* __restrict__ gate,
-                                                                   const float* __restrict__ up,
-                                                                   float* __restrict__ out, int n,
-                                                                   int8_t* __restrict__ xq, float2* __restrict__ xds,
-                                                                   int8_t* __restrict__ xd, float2* __restrict__ dsd,
-                                                                   int* __restrict__ xs16, int Kp, int trigger_first) {
+__device__ __forceinline__ void silu_mul_quant_row(const float* __restrict__ gate, const float* __restrict__ up,
+                                                   float* __restrict__ out, int n, int8_t* __restrict__ xq,
+                                                   float2* __restrict__ xds, int res_blocks, int8_t* __restrict__ xd,
+                                                   float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
+                                                   int trigger_first) {
     if (trigger_first) pdl_trigger();
     pdl_wait();
     if (!trigger_first) pdl_trigger();
@@ -127,5 +150,29 @@ extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2(const float*
                         g.z / (1.0f + expf(-g.z)) * u.z, g.w / (1.0f + expf(-g.w)) * u.w);
         reinterpret_cast<float4*>(out)[t] = o;
     }
-    quantize_f4<2>(o, t, ok, xq, xds, n / 32, xd, dsd, xs16, Kp);
+    quantize_f4<2>(o, t, ok, xq, xds, res_blocks, xd, dsd, xs16, Kp);
+}
+
+extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2(const float* __restrict__ gate,
+                                                                   const float* __restrict__ up,
+                                                                   float* __restrict__ out, int n,
+                                                                   int8_t* __restrict__ xq, float2* __restrict__ xds,
+                                                                   int8_t* __restrict__ xd, float2* __restrict__ dsd,
+                                                                   int* __restrict__ xs16, int Kp, int trigger_first) {
+    silu_mul_quant_row(gate, up, out, n, xq, xds, n / 32, xd, dsd, xs16, Kp, trigger_first);
+}
+
+// The same for a few decode rows of n values each: grid (ceil(n / 1024), rows), rows' copies as in
+// rms_norm_quant_x2_rows
+extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2_rows(const float* __restrict__ gate,
+                                                                        const float* __restrict__ up,
+                                                                        float* __restrict__ out, int n,
+                                                                        int8_t* __restrict__ xq,
+                                                                        float2* __restrict__ xds,
+                                                                        int8_t* __restrict__ xd,
+                                                                        float2* __restrict__ dsd,
+                                                                        int* __restrict__ xs16, int Kp, int res_rows) {
+    const size_t r = blockIdx.y, at = r * n, nb = n / 32;
+    silu_mul_quant_row(gate + at, up + at, out + at, n, xq + at, xds + r * nb, res_rows * (int)nb, xd + 2 * r * Kp,
+                       dsd + r * nb, xs16 + r * (n / 16), Kp, 0);
 }

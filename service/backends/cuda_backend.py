@@ -511,15 +511,19 @@ class CudaBackend:
             self.mm.reserve(self.max_rows, self._max_k)
         return self._workspace
 
-    def _quant_out(self, rows: int, cols: int) -> tuple | None:
+    def _quant_out(self, rows: int, cols: int, several: bool = False) -> tuple | None:
         """The quantization arguments (CudaMatmul.row_quant_args) of a fused producer (fuse_quant) of a (rows, cols)
-        tensor, or None where the matmuls would not read them: more than one row, activations other than int8x2,
-        or a width no weight has."""
+        tensor, or None where the matmuls would not read them: activations other than int8x2, a width no weight has,
+        or more than one row; several: a producer that also quantizes a few rows for the decode kernel's column
+        entries (CudaMatmul.rows_quant_args, when they take that many rows)."""
         mm = self.mm
-        if not (self.fuse_quant and rows == 1 and mm.int8x2 and mm.vec_max_rows >= 1 and cols % 32 == 0
-                and cols <= self._max_k):
+        if not (self.fuse_quant and mm.int8x2 and mm.vec_max_rows >= 1 and cols % 32 == 0 and cols <= self._max_k):
             return None
-        return mm.row_quant_args(self._ensure_workspace().ptr, cols)
+        if rows == 1:
+            return mm.row_quant_args(self._ensure_workspace().ptr, cols)
+        if several and mm.on_dec_cols(rows):
+            return mm.rows_quant_args(self._ensure_workspace().ptr, cols, rows)
+        return None
 
     # -- ops ---------------------------------------------------------------------------------------
     @staticmethod
@@ -532,14 +536,15 @@ class CudaBackend:
     def rms_norm(self, x: CudaTensor, weight: VecWeight, eps: float) -> CudaTensor:
         out = self.pool.get(x.rows, x.cols)  # (T, D)
         d = x.pending
-        quant = self._quant_out(x.rows, x.cols)
+        quant = self._quant_out(x.rows, x.cols, several=True)
         if quant is not None:  # one launch: [the residual add,] the norm and its quantization for the matmuls
             a, b = x, None
             if d is not None and d.kind == "add":  # x = a + b, written by this launch
                 x.pending = None
                 a, b = d.args
             self._ready(a, b)
-            self._launch("quantize_act", "rms_norm_quant_x2", "PPPPPif" + "PPPPPii", (1, 1, 1),
+            name = "rms_norm_quant_x2" if x.rows == 1 else "rms_norm_quant_x2_rows"  # (one block per row)
+            self._launch("quantize_act", name, "PPPPPif" + "PPPPPii", (x.rows, 1, 1),
                          (self._norm_block(x.cols), 1, 1), a.ptr, b.ptr if b is not None else 0, weight.buf.ptr,
                          x.ptr if b is not None else 0, out.ptr, np.int32(x.cols), np.float32(eps), *quant)
             self._ws_x = out
@@ -788,7 +793,7 @@ class CudaBackend:
     def silu_mul(self, gate: CudaTensor, up: CudaTensor) -> CudaTensor:
         out = self.pool.get(gate.rows, gate.cols)  # (T, F)
         n = gate.rows * gate.cols
-        quant = self._quant_out(gate.rows, gate.cols)
+        quant = self._quant_out(gate.rows, gate.cols, several=True)
         glu = self._glu_inputs(gate, up) if quant is not None else None
         if glu is not None:  # one launch: gate, up, silu_mul and its quantization for the down projection
             x, wg, wu = glu
@@ -798,9 +803,15 @@ class CudaBackend:
             self._ws_x = out
             return out
         self._ready(gate, up)
-        if quant is not None:  # one launch: silu_mul and its quantization for the down projection
+        if quant is not None and gate.rows == 1:  # one launch: silu_mul and its quantization for the down projection
             self._launch("quantize_act", "silu_mul_quant_x2", "PPPi" + "PPPPPii", (-(-n // 1024), 1, 1),
                          (256, 1, 1), gate.ptr, up.ptr, out.ptr, np.int32(n), *quant)
+            self._ws_x = out
+            return out
+        if quant is not None:  # ... of a few rows (one grid row each)
+            self._launch("quantize_act", "silu_mul_quant_x2_rows", "PPPi" + "PPPPPii",
+                         (-(-gate.cols // 1024), gate.rows, 1), (256, 1, 1), gate.ptr, up.ptr, out.ptr,
+                         np.int32(gate.cols), *quant)
             self._ws_x = out
             return out
         self._launch("elementwise", "silu_mul_f32", "PPPi", self._grid1d(n), (256, 1, 1), gate.ptr, up.ptr, out.ptr,

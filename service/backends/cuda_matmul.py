@@ -374,6 +374,14 @@ class CudaMatmul:
         xd, dsd, xs16 = self._dec_parts(workspace_ptr, k) if self.use_dec else (0, 0, 0)
         return xq, xds, xd, dsd, xs16, np.int32(self.dec_kp(k)), np.int32(self.quant_trigger_first and self.use_dec)
 
+    def rows_quant_args(self, workspace_ptr: int, k: int, n_rows: int) -> tuple:
+        """(xq, xds, xd, dsd, xs16, Kp, res_rows): the same for a few rows on the decode kernel's column entries
+        (on_dec_cols), as matmul_multi reads them (each row's decode copy, the residual pass res_rows rows on), for
+        the *_x2_rows producers."""
+        res_rows = self.paired_cols(n_rows) // 2
+        xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows, k)
+        return (xq, xds, *self._dec_parts(workspace_ptr, k), np.int32(self.dec_kp(k)), np.int32(res_rows))
+
     @staticmethod
     def paired_cols(n_rows: int) -> int:
         """Columns of the paired (int8x2) vector kernel for n_rows rows: 2 x n_rows rounded up to a compiled count."""

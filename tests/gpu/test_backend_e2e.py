@@ -264,6 +264,42 @@ def test_fused_quantization_leaves_logits_unchanged():
     assert (fused.argmax(-1) == apart.argmax(-1)).all()
 
 
+@pytest.mark.parametrize("n_seqs", [2, 3, 4])
+def test_few_sequences_take_the_decode_column_entries_with_fused_quantization(n_seqs):
+    """A decode step of 2-4 sequences (int8x2) runs its Q4_K / Q6_K matmuls on the decode kernel's column entries
+    (matmul_dec_*c<NC>) and its norms and silu_mul quantize their rows themselves (*_x2_rows): the logits match the
+    separate quantize_act launches (the same f32 values quantized the same way) over eager and graph-replayed steps,
+    each row's argmax with them, and those kernels are what ran (no quantize launch of a norm's or silu_mul's output
+    left: only attention's output, the O projection's input, is quantized apart)."""
+    g, be, gpu, rng, _ = _prefilled_tiny(8, 8, n_seqs, "f16", max_seqs=4)
+    tokens = rng.integers(0, g.hparams.vocab_size, (6, n_seqs)).astype(np.int32)  # (steps, seqs)
+
+    def run(fuse: bool) -> tuple[np.ndarray, list[str], list[str]]:
+        be.fuse_quant = fuse
+        be._graphs.clear()
+        be._seen.clear()
+        with kernel_launches(be) as (launched, fns):
+            logits = np.stack([be.forward(gpu, StepBatch(tokens[i], tuple(SeqChunk(s, 9 + s + i, 1)
+                                                                          for s in range(n_seqs)), 48))
+                               for i in range(len(tokens))])  # (steps, seqs, vocab)
+        return logits, launched, fns
+
+    n_layers = g.hparams.n_layers
+    apart, launched, quantized = run(False)
+    steps, rest = divmod(quantized.count("quantize_act_q8x2_rows"), 4 * n_layers + 1)  # steps that launched
+    assert steps >= 1 and rest == 0 and "rms_norm_quant_x2_rows" not in launched
+    fused, launched, quantized = run(True)
+    assert launched.count("rms_norm_quant_x2_rows") == steps * (2 * n_layers + 1)
+    assert launched.count("silu_mul_quant_x2_rows") == steps * n_layers
+    assert quantized.count("quantize_act_q8x2_rows") == steps * n_layers  # attention's output only
+    nc = 2 if n_seqs == 2 else 4
+    assert any(name.startswith("matmul_dec_") and name.endswith(f"c{nc}") for name in quantized)
+    assert not any(name.startswith(("matmul_vec", "matmul_frag")) for name in quantized)
+    assert np.isfinite(fused).all()
+    np.testing.assert_allclose(fused, apart, rtol=0, atol=1e-5 * np.abs(apart).max())
+    assert (fused.argmax(-1) == apart.argmax(-1)).all()
+
+
 @pytest.mark.parametrize("config", GLU_CONFIGS)
 def test_gate_up_silu_mul_in_one_launch_leaves_logits_unchanged(config):
     """At batch 1 gate and up (Q4_K), silu_mul and its quantization run as one launch (CudaBackend.fuse_glu,
