@@ -18,7 +18,10 @@ never), noshort / short:<n> sends decode steps of contexts up to 0 / n keys (def
 attention in clusters (CudaBackend.short_keys), noglu launches gate / up and silu_mul apart (not in one
 matmul_dec_glu launch: CudaBackend.fuse_glu), glu:<config> picks that launch's configuration
 (cuda_matmul.GLU_CONFIGS), pf:<KB> prefetches that many KB of the weights after each single-matrix decode launch's
-matrix into L2 (CudaMatmul.prefetch_kb; pf:0 none), skip:<prefix>,<prefix> launches no kernel whose name starts with
+matrix into L2 (CudaMatmul.prefetch_kb; pf:0 none), cols:<n> sends decode steps of 2 .. n sequences to the decode
+kernel's column entries (CudaMatmul.dec_cols; cols:0 none), frag:<A> loads the fragment kernel's weights A blocks
+ahead up to 8 rows (CudaMatmul.frag_ahead; frag:0 its n1 entries), fragvec:<n> keeps rows up to n off the fragment
+kernel (CudaMatmul.frag_vec_rows), skip:<prefix>,<prefix> launches no kernel whose name starts with
 a prefix (the outputs are then wrong: it measures what those kernels cost inside the graph, e.g.
 pdl+skip:quantize_act).
 For every scenario (b1: batch 1 at depth 16, d<D>: batch 1 at depth D, s<N>: N sequences at depth 512) one
@@ -41,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from service.backends.base import SeqChunk, StepBatch  # noqa: E402
 from service.backends.cuda_backend import SPLIT_BLOCKS_PER_SM, SPLIT_HALF_FROM, SPLIT_KEYS  # noqa: E402
-from service.backends.cuda_matmul import DEC_COLS, DEC_TYPES, GLU_DEFAULT, PREFETCH_KB  # noqa: E402
+from service.backends.cuda_matmul import DEC_COLS, DEC_TYPES, FRAG_AHEAD, GLU_DEFAULT, PREFETCH_KB  # noqa: E402
 from service.model.llama import LlamaModel  # noqa: E402
 
 MB = 1 << 20
@@ -72,7 +75,8 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nomix, +nofuse,
-    +norope, +noglu, +glu:<config>, +pf:<KB>, +splitk:<n>, +noshort, +short:<n>, +skip:<prefixes>
+    +norope, +noglu, +glu:<config>, +pf:<KB>, +cols:<n>, +frag:<A>, +fragvec:<n>, +splitk:<n>, +noshort, +short:<n>,
+    +skip:<prefixes>
     (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
@@ -87,7 +91,7 @@ def apply(be, setting: str) -> None:
     be.split_blocks_per_sm = next((int(o[6:]) for o in opts if o.startswith("attsm:")), SPLIT_BLOCKS_PER_SM)
     be.split_half_from = next((int(o[9:]) for o in opts if o.startswith("halffrom:")), SPLIT_HALF_FROM)
     be.mm.prefetch_kb = next((int(o[3:]) for o in opts if o.startswith("pf:")), PREFETCH_KB)
-    be.mm.frag_ahead = next((int(o[5:]) for o in opts if o.startswith("frag:")), 0)
+    be.mm.frag_ahead = next((int(o[5:]) for o in opts if o.startswith("frag:")), FRAG_AHEAD)
     be.mm.dec_cols = next((int(o[5:]) for o in opts if o.startswith("cols:")), DEC_COLS[-1])
     be.mm.frag_vec_rows = next((int(o[8:]) for o in opts if o.startswith("fragvec:")), 2 if be.mm.int8x2 else 4)
     be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)

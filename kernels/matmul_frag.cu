@@ -329,10 +329,8 @@ __device__ __forceinline__ void mmf_ahead_body(const WPtrs& w, const half* __res
         const uint8_t* q, const uint8_t* s, int N, int K, const half* xh, int M, float* out, int ksplit) {     \
         mmf_ahead_body<F, AHEAD>(WPtrs{q, s, nullptr, N, K}, xh, M, out, ksplit);                              \
     }
-MMF_AHEAD_ENTRY(q4_k, FQ4K, 2)
-MMF_AHEAD_ENTRY(q4_k, FQ4K, 3)
+MMF_AHEAD_ENTRY(q4_k, FQ4K, 2)  // cuda_matmul.FRAG_AHEAD
 MMF_AHEAD_ENTRY(q6_k, FQ6K, 2)
-MMF_AHEAD_ENTRY(q6_k, FQ6K, 3)
 
 #define MMF_ENTRY(suffix, F, NT)                                                                               \
     extern "C" __global__ void __launch_bounds__(256) matmul_frag_##suffix##_n##NT(                            \

@@ -83,11 +83,12 @@ def test_every_vector_configuration_the_launcher_picks_is_compiled() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 def test_every_decode_configuration_is_compiled() -> None:
-    """DEC_CONFIG, the benchmark's DEC_VARIANTS, DEC_MIXED, GLU_CONFIGS and the prefetching twins of the default
-    configurations (PREFETCH_ENTRIES) name entries of matmul_dec.cu, with no spills."""
+    """DEC_CONFIG, the benchmark's DEC_VARIANTS, DEC_MIXED, GLU_CONFIGS, the prefetching twins of the default
+    configurations (PREFETCH_ENTRIES) and the column entries of a few sequences (DEC_COLS, with DEC_MIXED's) name
+    entries of matmul_dec.cu, with no spills."""
     from gguf import GGMLQuantizationType as T
 
-    from service.backends.cuda_matmul import (DEC_CONFIG, DEC_MIXED, DEC_TYPES, DEC_VARIANTS, GLU_CONFIGS,
+    from service.backends.cuda_matmul import (DEC_COLS, DEC_CONFIG, DEC_MIXED, DEC_TYPES, DEC_VARIANTS, GLU_CONFIGS,
                                               GLU_DEFAULT, PREFETCH_ENTRIES, CudaMatmul, DeviceWeight)
 
     rc, stderr, _ = _compile(os.path.join(KERNEL_DIR, "matmul_dec.cu"))
@@ -102,10 +103,13 @@ def test_every_decode_configuration_is_compiled() -> None:
         assert len(names) == len(DEC_VARIANTS[w.suffix])  # each configuration its own entry
         wanted |= names
         defaults |= {CudaMatmul.dec_kernel(DeviceWeight("w", ggml_type, 1, k, 0, 0, 0, 0))[0] for k in (256, 8192)}
+        wanted |= {CudaMatmul.dec_kernel(DeviceWeight("w", ggml_type, 1, k, 0, 0, 0, 0), cols=c)[0]
+                   for k in (256, 8192) for c in range(2, DEC_COLS[-1] + 1)}
     assert GLU_DEFAULT in GLU_CONFIGS
     assert defaults == PREFETCH_ENTRIES  # a twin for every default configuration
     twins = {f"{n}f" for n in PREFETCH_ENTRIES}
-    assert wanted | twins | {DEC_MIXED} | {f"matmul_dec_glu_q4_k_{c}" for c in GLU_CONFIGS} == compiled
+    mixed = {DEC_MIXED} | {f"{DEC_MIXED}c{c}" for c in DEC_COLS}
+    assert wanted | twins | mixed | {f"matmul_dec_glu_q4_k_{c}" for c in GLU_CONFIGS} == compiled
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,7 +125,8 @@ def _ptx(source: str) -> str:
             return f.read()
 
 
-PRE_WAIT_READS = ("matmul_dec_", "attention_split_", "rope_qk_", "rms_norm_quant_x2")
+PRE_WAIT_READS = ("matmul_dec_", "matmul_frag_q4_k_n1a", "matmul_frag_q6_k_n1a", "attention_split_", "rope_qk_",
+                  "rms_norm_quant_x2")
 
 
 @pytest.mark.slow
@@ -131,7 +136,8 @@ def test_every_kernel_waits_for_its_predecessor(source: str) -> None:
     """Decode graphs make every kernel -> kernel edge programmatic (cuda_runtime.CudaGraph), which is only safe
     for kernels that run griddepcontrol.wait before touching their inputs (kernels/pdl.cuh). Each entry's PTX
     must contain the wait, and no global load or store before it. Kernels in PRE_WAIT_READS may read, with read-only
-    loads or async copies, data no kernel of the step writes: weights (matmul_dec_*: its first rows; rms_norm_quant_x2:
+    loads or async copies, data no kernel of the step writes: weights (matmul_dec_*: its first rows; matmul_frag_*_n1a*:
+    each warp's first blocks; rms_norm_quant_x2:
     the norm weights; rope_qk_*: the frequencies), the step metadata (positions, sequence table: staged by the host
     or advanced by the step before), the KV ring's entries of earlier steps and the step's rope angle table, launched
     before the first layer's matmuls (attention_split_*)."""

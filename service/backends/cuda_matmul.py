@@ -75,7 +75,11 @@ DEC_TYPES = frozenset(DEC_CONFIG)
 # default shared-memory configurations by K (matmul_dec_<type>_<config>c<NC>, NC the smallest of DEC_COLS that holds
 # the rows; DEC_MIXED's c<NC> for Q / K / V), instead of the paired vector or fragment kernels
 DEC_COLS = (2, 4)
-DEC_COLS_CONFIG = ("r2s2", "r2k2s2")  # up to DEC_SHORT_K, above
+# Their configurations up to DEC_SHORT_K and above. H200, bench/decode_ab.py, ms per decode step of 2 / 3 / 4 sequences
+# at depth 512 with Q4_K up to DEC_SHORT_K on r2s2 2.724 / 3.009 / 3.550, r2s3 +4 / +8 / +8 %, r1s2 +9 / +11 / +12 %,
+# r1s4 +16 / +15 / +17 %; on 8 columns (the c8 entries, measured and removed) 5 / 6 / 8 sequences 4.353 / 4.883 / 6.021
+# against the fragment kernel's 4.435 / 4.547 / 4.755: the dp4a sums of both passes of 8 columns outweigh the bytes.
+DEC_COLS_CONFIG = ("r2s2", "r2k2s2")
 DEC_BLOCK_BYTES = {"q4_k": 144, "q6_k": 208}  # bytes per 256 values of the copied rows
 DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
 # Entries with a twin "<name>f" for one matrix that also prefetches weights into L2 when its blocks are done
@@ -102,8 +106,12 @@ SPLIT_MAX = 8  # most K splits of one tiled matmul
 SPLIT_MIN_STEPS = 4  # fewest K steps (of TILE_K values) a split may get
 SPLIT_CAP_BYTES = 24 << 20  # bound of the split-K partials buffer (S x M x N f32)
 FRAG_TYPES = frozenset({"q4_k", "q6_k"})  # types of the fragment kernel (kernels/matmul_frag.cu)
-# matmul_frag_*_n1a<A>: dynamic shared memory per 256 K values of a split (x as 16 x 8 x 16 halves, sums 8 x 16), and
-# the most a launch may take (larger splits take mmf_body)
+# Up to 8 rows the fragment kernel's entries matmul_frag_*_n1a<FRAG_AHEAD> load each warp's weights FRAG_AHEAD
+# blocks ahead, the first before the wait, and stage the split's x once. H200, bench/decode_ab.py, ms per decode step
+# of 5 / 6 / 8 sequences at depth 512 against the n1 entries: -1.9 / -2.4 / -3.1 % (3 blocks ahead: one block per SM,
+# +16-20 %). Dynamic shared memory per 256 K values of a split (x as 16 x 8 x 16 halves, sums 8 x 16), and the most a
+# launch may take (larger splits take the n1 entry).
+FRAG_AHEAD = 2
 FRAG_AHEAD_BLOCK_BYTES, FRAG_AHEAD_MAX_SHARED = (16 * 8 * 16 + 8 * 16) * 2, 96 << 10
 FRAG_MAX_ROWS = 32  # rows it takes by default (compiled for up to 64: 8 column tiles of 8)
 PIPE_TYPES = FRAG_TYPES  # types of the pipelined kernel (kernels/matmul_pipe.cu)
@@ -227,7 +235,7 @@ class CudaMatmul:
         self.frag_max_rows = FRAG_MAX_ROWS  # rows up to this take it (more: the tiled kernel)
         self.frag_vec_rows = 2 if int8x2 else 4  # ... from this many rows + 1 (fewer: the vector kernel)
         self.dec_cols = DEC_COLS[-1]  # rows up to this (from 2) on the decode kernel's column entries (0: none)
-        self.frag_ahead = 0  # up to 8 rows: blocks of weights each warp keeps in flight (matmul_frag_*_n1a<A>; 0: mmf_body)
+        self.frag_ahead = FRAG_AHEAD  # up to 8 rows: weight blocks each warp keeps in flight (0: mmf_body's one)
         self.use_pipe = True  # Q4_K / Q6_K at many rows: the pipelined kernel (False: the tiled one)
         self.use_dec = True  # int8x2 at one row: Q4_K through kernels/matmul_dec.cu (False: the paired vector kernel)
         self.dec_mixed = True  # ... Q4_K and Q6_K matrices sharing x in one launch where they can (DEC_MIXED)
@@ -522,12 +530,10 @@ class CudaMatmul:
         paired vector kernel; variant "dec:<config>[/<config>]" (up to DEC_SHORT_K / above) overrides DEC_CONFIG
         where the type has that configuration. cols (2 .. DEC_COLS[-1]): the column entry for that many rows."""
         long_k = w.k > DEC_SHORT_K
+        cfg, entry = DEC_CONFIG[w.suffix][long_k], ""
         if cols:
-            nc = next(c for c in DEC_COLS if c >= cols)
-            cfg = DEC_COLS_CONFIG[long_k]
-            return f"matmul_dec_{w.suffix}_{cfg}c{nc}", (DEC_WARPS // 2 if "k2" in cfg else DEC_WARPS) * 2
-        cfg = DEC_CONFIG[w.suffix][long_k]
-        if variant and ":" in variant:
+            cfg, entry = DEC_COLS_CONFIG[long_k], f"c{next(c for c in DEC_COLS if c >= cols)}"
+        elif variant and ":" in variant:
             want = variant.split(":", 1)[1].split("/")
             want = want[long_k] if len(want) > 1 else want[0]
             if want in DEC_VARIANTS[w.suffix]:
@@ -535,7 +541,7 @@ class CudaMatmul:
         if cfg is None:
             return None
         rows_per_warp = int(re.match(r"r(\d+)", cfg).group(1))  # (k2: per pair of warps)
-        return f"matmul_dec_{w.suffix}_{cfg}", (DEC_WARPS // 2 if "k2" in cfg else DEC_WARPS) * rows_per_warp
+        return f"matmul_dec_{w.suffix}_{cfg}{entry}", (DEC_WARPS // 2 if "k2" in cfg else DEC_WARPS) * rows_per_warp
 
     def _dec_mixed(self, vec: list[tuple[DeviceWeight, int]]) -> list[tuple[DeviceWeight, int]] | None:
         """The (weight, out) pairs of one DEC_MIXED launch among vec, Q4_K first, or None where vec has none: one or

@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
 
-from service.backends.cuda_matmul import VEC_MAX_ROWS, CudaMatmul, repack
+from service.backends.cuda_matmul import FRAG_AHEAD, VEC_MAX_ROWS, CudaMatmul, repack
 
 N, K = 769, 5120 + 256
 TYPES = [T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q5_K, T.F16, T.F32]
@@ -656,7 +656,7 @@ def test_fragment_kernel_with_weights_ahead_gives_the_same_bits(gpu, ggml_type: 
             mm.split_override, mm.frag_ahead = splits, 0
             base = _matmul_twice(rt, mm, x, w, (n_rows, splits))
             ref_x16 = x.astype(np.float16).astype(np.float64) @ w64.T  # (n_rows, N)
-            for ahead in (2, 3):
+            for ahead in (FRAG_AHEAD,):
                 mm.frag_ahead = ahead
                 case = (n_rows, f"S={splits}", f"A={ahead}")
                 entry = f"matmul_frag_{t.ggml_type.name.lower()}_n1a{ahead}"
