@@ -44,8 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from service.backends.base import SeqChunk, StepBatch  # noqa: E402
 from service.backends.cuda_backend import SPLIT_BLOCKS_PER_SM, SPLIT_HALF_FROM, SPLIT_KEYS  # noqa: E402
-from service.backends.cuda_matmul import (DEC_COLS, DEC_TYPES, DMMA_STAGES, FRAG_AHEAD, GLU_DEFAULT,  # noqa: E402
-                                          PREFETCH_KB)
+from service.backends.cuda_matmul import DEC_COLS, DEC_TYPES, FRAG_AHEAD, GLU_DEFAULT, PREFETCH_KB  # noqa: E402
 from service.model.llama import LlamaModel  # noqa: E402
 
 MB = 1 << 20
@@ -94,7 +93,6 @@ def apply(be, setting: str) -> None:
     be.mm.prefetch_kb = next((int(o[3:]) for o in opts if o.startswith("pf:")), PREFETCH_KB)
     be.mm.frag_ahead = next((int(o[5:]) for o in opts if o.startswith("frag:")), FRAG_AHEAD)
     be.mm.dec_cols = next((int(o[5:]) for o in opts if o.startswith("cols:")), DEC_COLS[-1])
-    be.mm.dec_mma = next((int(o[4:]) for o in opts if o.startswith("mma:")), DMMA_STAGES)
     be.mm.frag_vec_rows = next((int(o[8:]) for o in opts if o.startswith("fragvec:")), 2 if be.mm.int8x2 else 4)
     be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)

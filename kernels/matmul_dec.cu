@@ -198,6 +198,33 @@ __device__ __forceinline__ void dec_body(const uint8_t* __restrict__ q, float* _
 // ahead. (Copying each warp's rows once at block start, with a grid of every row, left the copy engine idle while a
 // wave of blocks computed: 22016x4096 16.4 us against 15.4 here.)
 
+__device__ __forceinline__ void bulk_init(uint64_t* bar) {  // one arrival per phase (the copy's issuer)
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
+}
+
+// bar's current phase completes once `bytes` more have landed (the copies below count them off)
+__device__ __forceinline__ void bulk_expect(uint64_t* bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+// copy `bytes` (a multiple of 16, both addresses 16-byte aligned) to shared memory, counted off bar's expected bytes
+__device__ __forceinline__ void bulk_copy_only(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)) : "memory");
+}
+
+// one copy that completes bar's current phase
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+    bulk_expect(bar, bytes);
+    bulk_copy_only(dst, src, bytes, bar);
+}
+
+__device__ __forceinline__ void bulk_wait(uint64_t* bar, uint32_t parity) {  // until phase `parity` completes
+    asm volatile("{\n\t.reg .pred done;\n\tWAIT:\n\t"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n\t"
+                 "@!done bra WAIT;\n\t}" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
+}
+
 // Lane 0 of the calling warp: its STAGES barriers set up and the copies of its first groups first, first + stride,
 // ... (fewer than STAGES when there are not as many below `groups`) started by issue(stage, group); before the wait
 template <int STAGES, class Issue>

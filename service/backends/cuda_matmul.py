@@ -80,10 +80,6 @@ DEC_COLS = (2, 4)
 # r1s4 +16 / +15 / +17 %; on 8 columns (the c8 entries, measured and removed) 5 / 6 / 8 sequences 4.353 / 4.883 / 6.021
 # against the fragment kernel's 4.435 / 4.547 / 4.755: the dp4a sums of both passes of 8 columns outweigh the bytes.
 DEC_COLS_CONFIG = ("r2s2", "r2k2s2")
-# the same rows on int8 tensor cores (kernels/matmul_dmma.cu, matmul_dmma_<type>_s<STAGES>): the stages compiled
-DMMA_STAGES_COMPILED = (2, 3)
-DMMA_STAGES = 2
-DMMA_CHUNK, DMMA_WARPS = 2, 8  # 256-value blocks of a row per stage (CH in the kernel), warps per block
 DEC_BLOCK_BYTES = {"q4_k": 144, "q6_k": 208}  # bytes per 256 values of the copied rows
 DEC_WARPS = 4  # warps per block of its entries (WARPS in the kernel)
 # Entries with a twin "<name>f" for one matrix that also prefetches weights into L2 when its blocks are done
@@ -239,7 +235,6 @@ class CudaMatmul:
         self.frag_max_rows = FRAG_MAX_ROWS  # rows up to this take it (more: the tiled kernel)
         self.frag_vec_rows = 2 if int8x2 else 4  # ... from this many rows + 1 (fewer: the vector kernel)
         self.dec_cols = DEC_COLS[-1]  # rows up to this (from 2) on the decode kernel's column entries (0: none)
-        self.dec_mma = DMMA_STAGES  # ... on kernels/matmul_dmma.cu's entries with that many stages instead (0: not)
         self.frag_ahead = FRAG_AHEAD  # up to 8 rows: weight blocks each warp keeps in flight (0: mmf_body's one)
         self.use_pipe = True  # Q4_K / Q6_K at many rows: the pipelined kernel (False: the tiled one)
         self.use_dec = True  # int8x2 at one row: Q4_K through kernels/matmul_dec.cu (False: the paired vector kernel)
@@ -272,8 +267,7 @@ class CudaMatmul:
 
     def warm_up(self) -> None:
         """Build the kernel modules now (first use would otherwise compile inside a step)."""
-        for module in ("quantize_act", "matmul_vec", "matmul_dec", "matmul_dmma", "matmul_tiled", "matmul_frag",
-                       "matmul_pipe", "get_rows"):
+        for module in ("quantize_act", "matmul_vec", "matmul_dec", "matmul_tiled", "matmul_frag", "matmul_pipe", "get_rows"):
             self.rt.module(module)
 
     # -- upload --------------------------------------------------------------------------------------
@@ -489,14 +483,6 @@ class CudaMatmul:
                 self.quantize_act(x_ptr, n_rows, k, workspace_ptr)
             quantized = True
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows if x2 else n_rows, k)
-        if dec and cols and self.dec_mma:  # a few rows on int8 tensor cores, a launch per type
-            rest = []
-            for members in self._launch_groups(vec):
-                if members[0][0].suffix in self.dec_types:
-                    self._dmma_launch(workspace_ptr, members, n_rows, res_rows)
-                else:
-                    rest += members
-            vec = rest
         if dec and self.dec_mixed and not variant:
             mixed = self._dec_mixed(vec)
             if mixed is not None:
@@ -649,29 +635,6 @@ class CudaMatmul:
         if cols:
             args += [np.int32(cols)]
         fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args, shared_size=shared)
-
-    def _dmma_launch(self, workspace_ptr: int, members: list[tuple[DeviceWeight, int]], n_rows: int,
-                     res_rows: int) -> None:
-        """n_rows (2 .. 4) of int8x2 activations x up to MULTI_MAX Q4_K or Q6_K matrices on int8 tensor cores
-        (kernels/matmul_dmma.cu): as many blocks of 16-row groups as are resident at once."""
-        w0 = members[0][0]
-        name = f"matmul_dmma_{w0.suffix}_s{self.dec_mma}"
-        shared = DMMA_WARPS * self.dec_mma * 16 * (DMMA_CHUNK * DEC_BLOCK_BYTES[w0.suffix] + 16)
-        fn = self._shared_fn("matmul_dmma", name, "PPPi" * MULTI_MAX + "iPiPPi", shared)
-        args: list[Any] = []
-        groups = 0
-        for i in range(MULTI_MAX):
-            if i < len(members):
-                w, o = members[i]
-                args += [w.q_ptr, w.s_ptr, o, np.int32(w.n)]
-                groups += -(-w.n // 16)
-            else:
-                args += [0, 0, 0, np.int32(0)]
-        blocks = min(groups, self.rt.sm_count * self._resident_blocks(name, fn, DMMA_WARPS, shared))
-        xq, _ = self._ws_parts(workspace_ptr, 2 * res_rows, w0.k)
-        _, dsd, xs16 = self._dec_parts(workspace_ptr, w0.k)
-        args += [np.int32(w0.k), xq, np.int32(res_rows), dsd, xs16, np.int32(n_rows)]
-        fn.prepared_async_call((blocks, 1), (32 * DMMA_WARPS, 1, 1), self.rt.stream, *args, shared_size=shared)
 
     def _next_weights(self, w: DeviceWeight) -> int:
         """Where the prefetch_kb KB after w start (the next buffer carved from its slab), or 0: no prefetch asked, w

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from service.backends.base import SeqChunk, StepBatch
-from service.backends.cuda_matmul import DMMA_STAGES, GLU_CONFIGS
+from service.backends.cuda_matmul import GLU_CONFIGS
 from service.model.llama import LlamaModel
 from tests.conftest import kernel_launches
 
@@ -265,16 +265,13 @@ def test_fused_quantization_leaves_logits_unchanged():
 
 
 @pytest.mark.parametrize("n_seqs", [2, 3, 4])
-@pytest.mark.parametrize("mma", [True, False], ids=["int8-mma", "dp4a-columns"])
-def test_few_sequences_take_the_decode_column_entries_with_fused_quantization(n_seqs, mma):
-    """A decode step of 2-4 sequences (int8x2) runs its Q4_K / Q6_K matmuls on the int8 tensor-core entries
-    (matmul_dmma_*) or the decode kernel's column entries (matmul_dec_*c<NC>), and its norms and silu_mul quantize their
-    rows themselves (*_x2_rows): the logits match the
+def test_few_sequences_take_the_decode_column_entries_with_fused_quantization(n_seqs):
+    """A decode step of 2-4 sequences (int8x2) runs its Q4_K / Q6_K matmuls on the decode kernel's column entries
+    (matmul_dec_*c<NC>) and its norms and silu_mul quantize their rows themselves (*_x2_rows): the logits match the
     separate quantize_act launches (the same f32 values quantized the same way) over eager and graph-replayed steps,
     each row's argmax with them, and those kernels are what ran (no quantize launch of a norm's or silu_mul's output
     left: only attention's output, the O projection's input, is quantized apart)."""
     g, be, gpu, rng, _ = _prefilled_tiny(8, 8, n_seqs, "f16", max_seqs=4)
-    be.mm.dec_mma = DMMA_STAGES if mma else 0
     tokens = rng.integers(0, g.hparams.vocab_size, (6, n_seqs)).astype(np.int32)  # (steps, seqs)
 
     def run(fuse: bool) -> tuple[np.ndarray, list[str], list[str]]:
@@ -296,8 +293,7 @@ def test_few_sequences_take_the_decode_column_entries_with_fused_quantization(n_
     assert launched.count("silu_mul_quant_x2_rows") == steps * n_layers
     assert quantized.count("quantize_act_q8x2_rows") == steps * n_layers  # attention's output only
     nc = 2 if n_seqs == 2 else 4
-    assert any(name.startswith("matmul_dmma_") if mma else name.startswith("matmul_dec_") and name.endswith(f"c{nc}")
-               for name in quantized)
+    assert any(name.startswith("matmul_dec_") and name.endswith(f"c{nc}") for name in quantized)
     assert not any(name.startswith(("matmul_vec", "matmul_frag")) for name in quantized)
     assert np.isfinite(fused).all()
     np.testing.assert_allclose(fused, apart, rtol=0, atol=1e-5 * np.abs(apart).max())

@@ -20,15 +20,13 @@ Tolerances (relative Frobenius error ||out - ref|| / ||ref||):
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES
 
-from service.backends.cuda_matmul import DMMA_STAGES_COMPILED, FRAG_AHEAD, VEC_MAX_ROWS, CudaMatmul, repack
+from service.backends.cuda_matmul import FRAG_AHEAD, VEC_MAX_ROWS, CudaMatmul, repack
 
 N, K = 769, 5120 + 256
 TYPES = [T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q5_K, T.F16, T.F32]
@@ -583,7 +581,6 @@ def test_decode_kernel_columns_give_each_row_its_batch_1_bits(gpu) -> None:
     each row's K split between a pair of warps); N = 771 / 770 / 769: partial row groups; 3 rows: a padded column."""
     rt, _ = gpu
     mm = CudaMatmul(rt, int8x2=True)
-    mm.dec_mma = 0  # (the tensor-core entries have their own test)
     rng = np.random.default_rng(404)
     names: list[str] = []
     real = mm._dec_launch
@@ -638,72 +635,6 @@ def test_decode_kernel_columns_give_each_row_its_batch_1_bits(gpu) -> None:
         finally:
             for w in ws_:
                 rt.free(w.buffer)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("stages", DMMA_STAGES_COMPILED)
-def test_decode_rows_on_int8_tensor_cores_match_float64(gpu, stages: int) -> None:
-    """kernels/matmul_dmma.cu (2-4 rows of int8x2 activations, Q4_K / Q6_K, int8 mma.sync): within 1e-4 of float64 on
-    the same two-pass rounding of x and within 1e-5 of the dp4a column entries (the same products, summed in another
-    order); deterministic; the launches are its entries. Q4_K and Q6_K matrices sharing x (a launch per type, three
-    Q4_K in one); K = 2304 (9 blocks over 4 warps: uneven ranges), K = 256 (warps without blocks), K = 5376; N = 771 /
-    770 / 769 / 760: partial 16-row groups."""
-    rt, _ = gpu
-    mm = CudaMatmul(rt, int8x2=True)
-    rng = np.random.default_rng(405)
-    for k, types in ((2304, (T.Q4_K, T.Q4_K, T.Q6_K, T.Q4_K)), (256, (T.Q4_K, T.Q6_K)), (K, (T.Q6_K, T.Q4_K))):
-        ts = [random_weight(tp, 771 - 3 * i, k, rng) for i, tp in enumerate(types)]
-        ws_ = [mm.upload(t) for t in ts]
-        try:
-            for n_rows in (2, 3, 4):
-                x = rng.standard_normal((n_rows, k)).astype(np.float32)  # (rows, k)
-                x[:, 5] *= 40.0  # an outlier channel
-                bufs = _Bufs(rt, mm, x, 771)
-                outs = [rt.alloc(4 * n_rows * w.n, "activations", f"o{i}") for i, w in enumerate(ws_)]
-                try:
-                    got = {}
-                    for mma in (stages, stages, 0):
-                        mm.dec_mma = mma
-                        for o, w in zip(outs, ws_):
-                            rt.htod(o, np.full((n_rows, w.n), np.nan, np.float32))
-                        with _names(mm) as names:
-                            mm.matmul_multi(bufs.x.ptr, n_rows, ws_, [o.ptr for o in outs], bufs.ws.ptr)
-                            rt.synchronize()
-                        assert any(n.startswith("matmul_dmma_") for n in names) == bool(mma), (mma, names)
-                        res = []
-                        for o, w in zip(outs, ws_):
-                            host = np.empty((n_rows, w.n), np.float32)  # (rows, N_i)
-                            rt.dtoh(host, o)
-                            res.append(host)
-                        if mma in got:
-                            assert all(np.array_equal(a, b) for a, b in zip(res, got[mma])), (k, n_rows)  # replay
-                        got[mma] = res
-                    for i, t in enumerate(ts):
-                        case = (k, types, n_rows, i)
-                        out, cols = got[stages][i], got[0][i]
-                        assert np.isfinite(out).all(), case
-                        assert rel(out, q8x2_simulated(x) @ dequant64(t).T) <= 1e-4, (case, rel(out, q8x2_simulated(x) @ dequant64(t).T))
-                        assert rel(out, cols) <= 1e-5, (case, rel(out, cols))
-                finally:
-                    bufs.free()
-                    for b in outs:
-                        rt.free(b)
-        finally:
-            mm.dec_mma = stages
-            for w in ws_:
-                rt.free(w.buffer)
-
-
-@contextlib.contextmanager
-def _names(mm: CudaMatmul):
-    """The kernel names mm takes through _fn inside the block."""
-    names: list[str] = []
-    real = mm._fn
-    mm._fn = lambda module, name, sig: (names.append(name), real(module, name, sig))[1]
-    try:
-        yield names
-    finally:
-        mm._fn = real
 
 
 @pytest.mark.gpu
