@@ -5,7 +5,7 @@
 Measures, in one process on one GPU: device-to-device copy bandwidth (the ceiling; bytes read + written),
 decode at batch 1 (128 tokens after a 16-token prompt) and at context depth 2048, prefill of a 512-token
 prompt, time to first token of a 512-token prompt (one request, nothing queued: prefill + the host argmax),
-aggregate decode of 8 / 32 / 64 concurrent sequences (512-token prompts, 128 tokens each), host CPU time per
+aggregate decode of 2 / 4 / 8 / 32 / 64 concurrent sequences (512-token prompts, 128 tokens each), host CPU time per
 decode step, achieved GB/s of a decode step (weight bytes read + KV bytes read, over the step's wall time)
 and its % of the copy bandwidth, and peak device memory of the process. Decode steps are CUDA-graph replays.
 The decode rows run greedy steps as the server's engine does for greedy requests (overlapped decode,
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", default="7b")
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     ap.add_argument("--gen", type=int, default=128)
-    ap.add_argument("--batches", default="8,32,64")
+    ap.add_argument("--batches", default="2,4,8,32,64")
     ap.add_argument("--decode-activations", default="int8x2", choices=("int8", "int8x2", "f16"),
                     help="decode matmul activations: int8 / int8x2 (dp4a vector path, one or two passes) or f16 "
                          "(tiled tensor-core path)")
