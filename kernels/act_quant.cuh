@@ -72,6 +72,20 @@ __device__ __forceinline__ void quantize_f4(float4 v, size_t t, bool ok, int8_t*
     if (PASSES > 1 && xd != nullptr && ok && (t & 3) == 0) xs16[t >> 2] = sum16;
 }
 
+// Row r of a few decode rows' two-pass quantization (quantize_act_q8x2_rows and the *_x2_rows producers): its xq /
+// xds rows (the residual pass res_blocks blocks on, as quantize_f4 writes it) and its decode copy, the rows' copies side
+// by side (xd + 2 r Kp, dsd + r K/32, xs16 + r K/16); quantize_f4<2>(v, t, ok, ...) with t counted within the row
+struct RowsQuant {
+    int8_t* xq;
+    float2* xds;
+    int8_t* xd;
+    float2* dsd;
+    int* xs16;
+    __device__ RowsQuant(int8_t* xq_, float2* xds_, int8_t* xd_, float2* dsd_, int* xs16_, size_t r, int K, int Kp)
+        : xq(xq_ + r * K), xds(xds_ + r * (K / 32)), xd(xd_ + 2 * r * Kp), dsd(dsd_ + r * (K / 32)),
+          xs16(xs16_ + r * (K / 16)) {}
+};
+
 // The same two-pass quantization with the decode copy for one row of K values held one per lane: the 32 lanes of
 // the calling warp hold the 32-value block starting at i - lane (i = this lane's value index, a multiple of 32 at
 // lane 0); writes what quantize_f4<2> writes for those values (xq / xds with the residual row K values / K/32

@@ -1,6 +1,7 @@
 // The batch-1 decode matmul of Q4_K (and, pipelined variant only, Q6_K) weights with two-pass int8 activations
 // (--decode-activations int8x2 at one row, the default decode path at batch 1): out_m (N_m) f32 = W_m (N_m, K) . x
-// for up to 3 matrices W_0..W_2 of one type sharing x (Q/K/V, gate/up), one launch.
+// for up to 3 matrices W_0..W_2 of one type sharing x (Q/K/V, gate/up), one launch. Its column entries (c<NC>, below)
+// take 2-4 rows of x, a few sequences' decode step: out_m (n, N_m).
 //
 // Why not the paired vector kernel (matmul_vec.cu, which runs the two passes as two columns): measured on an H200 it
 // issues 2.3 instructions per weight with 11.7 % occupancy and is bound by latency, not by the weight bytes
@@ -40,9 +41,10 @@
 // matmul_dec_q6_k_r<RT>s<STAGES>, _r2k2s2 (both types: the K of each row split between two warps, for long rows),
 // matmul_dec_q4_k_q6_k_r2s2 (W_0, W_1 Q4_K, W_2 Q6_K: Q, K and V of a Q4_K_M layer in one launch; its stages are
 // sized for Q6_K rows, and each warp takes its group's type). Signature: (q0, s0, out0, N0, q1, s1, out1, N1, q2, s2,
-// out2, N2, K, xd int8, dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only. And
-// matmul_dec_glu_q4_k_w<W>s<STAGES>, with a signature of its own: gate and up of a feed-forward with silu and the
-// quantization of its output (dec_glu_body, below).
+// out2, N2, K, xd int8, dsd float2, xs16 int32, Kp); s (Q6_K's d per block) and xs16 are read by Q6_K only. The
+// column entries _r2s2c<NC> and _r2k2s2c<NC> (both types, and matmul_dec_q4_k_q6_k_r2s2c<NC>) add ncols: the rows of x
+// (group_dot). And matmul_dec_glu_q4_k_w<W>s<STAGES>, with a signature of its own: gate and up of a feed-forward with
+// silu and the quantization of its output (dec_glu_body, below).
 #include "act_quant.cuh"
 #include "async_copy.cuh"
 #include "pdl.cuh"

@@ -40,9 +40,8 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2(const float*
     quantize_f4<2>(v, t, ok, xq, xds, res_blocks, xd, dsd, xs16, Kp);
 }
 
-// The same for a few decode rows (matmul_dec.cu's c<NC> entries): row r's decode copy at xd + 2 r Kp, its dsd and
-// xs16 r K/32 and r K/16 further (the rows' copies side by side, each as quantize_act_q8x2 writes one row), xq / xds
-// as quantize_act_q8x2 writes them (the residual pass res_blocks blocks on). Grid (ceil(K / 4 / 256), rows).
+// The same for a few decode rows (matmul_dec.cu's c<NC> entries), each row's decode copy as quantize_act_q8x2 writes
+// one row's, side by side (RowsQuant). Grid (ceil(K / 4 / 256), rows).
 extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2_rows(const float* __restrict__ x,
                                                                         int8_t* __restrict__ xq,
                                                                         float2* __restrict__ xds, int K,
@@ -50,12 +49,12 @@ extern "C" __global__ void __launch_bounds__(256) quantize_act_q8x2_rows(const f
                                                                         float2* __restrict__ dsd,
                                                                         int* __restrict__ xs16, int Kp) {
     pdl_start();
-    const size_t r = blockIdx.y, nb = K / 32;
+    const RowsQuant o(xq, xds, xd, dsd, xs16, blockIdx.y, K, Kp);
     const int t = blockIdx.x * blockDim.x + threadIdx.x;  // float4 index within the row
-    const bool ok = (t >> 3) < (int)nb;
-    const float4 v = ok ? __ldg(reinterpret_cast<const float4*>(x + r * K) + t) : make_float4(0.f, 0.f, 0.f, 0.f);
-    quantize_f4<2>(v, t, ok, xq + r * K, xds + r * nb, res_blocks, xd + 2 * r * Kp, dsd + r * nb, xs16 + r * (K / 16),
-                   Kp);
+    const bool ok = (t >> 3) < K / 32;
+    const float4 v = ok ? __ldg(reinterpret_cast<const float4*>(x + (size_t)blockIdx.y * K) + t)
+                        : make_float4(0.f, 0.f, 0.f, 0.f);
+    quantize_f4<2>(v, t, ok, o.xq, o.xds, res_blocks, o.xd, o.dsd, o.xs16, Kp);
 }
 
 // --- producers of one decode row that write its two-pass quantization themselves -------------------------------
@@ -118,18 +117,18 @@ extern "C" __global__ void rms_norm_quant_x2(const float* __restrict__ a, const 
     rms_norm_quant_row(a, b, w, sum, out, D, eps, xq, xds, D / 32, xd, dsd, xs16, Kp, trigger_first);
 }
 
-// The same for a few decode rows (grid: one block per row), each row's decode copy where quantize_act_q8x2_rows puts
-// it, the residual pass of xq / xds res_rows rows on
+// The same for a few decode rows (grid: one block per row), each row's quantization where quantize_act_q8x2_rows puts
+// it (RowsQuant), the residual pass of xq / xds res_rows rows on
 extern "C" __global__ void rms_norm_quant_x2_rows(const float* __restrict__ a, const float* __restrict__ b,
                                                   const float* __restrict__ w, float* __restrict__ sum,
                                                   float* __restrict__ out, int D, float eps, int8_t* __restrict__ xq,
                                                   float2* __restrict__ xds, int8_t* __restrict__ xd,
                                                   float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
                                                   int res_rows) {
-    const size_t r = blockIdx.x, at = r * D, nb = D / 32;
+    const size_t at = (size_t)blockIdx.x * D;
+    const RowsQuant o(xq, xds, xd, dsd, xs16, blockIdx.x, D, Kp);
     rms_norm_quant_row(a + at, b != nullptr ? b + at : nullptr, w, b != nullptr ? sum + at : nullptr, out + at, D,
-                       eps, xq + at, xds + r * nb, res_rows * (int)nb, xd + 2 * r * Kp, dsd + r * nb,
-                       xs16 + r * (D / 16), Kp, 0);
+                       eps, o.xq, o.xds, res_rows * (D / 32), o.xd, o.dsd, o.xs16, Kp, 0);
 }
 
 // out = silu(gate) * up for one row of n values (n % 32 == 0). Launch: one thread per float4, 256 per block.
@@ -172,7 +171,7 @@ extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2_rows(const f
                                                                         int8_t* __restrict__ xd,
                                                                         float2* __restrict__ dsd,
                                                                         int* __restrict__ xs16, int Kp, int res_rows) {
-    const size_t r = blockIdx.y, at = r * n, nb = n / 32;
-    silu_mul_quant_row(gate + at, up + at, out + at, n, xq + at, xds + r * nb, res_rows * (int)nb, xd + 2 * r * Kp,
-                       dsd + r * nb, xs16 + r * (n / 16), Kp, 0);
+    const size_t at = (size_t)blockIdx.y * n;
+    const RowsQuant o(xq, xds, xd, dsd, xs16, blockIdx.y, n, Kp);
+    silu_mul_quant_row(gate + at, up + at, out + at, n, o.xq, o.xds, res_rows * (n / 32), o.xd, o.dsd, o.xs16, Kp, 0);
 }

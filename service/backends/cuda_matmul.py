@@ -11,7 +11,8 @@ quantize_act.cu and get_rows.cu.
 
 Paths: n_rows <= VEC_MAX_ROWS takes the bandwidth-bound vector kernel (quantized types: x is first quantized
 to int8 per 32 values into the workspace, then __dp4a on the weight quants; at one row with int8x2 activations,
-Q4_K takes its own decode kernel, kernels/matmul_dec.cu, on a copy of x in its lanes' order); more rows take the tensor-core
+Q4_K takes its own decode kernel, kernels/matmul_dec.cu, on a copy of x in its lanes' order, and at 2-4 rows Q4_K and
+Q6_K take its column entries, on a copy of each row: a few sequences' decode step); more rows take the tensor-core
 tiled kernel (x converted once to f16, f16 MMA on weight tiles dequantized in shared memory; split over K
 into partials + a fixed-order reduction when the output tiles alone would leave SMs idle, as in batched
 decode). Q4_K / Q6_K, the Q4_K_M types, have their own tensor-core kernels instead: the fragment kernel at a few
@@ -311,8 +312,8 @@ class CudaMatmul:
     @staticmethod
     def workspace_bytes(max_rows: int, max_k: int) -> int:
         """Bytes of the workspace matmul needs for up to max_rows x max_k inputs (int8 quants + block scales, then
-        the decode kernel's copy of one row). With int8x2 n rows take paired_cols(n) workspace rows (up to
-        VEC_MAX_ROWS), so any input reserves that many."""
+        the decode kernel's copies of up to DEC_COLS[-1] rows). With int8x2 n rows take paired_cols(n) workspace rows
+        (up to VEC_MAX_ROWS), so any input reserves that many."""
         if max_rows <= 0:
             return 0
         n = DEC_COLS[-1]
@@ -357,7 +358,7 @@ class CudaMatmul:
                         decode: bool = False) -> None:
         """x (n_rows, K) f32 -> int8 + scales of x in rows [0, n_rows) and of its residual in rows
         [res_rows, res_rows + n_rows) of a (2 res_rows, K) workspace array (res_rows defaults to n_rows); with
-        `decode` (one row) also the copy the decode kernel reads (kernels/act_quant.cuh)."""
+        `decode` (up to DEC_COLS[-1] rows) also the copies the decode kernel reads (kernels/act_quant.cuh)."""
         res_rows = res_rows or n_rows
         assert n_rows <= res_rows and 2 * res_rows <= VEC_MAX_ROWS and k % 32 == 0
         assert not decode or n_rows <= DEC_COLS[-1]
