@@ -20,9 +20,8 @@ matmul_dec_glu launch: CudaBackend.fuse_glu), glu:<config> picks that launch's c
 (cuda_matmul.GLU_CONFIGS), pf:<KB> prefetches that many KB of the weights after each single-matrix decode launch's
 matrix into L2 (CudaMatmul.prefetch_kb; pf:0 none), cols:<n> sends decode steps of 2 .. n sequences to the decode
 kernel's column entries (CudaMatmul.dec_cols; cols:0 none), frag:<A> loads the fragment kernel's weights A blocks
-ahead up to 8 rows (CudaMatmul.frag_ahead; frag:0 its n1 entries), fragvec:<n> keeps rows up to n off the fragment
-kernel (CudaMatmul.frag_vec_rows), skip:<prefix>,<prefix> launches no kernel whose name starts with
-a prefix (the outputs are then wrong: it measures what those kernels cost inside the graph, e.g.
+ahead up to 8 rows (CudaMatmul.frag_ahead; frag:0 its n1 entries), skip:<prefix>,<prefix> launches no kernel whose
+name starts with a prefix (the outputs are then wrong: it measures what those kernels cost inside the graph, e.g.
 pdl+skip:quantize_act).
 For every scenario (b1: batch 1 at depth 16, d<D>: batch 1 at depth D, s<N>: N sequences at depth 512) one
 decode graph is captured per setting; the graphs are then replayed alternately,
@@ -75,9 +74,8 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nomix, +nofuse,
-    +norope, +noglu, +glu:<config>, +pf:<KB>, +cols:<n>, +frag:<A>, +fragvec:<n>, +splitk:<n>, +noshort, +short:<n>,
-    +skip:<prefixes>
-    (module docstring)."""
+    +norope, +noglu, +glu:<config>, +pf:<KB>, +cols:<n>, +frag:<A>, +splitk:<n>, +attsm:<n>, +halffrom:<n>, +noshort,
+    +short:<n>, +skip:<prefixes> (module docstring)."""
     setting, *opts = setting.split("+")
     be.mm.use_dec = "nodec" not in opts
     be.mm.dec_mixed = "nomix" not in opts
@@ -93,7 +91,6 @@ def apply(be, setting: str) -> None:
     be.mm.prefetch_kb = next((int(o[3:]) for o in opts if o.startswith("pf:")), PREFETCH_KB)
     be.mm.frag_ahead = next((int(o[5:]) for o in opts if o.startswith("frag:")), FRAG_AHEAD)
     be.mm.dec_cols = next((int(o[5:]) for o in opts if o.startswith("cols:")), DEC_COLS[-1])
-    be.mm.frag_vec_rows = next((int(o[8:]) for o in opts if o.startswith("fragvec:")), 2 if be.mm.int8x2 else 4)
     be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)
     be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)
     skip = next((o[5:] for o in opts if o.startswith("skip:")), "")

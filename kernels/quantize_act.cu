@@ -108,23 +108,20 @@ __device__ __forceinline__ void rms_norm_quant_row(const float* __restrict__ a, 
     }
 }
 
-extern "C" __global__ void rms_norm_quant_x2(const float* __restrict__ a, const float* __restrict__ b,
-                                             const float* __restrict__ w, float* __restrict__ sum,
-                                             float* __restrict__ out, int D, float eps, int8_t* __restrict__ xq,
-                                             float2* __restrict__ xds, int8_t* __restrict__ xd,
-                                             float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
-                                             int trigger_first) {
+// the parameters the one-row and the few-row norm entries share (then trigger_first, or res_rows)
+#define NORM_QUANT_PARAMS                                                                                     \
+    const float *__restrict__ a, const float *__restrict__ b, const float *__restrict__ w,                    \
+        float *__restrict__ sum, float *__restrict__ out, int D, float eps, int8_t *__restrict__ xq,          \
+        float2 *__restrict__ xds, int8_t *__restrict__ xd, float2 *__restrict__ dsd, int *__restrict__ xs16,   \
+        int Kp
+
+extern "C" __global__ void rms_norm_quant_x2(NORM_QUANT_PARAMS, int trigger_first) {
     rms_norm_quant_row(a, b, w, sum, out, D, eps, xq, xds, D / 32, xd, dsd, xs16, Kp, trigger_first);
 }
 
 // The same for a few decode rows (grid: one block per row), each row's quantization where quantize_act_q8x2_rows puts
 // it (RowsQuant), the residual pass of xq / xds res_rows rows on
-extern "C" __global__ void rms_norm_quant_x2_rows(const float* __restrict__ a, const float* __restrict__ b,
-                                                  const float* __restrict__ w, float* __restrict__ sum,
-                                                  float* __restrict__ out, int D, float eps, int8_t* __restrict__ xq,
-                                                  float2* __restrict__ xds, int8_t* __restrict__ xd,
-                                                  float2* __restrict__ dsd, int* __restrict__ xs16, int Kp,
-                                                  int res_rows) {
+extern "C" __global__ void rms_norm_quant_x2_rows(NORM_QUANT_PARAMS, int res_rows) {
     const size_t at = (size_t)blockIdx.x * D;
     const RowsQuant o(xq, xds, xd, dsd, xs16, blockIdx.x, D, Kp);
     rms_norm_quant_row(a + at, b != nullptr ? b + at : nullptr, w, b != nullptr ? sum + at : nullptr, out + at, D,
@@ -152,25 +149,19 @@ __device__ __forceinline__ void silu_mul_quant_row(const float* __restrict__ gat
     quantize_f4<2>(o, t, ok, xq, xds, res_blocks, xd, dsd, xs16, Kp);
 }
 
-extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2(const float* __restrict__ gate,
-                                                                   const float* __restrict__ up,
-                                                                   float* __restrict__ out, int n,
-                                                                   int8_t* __restrict__ xq, float2* __restrict__ xds,
-                                                                   int8_t* __restrict__ xd, float2* __restrict__ dsd,
-                                                                   int* __restrict__ xs16, int Kp, int trigger_first) {
+// ... and silu_mul's
+#define SILU_QUANT_PARAMS                                                                                     \
+    const float *__restrict__ gate, const float *__restrict__ up, float *__restrict__ out, int n,             \
+        int8_t *__restrict__ xq, float2 *__restrict__ xds, int8_t *__restrict__ xd, float2 *__restrict__ dsd,  \
+        int *__restrict__ xs16, int Kp
+
+extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2(SILU_QUANT_PARAMS, int trigger_first) {
     silu_mul_quant_row(gate, up, out, n, xq, xds, n / 32, xd, dsd, xs16, Kp, trigger_first);
 }
 
 // The same for a few decode rows of n values each: grid (ceil(n / 1024), rows), rows' copies as in
 // rms_norm_quant_x2_rows
-extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2_rows(const float* __restrict__ gate,
-                                                                        const float* __restrict__ up,
-                                                                        float* __restrict__ out, int n,
-                                                                        int8_t* __restrict__ xq,
-                                                                        float2* __restrict__ xds,
-                                                                        int8_t* __restrict__ xd,
-                                                                        float2* __restrict__ dsd,
-                                                                        int* __restrict__ xs16, int Kp, int res_rows) {
+extern "C" __global__ void __launch_bounds__(256) silu_mul_quant_x2_rows(SILU_QUANT_PARAMS, int res_rows) {
     const size_t at = (size_t)blockIdx.y * n;
     const RowsQuant o(xq, xds, xd, dsd, xs16, blockIdx.y, n, Kp);
     silu_mul_quant_row(gate + at, up + at, out + at, n, o.xq, o.xds, res_rows * (n / 32), o.xd, o.dsd, o.xs16, Kp, 0);

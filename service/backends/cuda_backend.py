@@ -805,15 +805,10 @@ class CudaBackend:
             self._ws_x = out
             return out
         self._ready(gate, up)
-        if quant is not None and gate.rows == 1:  # one launch: silu_mul and its quantization for the down projection
-            self._launch("quantize_act", "silu_mul_quant_x2", "PPPi" + "PPPPPii", (-(-n // 1024), 1, 1),
-                         (256, 1, 1), gate.ptr, up.ptr, out.ptr, np.int32(n), *quant)
-            self._ws_x = out
-            return out
-        if quant is not None:  # ... of a few rows (one grid row each)
-            self._launch("quantize_act", "silu_mul_quant_x2_rows", "PPPi" + "PPPPPii",
-                         (-(-gate.cols // 1024), gate.rows, 1), (256, 1, 1), gate.ptr, up.ptr, out.ptr,
-                         np.int32(gate.cols), *quant)
+        if quant is not None:  # one launch: silu_mul and its quantization for the down projection (a grid row per row)
+            name = "silu_mul_quant_x2" if gate.rows == 1 else "silu_mul_quant_x2_rows"
+            self._launch("quantize_act", name, "PPPi" + "PPPPPii", (-(-gate.cols // 1024), gate.rows, 1),
+                         (256, 1, 1), gate.ptr, up.ptr, out.ptr, np.int32(gate.cols), *quant)
             self._ws_x = out
             return out
         self._launch("elementwise", "silu_mul_f32", "PPPi", self._grid1d(n), (256, 1, 1), gate.ptr, up.ptr, out.ptr,

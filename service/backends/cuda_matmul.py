@@ -379,7 +379,7 @@ class CudaMatmul:
         """(xq, xds, xd, dsd, xs16, Kp, trigger_first): where the two-pass quantization of one K-wide row goes in
         the workspace, as matmul_multi reads it at one row (the residual pass one row on; the decode copy when
         use_dec), for the kernels that quantize their own output (CudaBackend.fuse_quant)."""
-        xq, xds = self._ws_parts(workspace_ptr, 2 * (self.paired_cols(1) // 2), k)
+        xq, xds = self._ws_parts(workspace_ptr, 2 * self.res_rows(1), k)
         xd, dsd, xs16 = self._dec_parts(workspace_ptr, k) if self.use_dec else (0, 0, 0)
         return xq, xds, xd, dsd, xs16, np.int32(self.dec_kp(k)), np.int32(self.quant_trigger_first and self.use_dec)
 
@@ -387,9 +387,21 @@ class CudaMatmul:
         """(xq, xds, xd, dsd, xs16, Kp, res_rows): the same for a few rows on the decode kernel's column entries
         (on_dec_cols), as matmul_multi reads them (each row's decode copy, the residual pass res_rows rows on), for
         the *_x2_rows producers."""
-        res_rows = self.paired_cols(n_rows) // 2
+        res_rows = self.res_rows(n_rows)
         xq, xds = self._ws_parts(workspace_ptr, 2 * res_rows, k)
         return (xq, xds, *self._dec_parts(workspace_ptr, k), np.int32(self.dec_kp(k)), np.int32(res_rows))
+
+    @staticmethod
+    def res_rows(n_rows: int) -> int:
+        """Where the residual pass of n_rows int8x2 rows starts in the workspace's xq / xds, in rows: half of the
+        paired vector kernel's columns (what every producer and reader of that quantization agrees on)."""
+        return CudaMatmul.paired_cols(n_rows) // 2
+
+    @staticmethod
+    def cols_entry(cols: int) -> str:
+        """The suffix of the decode kernel's column entry for cols rows (c<NC>, NC the smallest of DEC_COLS that
+        holds them), or "" for one row (cols 0)."""
+        return f"c{next(c for c in DEC_COLS if c >= cols)}" if cols else ""
 
     @staticmethod
     def paired_cols(n_rows: int) -> int:
@@ -475,7 +487,7 @@ class CudaMatmul:
         # the decode copy is written (whatever the types: x may be reused); several rows: their column entries
         dec = x2 and self.use_dec and (n_rows == 1 or self.on_dec_cols(n_rows))
         cols = n_rows if n_rows > 1 else 0
-        res_rows = self.paired_cols(n_rows) // 2 if x2 else n_rows
+        res_rows = self.res_rows(n_rows) if x2 else n_rows
         quantized = prequantized
         if not prequantized and any(_TYPES[w.ggml_type].q8_act for w, _ in vec):
             if x2:
@@ -531,10 +543,8 @@ class CudaMatmul:
         paired vector kernel; variant "dec:<config>[/<config>]" (up to DEC_SHORT_K / above) overrides DEC_CONFIG
         where the type has that configuration. cols (2 .. DEC_COLS[-1]): the column entry for that many rows."""
         long_k = w.k > DEC_SHORT_K
-        cfg, entry = DEC_CONFIG[w.suffix][long_k], ""
-        if cols:
-            cfg, entry = DEC_COLS_CONFIG[long_k], f"c{next(c for c in DEC_COLS if c >= cols)}"
-        elif variant and ":" in variant:
+        cfg = DEC_COLS_CONFIG[long_k] if cols else DEC_CONFIG[w.suffix][long_k]
+        if variant and ":" in variant and not cols:
             want = variant.split(":", 1)[1].split("/")
             want = want[long_k] if len(want) > 1 else want[0]
             if want in DEC_VARIANTS[w.suffix]:
@@ -542,7 +552,8 @@ class CudaMatmul:
         if cfg is None:
             return None
         rows_per_warp = int(re.match(r"r(\d+)", cfg).group(1))  # (k2: per pair of warps)
-        return f"matmul_dec_{w.suffix}_{cfg}{entry}", (DEC_WARPS // 2 if "k2" in cfg else DEC_WARPS) * rows_per_warp
+        name = f"matmul_dec_{w.suffix}_{cfg}{CudaMatmul.cols_entry(cols)}"
+        return name, (DEC_WARPS // 2 if "k2" in cfg else DEC_WARPS) * rows_per_warp
 
     def _dec_mixed(self, vec: list[tuple[DeviceWeight, int]]) -> list[tuple[DeviceWeight, int]] | None:
         """The (weight, out) pairs of one DEC_MIXED launch among vec, Q4_K first, or None where vec has none: one or
@@ -598,9 +609,7 @@ class CudaMatmul:
         that many rows (2 .. DEC_COLS[-1]) on the column entries."""
         w0 = members[0][0]
         if mixed:
-            name, rpb = DEC_MIXED, DEC_WARPS * 2
-            if cols:
-                name += f"c{next(c for c in DEC_COLS if c >= cols)}"
+            name, rpb = DEC_MIXED + self.cols_entry(cols), DEC_WARPS * 2
             members = members[:-1] + [None] * (MULTI_MAX - len(members)) + members[-1:]
         else:
             found = self.dec_kernel(w0, variant, cols)

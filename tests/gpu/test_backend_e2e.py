@@ -225,12 +225,15 @@ def test_programmatic_launch_leaves_graph_logits_unchanged(n_seqs, pipe):
 
 
 def _decode_steps(be, gpu, tokens: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
-    """(steps, 1, vocab) logits of sequence 0 decoding `tokens` one a step from position 9 on, through a fresh eager
-    step, the capture and graph replays, and the kernels they launched (kernel_launches)."""
+    """(steps, seqs, vocab) logits of sequences 0 .. seqs - 1 decoding `tokens` (steps,) or (steps, seqs) one a
+    step, sequence s from position 9 + s on (as _prefilled_tiny leaves them), through a fresh eager step, the capture
+    and graph replays, and the kernels they launched (kernel_launches)."""
     be._graphs.clear()
     be._seen.clear()
+    tokens = tokens.reshape(len(tokens), -1)  # (steps, seqs)
+    seqs = range(tokens.shape[1])
     with kernel_launches(be) as (launched, fns):
-        logits = np.stack([be.forward(gpu, StepBatch(tokens[i:i + 1], (SeqChunk(0, 9 + i, 1),), 48))
+        logits = np.stack([be.forward(gpu, StepBatch(tokens[i], tuple(SeqChunk(s, 9 + s + i, 1) for s in seqs), 48))
                            for i in range(len(tokens))])
     return logits, launched, fns
 
@@ -276,13 +279,7 @@ def test_few_sequences_take_the_decode_column_entries_with_fused_quantization(n_
 
     def run(fuse: bool) -> tuple[np.ndarray, list[str], list[str]]:
         be.fuse_quant = fuse
-        be._graphs.clear()
-        be._seen.clear()
-        with kernel_launches(be) as (launched, fns):
-            logits = np.stack([be.forward(gpu, StepBatch(tokens[i], tuple(SeqChunk(s, 9 + s + i, 1)
-                                                                          for s in range(n_seqs)), 48))
-                               for i in range(len(tokens))])  # (steps, seqs, vocab)
-        return logits, launched, fns
+        return _decode_steps(be, gpu, tokens)
 
     n_layers = g.hparams.n_layers
     apart, launched, quantized = run(False)

@@ -185,6 +185,27 @@ def _matmul_twice(rt, mm: CudaMatmul, x: np.ndarray, w, case, **kw) -> np.ndarra
     return out
 
 
+def _multi_outputs(rt, mm: CudaMatmul, x: np.ndarray, ws_: list) -> list[np.ndarray]:
+    """mm.matmul_multi of x (rows, K) with the uploaded weights ws_ into NaN-poisoned outputs: each (rows, N_i)."""
+    bufs = _Bufs(rt, mm, x, max(w.n for w in ws_))
+    outs = [rt.alloc(4 * x.shape[0] * w.n, "activations", f"o{i}") for i, w in enumerate(ws_)]
+    try:
+        for o, w in zip(outs, ws_):
+            rt.htod(o, np.full((x.shape[0], w.n), np.nan, np.float32))
+        mm.matmul_multi(bufs.x.ptr, x.shape[0], ws_, [o.ptr for o in outs], bufs.ws.ptr)
+        rt.synchronize()
+        got = []
+        for o, w in zip(outs, ws_):
+            host = np.empty((x.shape[0], w.n), np.float32)  # (rows, N_i)
+            rt.dtoh(host, o)
+            got.append(host)
+        return got
+    finally:
+        bufs.free()
+        for b in outs:
+            rt.free(b)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
 def test_vector_path_matches_float64(gpu, ggml_type: T) -> None:
@@ -391,31 +412,20 @@ def test_decode_kernel_mixed_types_in_one_launch(gpu) -> None:
         ws_ = [mm.upload(t) for t in ts]
         x = rng.standard_normal((1, k)).astype(np.float32)  # (1, k)
         x[:, 5] *= 40.0  # an outlier channel
-        bufs = _Bufs(rt, mm, x, 771)
-        outs = [rt.alloc(4 * w.n, "activations", f"o{i}") for i, w in enumerate(ws_)]
         try:
             got = {}
             for mixed in (True, False):
                 mm.dec_mixed = mixed
                 launches.clear()
-                for o, w in zip(outs, ws_):
-                    rt.htod(o, np.full((1, w.n), np.nan, np.float32))
-                mm.matmul_multi(bufs.x.ptr, 1, ws_, [o.ptr for o in outs], bufs.ws.ptr)
-                rt.synchronize()
-                got[mixed] = []
-                for o, w in zip(outs, ws_):
-                    host = np.empty((1, w.n), np.float32)  # (1, N_i)
-                    rt.dtoh(host, o)
-                    got[mixed].append(host)
+                got[mixed] = _multi_outputs(rt, mm, x, ws_)
                 assert launches == ([True] if mixed else [False, False]), (types, mixed, launches)
             assert DEC_MIXED in mm._fns
             for i, (t, a, b) in enumerate(zip(ts, got[True], got[False])):
                 assert np.isfinite(a).all() and np.array_equal(a, b), (types, i)
                 assert rel(a, q8x2_simulated(x) @ dequant64(t).T) <= 1e-4, (types, i)
         finally:
-            bufs.free()
-            for b in outs + [w.buffer for w in ws_]:
-                rt.free(b)
+            for w in ws_:
+                rt.free(w.buffer)
 
 
 def _check_f16_operands(rt, mm: CudaMatmul, x: np.ndarray, w, w16: np.ndarray, w64: np.ndarray, case, **kw) -> None:
@@ -592,44 +602,18 @@ def test_decode_kernel_columns_give_each_row_its_batch_1_bits(gpu) -> None:
             for n_rows in (2, 3, 4):
                 x = rng.standard_normal((n_rows, k)).astype(np.float32)  # (rows, k)
                 x[:, 5] *= 40.0  # an outlier channel
-                bufs = _Bufs(rt, mm, x, 771)
-                outs = [rt.alloc(4 * n_rows * w.n, "activations", f"o{i}") for i, w in enumerate(ws_)]
-                try:
-                    for o, w in zip(outs, ws_):
-                        rt.htod(o, np.full((n_rows, w.n), np.nan, np.float32))
-                    names.clear()
-                    mm.matmul_multi(bufs.x.ptr, n_rows, ws_, [o.ptr for o in outs], bufs.ws.ptr)
-                    rt.synchronize()
-                    assert names and all(c == n_rows for c in names), (k, types, n_rows, names)
-                    got = []
-                    for o, w in zip(outs, ws_):
-                        host = np.empty((n_rows, w.n), np.float32)  # (rows, N_i)
-                        rt.dtoh(host, o)
-                        got.append(host)
-                finally:
-                    bufs.free()
-                    for b in outs:
-                        rt.free(b)
+                names.clear()
+                got = _multi_outputs(rt, mm, x, ws_)
+                assert names and all(c == n_rows for c in names), (k, types, n_rows, names)
                 mm.dec_variant = "dec:r2s2/r2k2s2"  # the column entries' configurations, at one row
                 try:
                     for r in range(n_rows):
                         one = x[r:r + 1]
-                        b1 = _Bufs(rt, mm, one, 771)
-                        singles = [rt.alloc(4 * w.n, "activations", f"s{i}") for i, w in enumerate(ws_)]
-                        try:
-                            mm.matmul_multi(b1.x.ptr, 1, ws_, [o.ptr for o in singles], b1.ws.ptr)
-                            rt.synchronize()
-                            for i, (t, w, o) in enumerate(zip(ts, ws_, singles)):
-                                host = np.empty((1, w.n), np.float32)  # (1, N_i)
-                                rt.dtoh(host, o)
-                                case = (k, types, n_rows, r, i)
-                                assert np.isfinite(got[i][r]).all(), case
-                                assert np.array_equal(got[i][r], host[0]), (case, rel(got[i][r:r + 1], host))
-                                assert rel(host, q8x2_simulated(one) @ dequant64(t).T) <= 1e-4, case
-                        finally:
-                            b1.free()
-                            for b in singles:
-                                rt.free(b)
+                        for i, (t, single) in enumerate(zip(ts, _multi_outputs(rt, mm, one, ws_))):
+                            case = (k, types, n_rows, r, i)
+                            assert np.isfinite(got[i][r]).all(), case
+                            assert np.array_equal(got[i][r], single[0]), (case, rel(got[i][r:r + 1], single))
+                            assert rel(single, q8x2_simulated(one) @ dequant64(t).T) <= 1e-4, case
                 finally:
                     mm.dec_variant = None
         finally:
