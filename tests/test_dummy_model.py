@@ -53,6 +53,7 @@ def test_tiny_gguf_round_trip_runs_on_numpy(tmp_path):
     write_gguf(mem, path)
     g = open_gguf(path)
     assert g.hparams == mem.hparams
+    assert g.metadata["tokenizer.ggml.model"] == "no_vocab"  # what llama.cpp needs to load a file without a vocabulary
     for name, t in mem.tensors.items():
         assert np.array_equal(np.asarray(g.tensor(name).data), np.asarray(t.data)), name
     model = LlamaModel(g, NumpyBackend())

@@ -8,7 +8,8 @@ heads. The values are random but valid (finite f16 scales sized so activations s
 do not depend on them. Tensors are views into two 128 MiB pools of random blocks (one per block type) at
 different offsets, so a 3.8 GB model costs 256 MiB of host memory and a fraction of a second of randomness.
 
-`python -m service dummy-model --shape 7b OUT.gguf` writes the same model as a GGUF file.
+`python -m service dummy-model --shape 7b OUT.gguf` writes the same model as a GGUF file (without a vocabulary:
+tokenizer.ggml.model "no_vocab", so llama.cpp's tools load it too, as bench/llamacpp_baseline.py does).
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def write_gguf(model: GGUFModel, path: str) -> None:
     from service.model.gguf_writer import write_llama_gguf
 
     write_llama_gguf(path, model.hparams, [(t.name, t.ggml_type, t.data) for t in model.tensors.values()],
-                     model.metadata.get("general.name", "dummy"), int(model.metadata.get("general.file_type", 15)))
+                     model.metadata.get("general.name", "dummy"), int(model.metadata.get("general.file_type", 15)),
+                     tokenizer_model="no_vocab")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

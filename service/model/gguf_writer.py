@@ -259,11 +259,15 @@ def requantize_file(src: str, dst: str, type_name: str, keep_layers: int | None 
 
 
 def write_llama_gguf(path: str, hp: "LlamaHParams", tensors: list[tuple[str, GGMLType, np.ndarray]], name: str,
-                     file_type: int | None = None) -> None:
+                     file_type: int | None = None, tokenizer_model: str | None = None) -> None:
     """A llama GGUF from hyper-parameters and (name, type, storage) tensors, storage as QTensor.data holds it
-    (typed arrays for F32/F16, raw block bytes otherwise). For models made in memory (dummy weights, cuts)."""
+    (typed arrays for F32/F16, raw block bytes otherwise). For models made in memory (dummy weights, cuts).
+    `tokenizer_model` is written as tokenizer.ggml.model when given ("no_vocab": a file without a vocabulary,
+    which llama.cpp then loads with vocab_size placeholder tokens)."""
     w = GGUFWriter(path, "llama")
     w.add_name(name)
+    if tokenizer_model is not None:
+        w.add_tokenizer_model(tokenizer_model)
     w.add_block_count(hp.n_layers)
     w.add_context_length(hp.context_length)
     w.add_embedding_length(hp.dim)
