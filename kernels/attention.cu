@@ -432,17 +432,13 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
             if (visible) {
                 const float sc = d * scale;
-                if (sc > m[h]) {  // a new running max (rarely, after the first keys): rescale what was summed
-                    const float corr = __expf(m[h] - sc);  // exp(-inf) = 0 on the first key
-                    l[h] *= corr;
+                const float m_new = fmaxf(m[h], sc);
+                const float corr = __expf(m[h] - m_new);  // exp(-inf) = 0 on the first key
+                const float pw = __expf(sc - m_new);
+                l[h] = l[h] * corr + pw;
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) acc[h][e] *= corr;
-                    m[h] = sc;
-                }
-                const float pw = __expf(sc - m[h]);
-                l[h] += pw;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) acc[h][e] = fmaf(pw, vf[e], acc[h][e]);
+                for (int e = 0; e < 8; ++e) acc[h][e] = acc[h][e] * corr + pw * vf[e];
+                m[h] = m_new;
             }
         }
     }
