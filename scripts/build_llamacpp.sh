@@ -5,7 +5,7 @@
 #
 # Needs a CUDA toolkit with cuBLAS and the driver stub (lib64/stubs/libcuda.so), cmake and ninja. The binaries link
 # cuBLAS and the driver dynamically, so they run on a machine whose CUDA 13 toolkit provides libcublas.so.13.
-# Usage: bash scripts/build_llamacpp.sh [DEST]     (2 cores: about an hour; most of it is ggml-cuda)
+# Usage: bash scripts/build_llamacpp.sh [DEST]     (2 cores: about half an hour, most of it ggml-cuda)
 set -euo pipefail
 version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
 dest=$(realpath -m "${1:-build/llamacpp}")
