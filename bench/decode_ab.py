@@ -1,6 +1,6 @@
 """A/B of decode-graph settings in one process: GPU time per decode step of the 7B-shaped Q4_K_M dummy model.
 
-    python bench/decode_ab.py [--settings nopdl pdl] [--rounds 3] [--reps 100] [--out DIR]
+    python bench/decode_ab.py [--settings nopdl pdl] [--rounds 3] [--reps 100] [--kv-dtype f16|q8] [--out DIR]
 
 Settings (see `apply`): pdl / nopdl = every decode graph with or without programmatic kernel -> kernel edges,
 auto = the backend's choice per batch size; a suffix -plain:<prefix>,<prefix> keeps the edges into those kernels plain;
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=100)
     ap.add_argument("--out", default=os.path.join("bench", "out"))
+    ap.add_argument("--kv-dtype", default="f16", choices=("f16", "q8"), help="the KV cache's storage")
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = args.scenarios.split(",")
     deep = [sc for sc in scenarios if sc.startswith("d")]
     n_slots = max([1 + len(deep)] + [int(sc[1:]) for sc in scenarios if sc.startswith("s")])
-    kv = model.alloc_kv(model.kv_layout(slots=n_slots, max_positions=maxpos, sink_tokens=4, dtype="f16"))
+    kv = model.alloc_kv(model.kv_layout(slots=n_slots, max_positions=maxpos, sink_tokens=4, dtype=args.kv_dtype))
 
     batches = {}
     for sc in scenarios:  # b1: one sequence at depth 16; d<D>: one at depth D; s<N>: N sequences at depth 512
