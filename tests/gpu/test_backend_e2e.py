@@ -467,14 +467,16 @@ def _save(key: str, value: dict) -> None:
         json.dump(data, f, indent=1)
 
 
-@pytest.mark.parametrize("mode", ["sequential", "sequential-int8x2", "sequential-f16", "batched", "batched-graphs"])
+@pytest.mark.parametrize("mode", ["sequential", "sequential-int8x2", "sequential-f16", "batched", "batched-graphs",
+                                  "batched-int8x2-graphs"])
 def test_real_weights_teacher_forced(real, mode):
     """sequential: one decode row per step on the single-pass int8 (dp4a) vector path; sequential-int8x2: the
     same with the residual pass (the server's default); sequential-f16: the f16 tiled path; batched: 3 rows per
-    step (single-pass int8 vector path)."""
+    step (single-pass int8 vector path); -graphs: the steps replayed as CUDA graphs; batched-int8x2-graphs: the
+    server's default path for 3 sequences."""
     g, prompts, ref_logits, ref_tokens = real
-    m, be = _model(g, "f16", int8_decode=mode != "sequential-f16", int8x2=mode == "sequential-int8x2")
-    fwd = (lambda b: be.forward(m, b)) if mode == "batched-graphs" else None
+    m, be = _model(g, "f16", int8_decode=mode != "sequential-f16", int8x2="int8x2" in mode)
+    fwd = (lambda b: be.forward(m, b)) if mode.endswith("graphs") else None
     logits, _ = run_sequences(m, prompts, forced=ref_tokens, batched=mode.startswith("batched"), forward=fwd)
     res = compare(logits, ref_logits)
     _save(f"teacher_forced_{mode}", res)
@@ -483,7 +485,9 @@ def test_real_weights_teacher_forced(real, mode):
         pytest.xfail(f"int8 activations on the decode path: max rel {res['max_rel']:.3g} >= 2e-2 (mean "
                      f"{res['mean_rel']:.3g}); int8x2 (the default) and f16 meet it")
     assert res["max_rel"] < 2e-2, res
-    if mode == "batched-graphs":
+    if "int8x2" in mode:  # the residual pass: ~3e-4 on this cut (bench/RESULTS.md, round thirteen)
+        assert res["max_rel"] < 2e-3, res
+    if mode.endswith("graphs"):
         assert be.graph_replays > 0
 
 
