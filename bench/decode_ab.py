@@ -71,6 +71,12 @@ def _skip(be, prefixes: tuple[str, ...]) -> None:
         type(mm)._fn(mm, module, name, sig))
 
 
+def _option(opts: list[str], name: str, default, parse=int):
+    """The value of option `name:<value>` among opts, parsed, or default."""
+    prefix = name + ":"
+    return next((parse(o[len(prefix):]) for o in opts if o.startswith(prefix)), default)
+
+
 def apply(be, setting: str) -> None:
     """Backend settings by name: pdl / nopdl (programmatic edges in every decode graph, or in none), auto (the
     backend's own choice by batch size); options +nodec, +dec:<config>, +qfirst, +only:<types>, +nomix, +nofuse,
@@ -84,16 +90,16 @@ def apply(be, setting: str) -> None:
     be.fuse_quant = "nofuse" not in opts
     be.fuse_rope = "norope" not in opts
     be.fuse_glu = "noglu" not in opts
-    be.mm.glu_config = next((o[4:] for o in opts if o.startswith("glu:")), GLU_DEFAULT)
-    be.split_keys = next((int(o[7:]) for o in opts if o.startswith("splitk:")), SPLIT_KEYS)
-    be.split_blocks_per_sm = next((int(o[6:]) for o in opts if o.startswith("attsm:")), SPLIT_BLOCKS_PER_SM)
-    be.split_half_from = next((int(o[9:]) for o in opts if o.startswith("halffrom:")), SPLIT_HALF_FROM)
-    be.mm.prefetch_kb = next((int(o[3:]) for o in opts if o.startswith("pf:")), PREFETCH_KB)
-    be.mm.frag_ahead = next((int(o[5:]) for o in opts if o.startswith("frag:")), FRAG_AHEAD)
-    be.mm.dec_cols = next((int(o[5:]) for o in opts if o.startswith("cols:")), DEC_COLS[-1])
-    be.short_keys = 0 if "noshort" in opts else next((int(o[6:]) for o in opts if o.startswith("short:")), 192)
-    be.mm.dec_types = next((frozenset(o[5:].split(",")) for o in opts if o.startswith("only:")), DEC_TYPES)
-    skip = next((o[5:] for o in opts if o.startswith("skip:")), "")
+    be.mm.glu_config = _option(opts, "glu", GLU_DEFAULT, str)
+    be.split_keys = _option(opts, "splitk", SPLIT_KEYS)
+    be.split_blocks_per_sm = _option(opts, "attsm", SPLIT_BLOCKS_PER_SM)
+    be.split_half_from = _option(opts, "halffrom", SPLIT_HALF_FROM)
+    be.mm.prefetch_kb = _option(opts, "pf", PREFETCH_KB)
+    be.mm.frag_ahead = _option(opts, "frag", FRAG_AHEAD)
+    be.mm.dec_cols = _option(opts, "cols", DEC_COLS[-1])
+    be.short_keys = 0 if "noshort" in opts else _option(opts, "short", 192)
+    be.mm.dec_types = _option(opts, "only", DEC_TYPES, lambda v: frozenset(v.split(",")))
+    skip = _option(opts, "skip", "", str)
     _skip(be, tuple(p for p in skip.split(",") if p))
     base, _, plain = setting.partition("-plain:")  # e.g. pdl-plain:matmul_pipe,splitk: those kernels' edges stay plain
     if base not in ("pdl", "nopdl", "auto"):

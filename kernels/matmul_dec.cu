@@ -587,30 +587,33 @@ __device__ __forceinline__ void prefetch_next(const uint8_t* next, int kb) {
         DEC_BODY(RT)                                                                                          \
         prefetch_next(pf, pf_kb);                                                                             \
     }
-#define DEC_PIPE_BODY(WA, WB, RT, STAGES, N1, N2)                                                             \
-    dec_pipe_body<WA, WB, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,                  \
-                                      reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), Kp);
+// (N2: W_2's rows as given, or 0; NC columns of x, NCOLS of them live: 1, 1 but in the column entries below)
+#define DEC_PIPE_BODY(WA, WB, RT, STAGES, N2, NC, NCOLS)                                                      \
+    dec_pipe_body<WA, WB, RT, STAGES, NC>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,              \
+                                          reinterpret_cast<const float4*>(dsd),                               \
+                                          reinterpret_cast<const int4*>(xs16), Kp, NCOLS);
 #define DEC_PIPE_ENTRY2(suffix, WA, WB, RT, STAGES, MIN_BLOCKS)                                               \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
-        matmul_dec_##suffix##_r##RT##s##STAGES(DEC_ARGS) { DEC_PIPE_BODY(WA, WB, RT, STAGES, N1, N2) }
+        matmul_dec_##suffix##_r##RT##s##STAGES(DEC_ARGS) { DEC_PIPE_BODY(WA, WB, RT, STAGES, N2, 1, 1) }
 // (W_2 taken as empty: compiled so, the r2s2 twins fit their cap of 96 registers; walking three matrices, they spill)
 #define DEC_PIPE_ENTRY_PF(suffix, W, RT, STAGES, MIN_BLOCKS)                                                  \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
         matmul_dec_##suffix##_r##RT##s##STAGES##f(DEC_ARGS, PF_ARGS) {                                        \
-        DEC_PIPE_BODY(W, W, RT, STAGES, N1, 0)                                                                \
+        DEC_PIPE_BODY(W, W, RT, STAGES, 0, 1, 1)                                                              \
         prefetch_next(pf, pf_kb);                                                                             \
     }
 #define DEC_PIPE_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS) DEC_PIPE_ENTRY2(suffix, W, W, RT, STAGES, MIN_BLOCKS)
-#define DEC_K2_BODY(W, RT, STAGES)                                                                            \
-    dec_pipe_k2_body<W, RT, STAGES>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,                    \
-                                    reinterpret_cast<const float4*>(dsd), reinterpret_cast<const int4*>(xs16), Kp);
+#define DEC_K2_BODY(W, RT, STAGES, NC, NCOLS)                                                                 \
+    dec_pipe_k2_body<W, RT, STAGES, NC>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,                \
+                                        reinterpret_cast<const float4*>(dsd),                                 \
+                                        reinterpret_cast<const int4*>(xs16), Kp, NCOLS);
 #define DEC_K2_ENTRY(suffix, W, RT, STAGES, MIN_BLOCKS)                                                       \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
-        matmul_dec_##suffix##_r##RT##k2s##STAGES(DEC_ARGS) { DEC_K2_BODY(W, RT, STAGES) }
+        matmul_dec_##suffix##_r##RT##k2s##STAGES(DEC_ARGS) { DEC_K2_BODY(W, RT, STAGES, 1, 1) }
 #define DEC_K2_ENTRY_PF(suffix, W, RT, STAGES, MIN_BLOCKS)                                                    \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS)                                             \
         matmul_dec_##suffix##_r##RT##k2s##STAGES##f(DEC_ARGS, PF_ARGS) {                                      \
-        DEC_K2_BODY(W, RT, STAGES)                                                                            \
+        DEC_K2_BODY(W, RT, STAGES, 1, 1)                                                                      \
         prefetch_next(pf, pf_kb);                                                                             \
     }
 
@@ -639,16 +642,12 @@ DEC_K2_ENTRY_PF(q6_k, DecQ6K, 2, 2, 3)
 #define DEC_PIPE_ENTRY_C(suffix, WA, WB, RT, STAGES, NC, MIN_BLOCKS)                                          \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) matmul_dec_##suffix##_r##RT##s##STAGES##c##NC( \
         DEC_ARGS, int ncols) {                                                                                \
-        dec_pipe_body<WA, WB, RT, STAGES, NC>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,          \
-                                              reinterpret_cast<const float4*>(dsd),                           \
-                                              reinterpret_cast<const int4*>(xs16), Kp, ncols);                \
+        DEC_PIPE_BODY(WA, WB, RT, STAGES, N2, NC, ncols)                                                      \
     }
 #define DEC_K2_ENTRY_C(suffix, W, RT, STAGES, NC, MIN_BLOCKS)                                                 \
     extern "C" __global__ void __launch_bounds__(128, MIN_BLOCKS) matmul_dec_##suffix##_r##RT##k2s##STAGES##c##NC( \
         DEC_ARGS, int ncols) {                                                                                \
-        dec_pipe_k2_body<W, RT, STAGES, NC>(q0, s0, o0, N0, q1, s1, o1, N1, q2, s2, o2, N2, K, xd,            \
-                                            reinterpret_cast<const float4*>(dsd),                             \
-                                            reinterpret_cast<const int4*>(xs16), Kp, ncols);                  \
+        DEC_K2_BODY(W, RT, STAGES, NC, ncols)                                                                 \
     }
 #define DEC_ENTRIES_C(NC, MB, MB_MIXED)                                                                       \
     DEC_PIPE_ENTRY_C(q4_k, DecQ4K, DecQ4K, 2, 2, NC, MB)                                                      \

@@ -647,8 +647,8 @@ class CudaMatmul:
         fn.prepared_async_call((blocks, 1), (32 * DEC_WARPS, 1, 1), self.rt.stream, *args, shared_size=shared)
 
     def _next_weights(self, w: DeviceWeight) -> int:
-        """Where the prefetch_kb KB after w start (the next buffer carved from its slab), or 0: no prefetch asked, w
-        not in a slab, or the window would leave it."""
+        """The start of the prefetch_kb KB that follow w's buffer (the next buffer carved from its slab), or 0: no
+        prefetch asked, w not in a slab, or the window would leave it."""
         slab = getattr(w.buffer, "slab", None)
         if not self.prefetch_kb or slab is None:
             return 0
