@@ -1,11 +1,12 @@
 """Per-kernel GPU time of one decode-graph replay of the 7B-shaped Q4_K_M dummy model, through Nsight Compute.
 
-    python bench/step_profile.py [--seqs 1] [--depth 16] [--out DIR]
+    python bench/step_profile.py [--seqs 1] [--depth 16] [--setting auto] [--out DIR]
 
 Runs itself under `ncu` (profiling only the one replay between cuProfilerStart / cuProfilerStop, clocks and caches
 left as they are), then sums ncu's per-kernel `gpu__time_duration` by kernel name and prints a table: count,
 total us, share. Kernels are serialized under ncu, so the sum is larger than the graph's replay time (no overlap,
-no launch gaps hidden); it says where the time goes, not what the step takes. Writes DIR/step_profile.json.
+no launch gaps hidden); it says where the time goes, not what the step takes. --setting applies one of
+bench/decode_ab.py's settings (e.g. auto+nodecmma) to the backend first. Writes DIR/step_profile.json.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def child(args: argparse.Namespace) -> None:
     g = dummy_gguf_model("7b")
     be.reserve_weights(g)
     model = LlamaModel(g, be)
+    if args.setting:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from decode_ab import apply
+
+        apply(be, args.setting)
     V, S, D = g.hparams.vocab_size, args.seqs, args.depth
     maxpos = D + 64
     model.alloc_kv(model.kv_layout(slots=S, max_positions=maxpos, sink_tokens=4, dtype="f16"))
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", type=int, default=1)
     ap.add_argument("--depth", type=int, default=16)
+    ap.add_argument("--setting", default="", help="a bench/decode_ab.py setting, e.g. auto+nodecmma")
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     args = ap.parse_args(argv)
     if os.environ.get(MARK):
@@ -67,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cmd = ["ncu", "--profile-from-start", "off", "--clock-control", "none", "--cache-control", "none",
            "--metrics", "gpu__time_duration.sum", "--csv", "--print-units", "base",
-           sys.executable, os.path.abspath(__file__), "--seqs", str(args.seqs), "--depth", str(args.depth)]
+           sys.executable, os.path.abspath(__file__), "--seqs", str(args.seqs), "--depth", str(args.depth),
+           "--setting", args.setting]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **{MARK: "1"}))
     text = proc.stdout
     start = text.find('"ID"')

@@ -29,6 +29,26 @@
 
 #define ATT_THREADS 128
 
+// Timeline probe (bench/attention_timeline.py builds this file with -DATT_TIMELINE=<blocks>): thread 0 of each
+// attention_split block writes %globaltimer at points 0 (entry), 1 (after pdl_wait), 2 (keys done), 3 (the block's
+// state merged and written) and, in the block merging the row's splits, 4 (counted last), 5 (the splits' weights
+// computed), 6 (the splits merged) into att_timeline[block].
+#ifdef ATT_TIMELINE
+#define ATT_POINTS 7
+__device__ unsigned long long att_timeline[ATT_TIMELINE][ATT_POINTS];
+#define ATT_STAMP(i)                                                                                 \
+    do {                                                                                             \
+        const unsigned b_ = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);          \
+        if (threadIdx.x == 0 && b_ < ATT_TIMELINE) {                                                 \
+            unsigned long long t_;                                                                   \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                                   \
+            att_timeline[b_][i] = t_;                                                                \
+        }                                                                                            \
+    } while (0)
+#else
+#define ATT_STAMP(i)
+#endif
+
 // 8 values as stored (16 bytes of f16, or 8 int8 with their block's scale) to float
 template <int KVT>  // 0: f16, 1: q8
 __device__ __forceinline__ void dequant8(const unsigned char* raw, float scale, float out[8]) {
@@ -246,6 +266,7 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
         sw[h][lane + 32] = w[1] / L;
     }
     __syncthreads();
+    ATT_STAMP(5);
     for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps
         const int h = j / HD, e = j - h * HD;
         const float* acc = o.part_acc + ((size_t)t * n_heads + kh * G + h) * n_splits * HD + e;
@@ -264,6 +285,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
                                 void* ring_k, void* ring_v, __half* ring_ks, __half* ring_vs, NewKV nw, SplitOut o,
                                 int n_kv_heads, int sinks, int window, int max_positions, float scale,
                                 int split_keys, int half_from) {
+    ATT_STAMP(0);
     constexpr int LPK = HD / 8;                 // lanes per key
     constexpr int GROUPS = ATT_THREADS / LPK;   // keys in flight per block per iteration
     struct Merge {
@@ -320,6 +342,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     if (ROPE) load_angles(nw.rope + (size_t)t * (nw.n_rot / 2), gl * 8, nw.n_rot, ang);
     pdl_wait();
     pdl_trigger();
+    ATT_STAMP(1);
     // what the kernel before wrote, loaded at once: q at p (window keys) and at the sink position (given, or rotated
     // below from the same q), and the row's new K/V for the lanes encoding them
     float qw[G][8], qs[G][8];
@@ -445,6 +468,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
 
     // Merge the GROUPS partial states of this block through shared memory (the slots' bytes, now free).
     cp_async_wait<0>();
+    ATT_STAMP(2);
     __syncthreads();
     Merge& mg = *reinterpret_cast<Merge*>(smem);
 #pragma unroll
@@ -514,6 +538,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             if (cluster.block_rank() != 0) return;
         }
     }
+    ATT_STAMP(3);
     __shared__ int last;
     if (!alone && C == 1) {
         __threadfence();
@@ -523,7 +548,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         __syncthreads();
         if (!last) return;
         __threadfence();
+        ATT_STAMP(4);
         merge_splits<HD, G>(o, t, kh, n_heads, n_splits, n_active);
+        ATT_STAMP(6);
         if (threadIdx.x == 0) *done = 0;  // ready for the next launch
     }
     // The sequence's new K/V of this head go into the ring once every block reading its entries has finished: at
