@@ -235,14 +235,27 @@ __device__ __forceinline__ void finish_value(const SplitOut& o, int t, int i, in
 }
 
 // out[t, h*HD + e] = sum_s acc_s[e] exp(m_s - M) / sum_s l_s exp(m_s - M) over row t's n_active splits, for the G
-// query heads of kv head kh. Each warp turns one head's (m, l) into weights w_s = exp(m_s - M) / L in shared memory;
-// then every thread sums its values over the splits with the loads unrolled. The partial states were written by other
-// blocks of this launch: read from L2 (__ldcg).
+// query heads of kv head kh. The partial states were written by other blocks of this launch: read from L2 (__ldcg).
+// The merge is a chain of L2 round trips at the end of the launch, so its loads go out together where registers
+// allow: every thread issues those of its first value's first MERGE_AHEAD splits (they do not need the weights)
+// while each warp loads one head's (m, l) and turns them into weights w_s = exp(m_s - M) / L in shared memory; then
+// the sums, the rest of the loads unrolled.
 #define COMBINE_MAX_SPLITS 64
+#define MERGE_AHEAD 16
 template <int HD, int G>
 __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int n_splits, int n_active) {
     __shared__ float sw[G][COMBINE_MAX_SPLITS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    auto acc_of = [&](int j) {  // value j's partial accumulators, HD apart from split to split
+        const int h = j / HD, e = j - h * HD;
+        return o.part_acc + ((size_t)t * n_heads + kh * G + h) * n_splits * HD + e;
+    };
+    float ahead[MERGE_AHEAD];  // value threadIdx.x's first splits (0 past n_active)
+    if (threadIdx.x < G * HD) {
+#pragma unroll
+        for (int sp = 0; sp < MERGE_AHEAD; ++sp)
+            ahead[sp] = sp < n_active ? __ldcg(acc_of(threadIdx.x) + (size_t)sp * HD) : 0.f;
+    }
     for (int h = warp; h < G; h += ATT_THREADS / 32) {  // splits lane and lane + 32
         const size_t base = ((size_t)t * n_heads + kh * G + h) * n_splits;
         float m[2], l[2];
@@ -268,12 +281,18 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
     __syncthreads();
     ATT_STAMP(5);
     for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps
-        const int h = j / HD, e = j - h * HD;
-        const float* acc = o.part_acc + ((size_t)t * n_heads + kh * G + h) * n_splits * HD + e;
+        const int h = j / HD;
+        const float* acc = acc_of(j);
         float A = 0.f;
+        int sp = 0;
+        if (j == threadIdx.x) {
+#pragma unroll
+            for (; sp < MERGE_AHEAD; ++sp) A += sw[h][sp] * ahead[sp];
+            sp = min(MERGE_AHEAD, n_active);
+        }
 #pragma unroll 16
-        for (int sp = 0; sp < n_active; ++sp) A += sw[h][sp] * __ldcg(acc + (size_t)sp * HD);
-        finish_value(o, t, (kh * G + h) * HD + e, n_heads * HD, A);
+        for (; sp < n_active; ++sp) A += sw[h][sp] * __ldcg(acc + (size_t)sp * HD);
+        finish_value(o, t, kh * G * HD + j, n_heads * HD, A);
     }
     __syncthreads();  // sw is reused for the next row
 }
@@ -479,9 +498,10 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     }
     __syncthreads();
     // Row t's splits are merged by the last of its blocks to finish (a counter per (row, kv head), reset by that
-    // block; threadfence reduction); a row on one split finishes alone, without writing partial states. In a
-    // cluster launch the blocks merge through distributed shared memory instead: each leaves its state in its shared
-    // memory (cl_*) and the cluster's first block merges them and finishes the row.
+    // block; its count releases the block's writes and acquires the others'); a row on one split finishes alone,
+    // without writing partial states. In a cluster launch the blocks merge through distributed shared memory
+    // instead: each leaves its state in its shared memory (cl_*) and the cluster's first block merges them and
+    // finishes the row.
     __shared__ float cl_ml[C > 1 ? G : 1][2], cl_acc[C > 1 ? G * HD : 1];
     const bool alone = n_active == 1;
     for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps: G * HD is a multiple of 32
@@ -541,17 +561,22 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     ATT_STAMP(3);
     __shared__ int last;
     if (!alone && C == 1) {
-        __threadfence();
+        // (the pattern of cooperative groups' grid sync: the barrier orders every thread's partial-state writes
+        // before thread 0's count, whose release makes them visible device-wide with it; its acquire orders the
+        // merging block's reads after it)
         __syncthreads();
-        int* done = o.done + (size_t)t * n_kv_heads + kh;
-        if (threadIdx.x == 0) last = atomicAdd(done, 1) == n_active - 1;
+        if (threadIdx.x == 0) {
+            int before;
+            asm volatile("atom.add.acq_rel.gpu.global.s32 %0, [%1], 1;"
+                         : "=r"(before) : "l"(o.done + (size_t)t * n_kv_heads + kh) : "memory");
+            last = before == n_active - 1;
+        }
         __syncthreads();
         if (!last) return;
-        __threadfence();
         ATT_STAMP(4);
         merge_splits<HD, G>(o, t, kh, n_heads, n_splits, n_active);
         ATT_STAMP(6);
-        if (threadIdx.x == 0) *done = 0;  // ready for the next launch
+        if (threadIdx.x == 0) o.done[(size_t)t * n_kv_heads + kh] = 0;  // ready for the next launch
     }
     // The sequence's new K/V of this head go into the ring once every block reading its entries has finished: at
     // once for one row, else by the last of its rows' finishing blocks (a counter per (sequence, kv head) after the
