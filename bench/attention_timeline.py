@@ -51,35 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     args = ap.parse_args(argv)
 
-    from service.backends.base import SeqChunk, StepBatch
-    from service.backends.cuda_backend import CudaBackend
-    from service.model.dummy import dummy_gguf_model
-    from service.model.llama import LlamaModel
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from step_profile import decode_graph
 
-    rng = np.random.default_rng(0)
-    be = CudaBackend(max_rows=512, max_seqs=64)
-    mod = be.rt._cuda.module_from_file(build(be.rt.arch, args.define))
-    be.rt._modules["attention"] = mod
-    stamps_ptr, stamps_bytes = mod.get_global("att_timeline")
-    g = dummy_gguf_model("7b")
-    be.reserve_weights(g)
-    model = LlamaModel(g, be)
-    if args.setting:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from decode_ab import apply
+    probe: dict = {}
 
-        apply(be, args.setting)
-    V, S, D = g.hparams.vocab_size, args.seqs, args.depth
-    maxpos = D + 64
-    model.alloc_kv(model.kv_layout(slots=S, max_positions=maxpos, sink_tokens=4, dtype="f16"))
-    for s in range(S):
-        for a in range(0, D, 512):
-            m = min(512, D - a)
-            model.forward(StepBatch(rng.integers(0, V, m).astype(np.int32), (SeqChunk(s, a, m),), maxpos))
-    batch = StepBatch(rng.integers(0, V, S).astype(np.int32), tuple(SeqChunk(s, D, 1) for s in range(S)), maxpos)
-    for _ in range(3):  # eager, capture, replay
-        be.forward(model, batch)
-    graph, _ = next(iter(be._graphs.values()))
+    def load_probe(be) -> None:  # the probe's build in place of the normal one, before any attention launch
+        probe["mod"] = be.rt._modules["attention"] = be.rt._cuda.module_from_file(build(be.rt.arch, args.define))
+
+    be, hp, graph = decode_graph(args.seqs, args.depth, args.setting, load_probe)
+    stamps_ptr, stamps_bytes = probe["mod"].get_global("att_timeline")
+    S, D = args.seqs, args.depth
     runs = []
     host = np.zeros((MAX_BLOCKS, len(POINTS)), dtype=np.uint64)
     for _ in range(args.reps):
@@ -107,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         q = np.percentile(col, [0, 10, 50, 90, 100])
         summary["points"][name] = {"blocks": int(col.size), "percentiles_0_10_50_90_100": [float(x) for x in q]}
         print(f"{name:16s} {col.size:6d} " + " ".join(f"{x:7.2f}" for x in q))
-    n_groups = S * g.hparams.n_kv_heads  # blocks are numbered split-fastest: (split, kv head, row)
+    n_groups = S * hp.n_kv_heads  # blocks are numbered split-fastest: (split, kv head, row)
     if rel.shape[0] % n_groups == 0 and rel.shape[0] > n_groups:
         per = rel.reshape(n_groups, -1, len(POINTS))  # (row x kv head, split, point)
         merged = per[:, :, -1].max(axis=1)

@@ -6,7 +6,7 @@ Runs itself under `ncu` (profiling only the one replay between cuProfilerStart /
 left as they are), then sums ncu's per-kernel `gpu__time_duration` by kernel name and prints a table: count,
 total us, share. Kernels are serialized under ncu, so the sum is larger than the graph's replay time (no overlap,
 no launch gaps hidden); it says where the time goes, not what the step takes. --setting applies one of
-bench/decode_ab.py's settings (e.g. auto+nodecmma) to the backend first. Writes DIR/step_profile.json.
+bench/decode_ab.py's settings (e.g. auto+splitk:128) to the backend first. Writes DIR/step_profile.json.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Any, Callable
 
 import numpy as np
 
@@ -27,7 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MARK = "STEP_PROFILE_CHILD"
 
 
-def child(args: argparse.Namespace) -> None:
+def decode_graph(seqs: int, depth: int, setting: str = "", on_backend: Callable[[Any], None] | None = None):
+    """The 7B-shaped Q4_K_M dummy model on a CUDA backend (on_backend(backend) first, then the bench/decode_ab.py
+    setting, if any), `seqs` sequences prefilled to `depth` tokens, and the CUDA graph of their next decode step,
+    captured and replayed once: (backend, the model's hparams, graph)."""
     from service.backends.base import SeqChunk, StepBatch
     from service.backends.cuda_backend import CudaBackend
     from service.model.dummy import dummy_gguf_model
@@ -35,15 +39,17 @@ def child(args: argparse.Namespace) -> None:
 
     rng = np.random.default_rng(0)
     be = CudaBackend(max_rows=512, max_seqs=64)
+    if on_backend is not None:
+        on_backend(be)
     g = dummy_gguf_model("7b")
     be.reserve_weights(g)
     model = LlamaModel(g, be)
-    if args.setting:
+    if setting:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from decode_ab import apply
 
-        apply(be, args.setting)
-    V, S, D = g.hparams.vocab_size, args.seqs, args.depth
+        apply(be, setting)
+    V, S, D = g.hparams.vocab_size, seqs, depth
     maxpos = D + 64
     model.alloc_kv(model.kv_layout(slots=S, max_positions=maxpos, sink_tokens=4, dtype="f16"))
     for s in range(S):
@@ -53,7 +59,11 @@ def child(args: argparse.Namespace) -> None:
     batch = StepBatch(rng.integers(0, V, S).astype(np.int32), tuple(SeqChunk(s, D, 1) for s in range(S)), maxpos)
     for _ in range(3):  # eager, capture, replay
         be.forward(model, batch)
-    graph = next(iter(be._graphs.values()))[0]
+    return be, g.hparams, next(iter(be._graphs.values()))[0]
+
+
+def child(args: argparse.Namespace) -> None:
+    be, _, graph = decode_graph(args.seqs, args.depth, args.setting)
     be.rt.synchronize()
     lib = ctypes.CDLL("libcuda.so.1")
     lib.cuProfilerStart()
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", type=int, default=1)
     ap.add_argument("--depth", type=int, default=16)
-    ap.add_argument("--setting", default="", help="a bench/decode_ab.py setting, e.g. auto+nodecmma")
+    ap.add_argument("--setting", default="", help="a bench/decode_ab.py setting, e.g. auto+splitk:128")
     ap.add_argument("--out", default=os.path.join("bench", "out"))
     args = ap.parse_args(argv)
     if os.environ.get(MARK):
