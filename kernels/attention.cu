@@ -79,10 +79,16 @@ __device__ __forceinline__ void load8(const void* base, const __half* scales, si
 
 // attention_split's keys in flight: every lane copies its share of the next ATT_STAGES iterations' K and V
 // (cp.async) into its own slots of shared memory while it computes one iteration. The copies of the first
-// ATT_STAGES iterations' ring entries are issued before pdl_wait: the ring holds keys of earlier steps only (this
-// step's new keys come staged from the kernel before, or are encoded here; this step's append comes after every
-// read of the entries it overwrites), so they overlap the kernels before.
+// iterations' ring entries are issued before pdl_wait: the ring holds keys of earlier steps only (this step's new
+// keys come staged from the kernel before, or are encoded here; this step's append comes after every read of the
+// entries it overwrites), so they overlap the kernels before. The clustered entries issue all ATT_STAGES there, the
+// split grid ATT_PRE_WAIT and the rest right after the wait: its 1,056 blocks' early copies compete with the QKV
+// matmul they wait on (H200, depth 2048: 2 stages -1.7 % a step against 4, 1 or 3 stages -1.5 / -1.0 %, 1 stage
+// +1.2 % at depth 512; bench/RESULTS.md, round fourteen).
 #define ATT_STAGES 4
+#ifndef ATT_PRE_WAIT
+#define ATT_PRE_WAIT 2
+#endif
 
 template <int KVT>
 struct KVSlots {  // one stage: each thread's 8 values of K and of V as stored (+ the q8 scale's 4-byte word)
@@ -350,8 +356,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             copy8<KVT>(st.v[tid], st.vs + tid * KVT, ring_v, ring_vs, row, kv_dim, col);
         }
     };
+    constexpr int PRE = C > 1 ? ATT_STAGES : ATT_PRE_WAIT;  // stages copied before the wait
 #pragma unroll
-    for (int it = 0; it < ATT_STAGES; ++it) {
+    for (int it = 0; it < PRE; ++it) {
         if (it < n_iter) copy_ring(it);
         cp_async_commit();
     }
@@ -362,6 +369,11 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     pdl_wait();
     pdl_trigger();
     ATT_STAMP(1);
+#pragma unroll
+    for (int it = PRE; it < ATT_STAGES; ++it) {
+        if (it < n_iter) copy_ring(it);
+        cp_async_commit();
+    }
     // what the kernel before wrote, loaded at once: q at p (window keys) and at the sink position (given, or rotated
     // below from the same q), and the row's new K/V for the lanes encoding them
     float qw[G][8], qs[G][8];
