@@ -1,6 +1,6 @@
 """Timeline of one decode-attention launch inside a decode-graph replay of the 7B-shaped Q4_K_M dummy model.
 
-    python bench/attention_timeline.py [--seqs 1] [--depth 2048] [--setting auto] [--out DIR]
+    python bench/attention_timeline.py [--seqs 1] [--depth 2048] [--setting auto] [--reps 5] [--define X=V] [--out DIR]
 
 Builds kernels/attention.cu with -DATT_TIMELINE (thread 0 of every attention_split block writes %globaltimer at
 the points of ATT_STAMP there: entry, after pdl_wait, keys done, its state merged and written; and in the block that
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     spans = [r.max() for r in runs]
     rel = runs[int(np.argsort(spans)[len(spans) // 2])]
     summary = {"seqs": S, "depth": D, "setting": args.setting or "auto", "defines": args.define,
-               "blocks": int(rel.shape[0]),
-               "span_us": float(rel.max()), "spans_us": [float(x) for x in spans], "points": {}}
+               "blocks": int(rel.shape[0]), "span_us": float(rel.max()), "spans_us": [float(x) for x in spans],
+               "points": {}}
     print(f"\nlast attention launch of a decode replay: {S} sequence(s) at depth {D}, {rel.shape[0]} blocks, "
           f"span {rel.max():.2f} us (replays: {', '.join(f'{x:.2f}' for x in spans)})")
     print(f"{'point':16s} {'blocks':>6s} {'min':>7s} {'p10':>7s} {'p50':>7s} {'p90':>7s} {'max':>7s}  (us)")

@@ -86,7 +86,7 @@ __device__ __forceinline__ void load8(const void* base, const __half* scales, si
 // matmul they wait on (H200, depth 2048: 2 stages -1.7 % a step against 4, 1 or 3 stages -1.5 / -1.0 %, 1 stage
 // +1.2 % at depth 512; bench/RESULTS.md, round fourteen).
 #define ATT_STAGES 4
-#ifndef ATT_PRE_WAIT
+#ifndef ATT_PRE_WAIT  // (a build may set it: bench/attention_timeline.py --define ATT_PRE_WAIT=<n>)
 #define ATT_PRE_WAIT 2
 #endif
 
@@ -258,9 +258,9 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
     };
     float ahead[MERGE_AHEAD];  // value threadIdx.x's first splits (0 past n_active)
     if (threadIdx.x < G * HD) {
+        const float* acc = acc_of(threadIdx.x);
 #pragma unroll
-        for (int sp = 0; sp < MERGE_AHEAD; ++sp)
-            ahead[sp] = sp < n_active ? __ldcg(acc_of(threadIdx.x) + (size_t)sp * HD) : 0.f;
+        for (int sp = 0; sp < MERGE_AHEAD; ++sp) ahead[sp] = sp < n_active ? __ldcg(acc + (size_t)sp * HD) : 0.f;
     }
     for (int h = warp; h < G; h += ATT_THREADS / 32) {  // splits lane and lane + 32
         const size_t base = ((size_t)t * n_heads + kh * G + h) * n_splits;
