@@ -9,7 +9,9 @@ one, replays the step's CUDA graph (programmatic edges as in serving) and reads 
 attention launch. Prints, relative to the first block's entry, the percentiles of each point over the blocks, the
 launch's span, and per (row, kv head) the merge tail: from the last of its blocks writing its state to its splits
 merged. Writes DIR/attention_timeline.json. The probe adds a few instructions per block; use it for where the time
-goes, bench/decode_ab.py for what a change saves.
+goes, bench/decode_ab.py for what a change saves. It also prints the whole step's GPU time with this build, the
+spread of the blocks' key times by split, kv head and SM, and takes timing-only builds: --define ATT_PROBE_NO_MERGE
+leaves the splits unmerged (no output), which prices the merge inside the step.
 """
 
 from __future__ import annotations
@@ -41,6 +43,20 @@ def build(arch: str, defines: list[str]) -> str:
     return out
 
 
+def replay_ms(be, graph, rounds: int = 5, reps: int = 20) -> float:
+    """GPU time of one replay of graph: the median over rounds of reps back-to-back replays (CUDA events)."""
+    cuda, times = be.rt._cuda, []
+    for _ in range(rounds):
+        a, b = cuda.Event(), cuda.Event()
+        a.record(be.rt.stream)
+        for _ in range(reps):
+            graph.replay()
+        b.record(be.rt.stream)
+        b.synchronize()
+        times.append(b.time_since(a) / reps)
+    return float(np.median(times))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", type=int, default=1)
@@ -61,26 +77,32 @@ def main(argv: list[str] | None = None) -> int:
 
     be, hp, graph = decode_graph(args.seqs, args.depth, args.setting, load_probe)
     stamps_ptr, stamps_bytes = probe["mod"].get_global("att_timeline")
+    smid_ptr, _ = probe["mod"].get_global("att_smid")
     S, D = args.seqs, args.depth
     runs = []
     host = np.zeros((MAX_BLOCKS, len(POINTS)), dtype=np.uint64)
+    smid = np.zeros(MAX_BLOCKS, dtype=np.uint32)
     for _ in range(args.reps):
         be.rt.memset_u8(stamps_ptr, 0, stamps_bytes)
         be.rt.synchronize()
         graph.replay()
         be.rt.synchronize()
         be.rt._cuda.memcpy_dtoh(host, stamps_ptr)
-        used = host[host[:, 0] > 0].astype(np.int64)
-        t0 = used[:, 0].min()
-        rel = np.where(used > 0, used - t0, -1) / 1e3  # us after the first entry; -1: not reached
-        runs.append(rel)
-    spans = [r.max() for r in runs]
-    rel = runs[int(np.argsort(spans)[len(spans) // 2])]
+        be.rt._cuda.memcpy_dtoh(smid, smid_ptr)
+        used = host[:, 0] > 0
+        stamps = host[used].astype(np.int64)
+        t0 = stamps[:, 0].min()
+        rel = np.where(stamps > 0, stamps - t0, -1) / 1e3  # us after the first entry; -1: not reached
+        runs.append((rel, smid[used].copy()))
+    spans = [r.max() for r, _ in runs]
+    rel, sms = runs[int(np.argsort(spans)[len(spans) // 2])]
+    step_ms = replay_ms(be, graph)
     summary = {"seqs": S, "depth": D, "setting": args.setting or "auto", "defines": args.define,
                "blocks": int(rel.shape[0]), "span_us": float(rel.max()), "spans_us": [float(x) for x in spans],
-               "points": {}}
+               "step_ms": step_ms, "points": {}}
     print(f"\nlast attention launch of a decode replay: {S} sequence(s) at depth {D}, {rel.shape[0]} blocks, "
-          f"span {rel.max():.2f} us (replays: {', '.join(f'{x:.2f}' for x in spans)})")
+          f"span {rel.max():.2f} us (replays: {', '.join(f'{x:.2f}' for x in spans)}); whole step (this build, "
+          f"5 x 20 replays) {step_ms:.4f} ms")
     print(f"{'point':16s} {'blocks':>6s} {'min':>7s} {'p10':>7s} {'p50':>7s} {'p90':>7s} {'max':>7s}  (us)")
     for i, name in enumerate(POINTS):
         col = rel[:, i][rel[:, i] >= 0]
@@ -95,9 +117,18 @@ def main(argv: list[str] | None = None) -> int:
         merged = per[:, :, -1].max(axis=1)
         tail = merged - per[:, :, 3].max(axis=1)
         ok = merged >= 0
-        q = np.percentile(tail[ok], [0, 10, 50, 90, 100])
-        summary["merge_tail_us"] = [float(x) for x in q]
-        print(f"{'merge tail':16s} {int(ok.sum()):6d} " + " ".join(f"{x:7.2f}" for x in q))
+        if ok.any():
+            q = np.percentile(tail[ok], [0, 10, 50, 90, 100])
+            summary["merge_tail_us"] = [float(x) for x in q]
+            print(f"{'merge tail':16s} {int(ok.sum()):6d} " + " ".join(f"{x:7.2f}" for x in q))
+        # is a block's key time its split's, its kv head's or its SM's? (spread of the group means; 0: no effect)
+        keys = per[:, :, 2] - per[:, :, 1]
+        by_sm = np.array([keys.reshape(-1)[sms == m].mean() for m in np.unique(sms)])
+        spread = {"block": keys.std(), "split": keys.mean(axis=0).std(), "kv head": keys.mean(axis=1).std(),
+                  "SM": by_sm.std()}
+        summary["keys_after_wait_std_us"] = {k: float(v) for k, v in spread.items()}
+        print("keys after the wait, std of means by " + ", ".join(f"{k} {v:.2f}" for k, v in spread.items())
+              + " us")
     os.makedirs(args.out, exist_ok=True)
     tag = "".join(f"_{d}" for d in args.define)
     with open(os.path.join(args.out, f"attention_timeline_s{S}_d{D}{tag}.json"), "w") as f:

@@ -6,12 +6,12 @@
 //         + the step's new keys of rows row0[s] .. t (staged in storage format, or encoded here: ROPE below)
 //   key at position pos is a sink if pos < sinks (scored with q_sink), a window key if p - window < pos
 //   (scored with q); others are invisible. score = (q . k) / sqrt(head_dim); out = softmax(score) . V
-// Split-K (attention_split_*): for each (t, h, split) a running max m, sum l and acc[HD] (unnormalized); the block
-// finishing a sequence's kv head last merges the splits into out (T, n_heads * HD) and appends the new K/V. At decode
-// (one row per sequence, normal-mode rope) it also rotates q and the new k itself from the rope_table_f32 angles,
-// and while the ring is not full the block holding the row's new key writes it to the ring at once. A short
-// context's decode step (attention_split_rope_c4_*) runs each row's splits as one cluster of 4 blocks, which merge
-// through distributed shared memory instead: no partial state goes through global memory.
+// Split-K (attention_split_*): for each (t, h, split) a running max m (of base-2 scores), sum l and acc[HD]
+// (unnormalized); the block finishing a sequence's kv head last merges the splits into out (T, n_heads * HD) and
+// appends the new K/V. At decode (one row per sequence, normal-mode rope) it also rotates q and the new k itself from
+// the rope_table_f32 angles, and while the ring is not full the block holding the row's new key writes it to the ring
+// at once. A short context's decode step (attention_split_rope_c4_*) runs each row's splits as one cluster of 4
+// blocks, which merge through distributed shared memory instead: no partial state goes through global memory.
 //
 // Layouts: q, q_sink, out: (T, n_heads * HD) float32. Ring K/V per layer: (slots, max_positions, kv_dim)
 // half or int8 (+ (slots, max_positions, kv_dim / 32) half scales). Staging: (T, kv_dim) in the same format.
@@ -36,6 +36,7 @@
 #ifdef ATT_TIMELINE
 #define ATT_POINTS 7
 __device__ unsigned long long att_timeline[ATT_TIMELINE][ATT_POINTS];
+__device__ unsigned att_smid[ATT_TIMELINE];  // the SM each block ran on (written with point 0)
 #define ATT_STAMP(i)                                                                                 \
     do {                                                                                             \
         const unsigned b_ = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);          \
@@ -43,6 +44,11 @@ __device__ unsigned long long att_timeline[ATT_TIMELINE][ATT_POINTS];
             unsigned long long t_;                                                                   \
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t_));                                   \
             att_timeline[b_][i] = t_;                                                                \
+            if (i == 0) {                                                                            \
+                unsigned sm_;                                                                        \
+                asm volatile("mov.u32 %0, %%smid;" : "=r"(sm_));                                      \
+                att_smid[b_] = sm_;                                                                  \
+            }                                                                                        \
         }                                                                                            \
     } while (0)
 #else
@@ -77,6 +83,14 @@ __device__ __forceinline__ void load8(const void* base, const __half* scales, si
     dequant8<KVT>(reinterpret_cast<const unsigned char*>(base) + (row * kv_dim + col) * (2 - KVT), scale, out);
 }
 
+// 2^x (ex2.approx.ftz; 2^-inf = 0). attention_split keeps its scores and running maxima in base 2 (scaled by
+// log2 e), so exp(s - m) is one ex2 of theirs.
+__device__ __forceinline__ float exp2_approx(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
 // attention_split's keys in flight: every lane copies its share of the next ATT_STAGES iterations' K and V
 // (cp.async) into its own slots of shared memory while it computes one iteration. The copies of the first
 // iterations' ring entries are issued before pdl_wait: the ring holds keys of earlier steps only (this step's new
@@ -98,12 +112,20 @@ struct KVSlots {  // one stage: each thread's 8 values of K and of V as stored (
     uint32_t ks[ATT_THREADS * KVT], vs[ATT_THREADS * KVT];
 };
 
-// one thread's 8 values of row `row` (and its scale's word: scales are halves, copied in aligned pairs), async
+// one thread's 8 values at byte `offset` of a K/V buffer (and its scale's word: scales are halves, copied in aligned
+// pairs; q8 takes a byte a value, so the scale's index is offset / 32), async
+template <int KVT>
+__device__ __forceinline__ void copy8_at(unsigned char* dst, uint32_t* dst_scale, const void* base,
+                                         const __half* scales, size_t offset) {
+    cp_async<KVSlots<KVT>::VB>(dst, reinterpret_cast<const unsigned char*>(base) + offset);
+    if (KVT == 1) cp_async<4>(dst_scale, scales + ((offset / Q8_BLOCK) & ~(size_t)1));
+}
+
+// ... of row `row`, from column col
 template <int KVT>
 __device__ __forceinline__ void copy8(unsigned char* dst, uint32_t* dst_scale, const void* base,
                                       const __half* scales, size_t row, int kv_dim, int col) {
-    cp_async<KVSlots<KVT>::VB>(dst, reinterpret_cast<const unsigned char*>(base) + (row * kv_dim + col) * (2 - KVT));
-    if (KVT == 1) cp_async<4>(dst_scale, scales + ((row * (kv_dim / Q8_BLOCK) + col / Q8_BLOCK) & ~(size_t)1));
+    copy8_at<KVT>(dst, dst_scale, base, scales, (row * kv_dim + col) * (2 - KVT));
 }
 
 // the same with plain loads into the slot (the step's staged keys, which may only be read after pdl_wait)
@@ -240,11 +262,11 @@ __device__ __forceinline__ void finish_value(const SplitOut& o, int t, int i, in
     if (o.quant.xq != nullptr) quantize_lane_x2(v, i, o.quant);
 }
 
-// out[t, h*HD + e] = sum_s acc_s[e] exp(m_s - M) / sum_s l_s exp(m_s - M) over row t's n_active splits, for the G
+// out[t, h*HD + e] = sum_s acc_s[e] 2^(m_s - M) / sum_s l_s 2^(m_s - M) over row t's n_active splits, for the G
 // query heads of kv head kh. The partial states were written by other blocks of this launch: read from L2 (__ldcg).
 // The merge is a chain of L2 round trips at the end of the launch, so its loads go out together where registers
 // allow: every thread issues those of its first value's first MERGE_AHEAD splits (they do not need the weights)
-// while each warp loads one head's (m, l) and turns them into weights w_s = exp(m_s - M) / L in shared memory; then
+// while each warp loads one head's (m, l) and turns them into weights w_s = 2^(m_s - M) / L in shared memory; then
 // the sums, the rest of the loads unrolled.
 #define COMBINE_MAX_SPLITS 64
 #define MERGE_AHEAD 16
@@ -277,7 +299,7 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
         float w[2], L = 0.f;
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
-            w[u] = m[u] == -INFINITY ? 0.f : __expf(m[u] - M);
+            w[u] = m[u] == -INFINITY ? 0.f : exp2_approx(m[u] - M);
             L += l[u] * w[u];
         }
         L = warp_sum(L);  // > 0: a row sees at least its own key
@@ -346,14 +368,17 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     const int grp = tid / LPK, gl = tid % LPK;
     const int col = kh * HD + gl * 8;  // this lane's first value within a K/V row
     const unsigned key_lanes = LPK == 32 ? 0xffffffffu : ((1u << LPK) - 1) << ((tid & 31) & ~(LPK - 1));
-    // iteration `it` gives this lane key k0 + it * GROUPS + grp (its LPK lanes split the key's HD values)
+    // iteration `it` gives this lane key k0 + it * GROUPS + grp (its LPK lanes split the key's HD values): in a ring,
+    // iteration 0's byte offset plus `it` steps of GROUPS rows
+    const size_t ring_off0 = (((size_t)slot * max_positions + k0 + grp) * kv_dim + col) * (2 - KVT);
+    const int ring_step = GROUPS * kv_dim * (2 - KVT);
     auto copy_ring = [&](int it) {
         const int kk = k0 + it * GROUPS + grp;
         if (kk < k1 && kk < valid) {
             KVSlots<KVT>& st = slots[it % ATT_STAGES];
-            const size_t row = (size_t)slot * max_positions + kk;
-            copy8<KVT>(st.k[tid], st.ks + tid * KVT, ring_k, ring_ks, row, kv_dim, col);
-            copy8<KVT>(st.v[tid], st.vs + tid * KVT, ring_v, ring_vs, row, kv_dim, col);
+            const size_t off = ring_off0 + (size_t)it * ring_step;
+            copy8_at<KVT>(st.k[tid], st.ks + tid * KVT, ring_k, ring_ks, off);
+            copy8_at<KVT>(st.v[tid], st.vs + tid * KVT, ring_v, ring_vs, off);
         }
     };
     constexpr int PRE = C > 1 ? ATT_STAGES : ATT_PRE_WAIT;  // stages copied before the wait
@@ -440,6 +465,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             rotate8(qw[h], ang, gl * 8, nw.n_rot, false);
         }
     }
+    const float scale2 = scale * 1.44269504088896341f;  // (log2 e: base-2 scores)
     float m[G], l[G], acc[G][8];
 #pragma unroll
     for (int h = 0; h < G; ++h) {
@@ -449,19 +475,21 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         for (int e = 0; e < 8; ++e) acc[h][e] = 0.f;
     }
 
+    // a wrapped ring's entry of its newest token (ring_position's, found once for the loop)
+    const bool wrapped = c > max_positions;
+    const int newest = wrapped ? sinks + (c - 1 - sinks) % window : 0;
     // The iteration count is the block's, so every lane runs the same iterations and the group shuffles converge.
+    // A lane past the split's keys (k1) unpacks whatever its slot holds: its key is not visible, and its group's
+    // shuffles stay among its own lanes.
     for (int it = 0; it < n_iter; ++it) {
         cp_async_wait<ATT_STAGES - 1>();  // this iteration's copies have landed (one group committed per iteration)
         const int kk = k0 + it * GROUPS + grp;
         const bool in_range = kk < k1;
         float kf[8], vf[8];
-        if (in_range) {
+        {
             const KVSlots<KVT>& st = slots[it % ATT_STAGES];
             unpack8<KVT>(st.k[tid], KVT ? st.ks[tid * KVT] : 0u, col, kf);
             unpack8<KVT>(st.v[tid], KVT ? st.vs[tid * KVT] : 0u, col, vf);
-        } else {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) { kf[e] = 0.f; vf[e] = 0.f; }
         }
         const int ahead = it + ATT_STAGES;  // into the slots just read
         if (ahead < n_iter) {
@@ -474,7 +502,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             }
         }
         cp_async_commit();
-        const int pos = kk < valid ? ring_position(kk, c, sinks, window, max_positions) : c + (kk - valid);
+        const int pos = kk >= valid ? c + (kk - valid)
+                        : !wrapped || kk < sinks ? kk
+                        : c - 1 - (newest - kk + (kk > newest ? window : 0));
         const bool is_sink = pos < sinks;
         const bool visible = in_range && (is_sink || pos > p - window);
 #pragma unroll
@@ -485,10 +515,10 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
 #pragma unroll
             for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
             if (visible) {
-                const float sc = d * scale;
+                const float sc = d * scale2;
                 const float m_new = fmaxf(m[h], sc);
-                const float corr = __expf(m[h] - m_new);  // exp(-inf) = 0 on the first key
-                const float pw = __expf(sc - m_new);
+                const float corr = exp2_approx(m[h] - m_new);  // 0 on the first key (m = -inf)
+                const float pw = exp2_approx(sc - m_new);
                 l[h] = l[h] * corr + pw;
 #pragma unroll
                 for (int e = 0; e < 8; ++e) acc[h][e] = acc[h][e] * corr + pw * vf[e];
@@ -525,7 +555,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             for (int g = 0; g < GROUPS; ++g) {
                 const float mg_ = mg.m[g][h];
                 if (mg_ == -INFINITY) continue;
-                const float w = __expf(mg_ - M);
+                const float w = exp2_approx(mg_ - M);
                 L += mg.l[g][h] * w;
                 A += mg.acc[g][h][e] * w;
             }
@@ -559,7 +589,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
                     for (int r = 0; r < C; ++r) M = fmaxf(M, mr[r]);
 #pragma unroll
                     for (int r = 0; r < C; ++r) {
-                        const float w = mr[r] == -INFINITY ? 0.f : __expf(mr[r] - M);
+                        const float w = mr[r] == -INFINITY ? 0.f : exp2_approx(mr[r] - M);
                         L += lr[r] * w;
                         A += ar[r] * w;
                     }
@@ -573,6 +603,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
     ATT_STAMP(3);
     __shared__ int last;
     if (!alone && C == 1) {
+#ifdef ATT_PROBE_NO_MERGE  // timing probe only, no output: the splits are never merged
+        return;
+#endif
         // (the pattern of cooperative groups' grid sync: the barrier orders every thread's partial-state writes
         // before thread 0's count, whose release makes them visible device-wide with it; its acquire orders the
         // merging block's reads after it)
