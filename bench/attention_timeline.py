@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["keys_after_wait_std_us"] = {k: float(v) for k, v in spread.items()}
         print("keys after the wait, std of means by " + ", ".join(f"{k} {v:.2f}" for k, v in spread.items())
               + " us")
+    summary["blocks_us"] = [[round(float(x), 3) for x in r] for r in rel]  # (block, point), -1: not reached
+    summary["blocks_sm"] = [int(x) for x in sms]
     os.makedirs(args.out, exist_ok=True)
     tag = "".join(f"_{d}" for d in args.define)
     with open(os.path.join(args.out, f"attention_timeline_s{S}_d{D}{tag}.json"), "w") as f:

@@ -325,6 +325,51 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
     __syncthreads();  // sw is reused for the next row
 }
 
+// The same for one query head of HD = 128 (no GQA) over at most 33 splits (the grid's 8 blocks per SM on 132 SMs
+// give 33), in one round trip to L2: every thread issues its share of the splits' partial accumulators as 16-byte
+// async copies into `stage` (the block's shared memory, free by now), and warp 0 loads every split's (m, l) and makes
+// the weights in the meantime. (With the partials loaded into registers instead, the compiler issued some of those
+// loads only after the weights: a second round trip.)
+#define MERGE_AT_ONCE_SPLITS 33
+template <int HD>
+__device__ void merge_splits_at_once(const SplitOut& o, int t, int kh, int n_heads, int n_splits, int n_active,
+                                     float* stage) {
+    static_assert(HD == 128 && ATT_THREADS == 128, "one value of a 128-value head a thread");
+    __shared__ float sw[64];
+    const size_t base = ((size_t)t * n_heads + kh) * n_splits;  // (split sp's state at base + sp)
+    const float* acc = o.part_acc + base * HD;
+    for (int c = threadIdx.x; c < n_active * (HD / 4); c += ATT_THREADS) cp_async<16>(stage + 4 * c, acc + 4 * c);
+    cp_async_commit();
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        float m[2], l[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            const int sp = lane + 32 * u;
+            const float2 ml = sp < n_active ? __ldcg(reinterpret_cast<const float2*>(o.part_ml) + base + sp)
+                                            : make_float2(-INFINITY, 0.f);
+            m[u] = ml.x, l[u] = ml.y;
+        }
+        float M = fmaxf(m[0], m[1]);
+#pragma unroll
+        for (int s = 16; s > 0; s >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, s));
+        float w[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) w[u] = m[u] == -INFINITY ? 0.f : exp2_approx(m[u] - M);
+        const float inv_L = 1.f / warp_sum(l[0] * w[0] + l[1] * w[1]);  // > 0: a row sees at least its own key
+        sw[lane] = w[0] * inv_L;
+        sw[lane + 32] = w[1] * inv_L;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    const int j = threadIdx.x;  // value j of the head: a warp finishes 32 consecutive values
+    float A = 0.f;
+#pragma unroll 11
+    for (int sp = 0; sp < n_active; ++sp) A += sw[sp] * stage[sp * HD + j];
+    finish_value(o, t, kh * HD + j, n_heads * HD, A);
+    __syncthreads();
+}
+
 // ROPE: a decode step (one row per sequence), NewKV's rope given. C > 1 (ROPE only): each (row, kv head) is one
 // cluster of C blocks (grid.x == C), whose states merge through distributed shared memory (below).
 template <int HD, int G, int KVT, bool ROPE, int C>
@@ -339,7 +384,9 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         float m[GROUPS][G], l[GROUPS][G], acc[GROUPS][G][HD];
     };
     constexpr int SLOT_BYTES = ATT_STAGES * sizeof(KVSlots<KVT>);
-    __shared__ __align__(16) unsigned char smem[SLOT_BYTES > sizeof(Merge) ? SLOT_BYTES : sizeof(Merge)];
+    constexpr int STAGE_BYTES = G == 1 && HD == 128 && C == 1 ? MERGE_AT_ONCE_SPLITS * HD * 4 : 0;  // (the merge's)
+    constexpr int SMEM_BYTES = SLOT_BYTES > sizeof(Merge) ? SLOT_BYTES : sizeof(Merge);
+    __shared__ __align__(16) unsigned char smem[SMEM_BYTES > STAGE_BYTES ? SMEM_BYTES : STAGE_BYTES];
     KVSlots<KVT>* slots = reinterpret_cast<KVSlots<KVT>*>(smem);
 
     const int sp = blockIdx.x, n_splits = gridDim.x;  // the grid's splits; the row uses n_active of them
@@ -619,7 +666,14 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         __syncthreads();
         if (!last) return;
         ATT_STAMP(4);
-        merge_splits<HD, G>(o, t, kh, n_heads, n_splits, n_active);
+        if constexpr (G == 1 && HD == 128) {
+            if (n_active <= MERGE_AT_ONCE_SPLITS)
+                merge_splits_at_once<HD>(o, t, kh, n_heads, n_splits, n_active, reinterpret_cast<float*>(smem));
+            else
+                merge_splits<HD, G>(o, t, kh, n_heads, n_splits, n_active);
+        } else {
+            merge_splits<HD, G>(o, t, kh, n_heads, n_splits, n_active);
+        }
         ATT_STAMP(6);
         if (threadIdx.x == 0) o.done[(size_t)t * n_kv_heads + kh] = 0;  // ready for the next launch
     }
