@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     H, KVH, hd, T = args.heads, args.kv_heads, args.head_dim, args.rows
     be = CudaBackend(max_rows=max(T, args.cached, 32), max_seqs=8)
-    cuda, rt = be.rt._cuda, be.rt
+    rt = be.rt
     layout = KVLayout(n_layers=1, slots=1, max_positions=args.max_positions, sink_tokens=args.sinks, n_kv_heads=KVH,
                       head_dim=hd, dtype=args.dtype)
     kv = be.alloc_kv(layout)
@@ -108,14 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         graph.capture(calls)
         graph.replay()
         rt.synchronize()
-        times = []
-        for _ in range(args.iters):
-            e0, e1 = cuda.Event(), cuda.Event()
-            e0.record(rt.stream)
-            graph.replay()
-            e1.record(rt.stream)
-            e1.synchronize()
-            times.append(e1.time_since(e0) / 1e3 / args.reps)  # seconds per attention op
+        times = [graph.replay_ms() / 1e3 / args.reps for _ in range(args.iters)]  # seconds per attention op
         graph.destroy()
         t = statistics.median(times)
         res["paths"][path] = {"us_per_layer": t * 1e6, "ms_32_layers": 32 * t * 1e3, "tflops": flops / t / 1e12,

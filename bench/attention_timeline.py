@@ -43,20 +43,6 @@ def build(arch: str, defines: list[str]) -> str:
     return out
 
 
-def replay_ms(be, graph, rounds: int = 5, reps: int = 20) -> float:
-    """GPU time of one replay of graph: the median over rounds of reps back-to-back replays (CUDA events)."""
-    cuda, times = be.rt._cuda, []
-    for _ in range(rounds):
-        a, b = cuda.Event(), cuda.Event()
-        a.record(be.rt.stream)
-        for _ in range(reps):
-            graph.replay()
-        b.record(be.rt.stream)
-        b.synchronize()
-        times.append(b.time_since(a) / reps)
-    return float(np.median(times))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", type=int, default=1)
@@ -96,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append((rel, smid[used].copy()))
     spans = [r.max() for r, _ in runs]
     rel, sms = runs[int(np.argsort(spans)[len(spans) // 2])]
-    step_ms = replay_ms(be, graph)
+    step_ms = float(np.median([graph.replay_ms(20) for _ in range(5)]))
     summary = {"seqs": S, "depth": D, "setting": args.setting or "auto", "defines": args.define,
                "blocks": int(rel.shape[0]), "span_us": float(rel.max()), "spans_us": [float(x) for x in spans],
                "step_ms": step_ms, "points": {}}

@@ -142,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
     rng = np.random.default_rng(0)
     be, model = dummy_7b_model()
-    cuda = be.rt._cuda
     maxpos = 2048 + 64
     scenarios = args.scenarios.split(",")
     deep = [sc for sc in scenarios if sc.startswith("d")]
@@ -176,13 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             for st in args.settings:
                 graph = graphs[(sc, st)]
                 graph.replay()
-                e0, e1 = cuda.Event(), cuda.Event()
-                e0.record(be.rt.stream)
-                for _ in range(args.reps):
-                    graph.replay()
-                e1.record(be.rt.stream)
-                e1.synchronize()
-                times[(sc, st)].append(e1.time_since(e0) / args.reps)
+                times[(sc, st)].append(graph.replay_ms(args.reps))
 
     res = {"device": be.rt.name, "l2_bytes": be.rt.l2_bytes, "rows": []}
     print(f"\n{be.rt.name}  L2 {be.rt.l2_bytes / MB:.0f} MB   ms per decode step (median of {args.rounds} rounds)")

@@ -134,20 +134,13 @@ def graph_step_ms(be, model, batch: StepBatch, reps: int = 50, greedy: bool = Tr
     """GPU time of one replay of the decode graph `batch` takes (no host work in between), CUDA events, from
     batch's positions on. greedy: the graph that ends with the device argmax (launch_greedy; each replay advances
     the staged positions by one), else the one whose logits go to the host."""
-    cuda = be.rt._cuda
     entry = be._graphs.get(be.graph_key(model, batch, greedy))
     if entry is None:
         return None
-    graph = entry[0]
     be.begin_step(batch)
-    e0, e1 = cuda.Event(), cuda.Event()
-    e0.record(be.rt.stream)
-    for _ in range(reps):
-        graph.replay()
-    e1.record(be.rt.stream)
-    e1.synchronize()
+    ms = entry[0].replay_ms(reps)
     be._dev_meta = None  # (the replays moved the staged step on behind the backend's back)
-    return e1.time_since(e0) / reps
+    return ms
 
 
 OPS = ("embedding", "rms_norm", "matmul", "rope", "attention", "silu_mul", "add", "take_rows")

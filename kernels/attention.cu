@@ -384,7 +384,8 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         float m[GROUPS][G], l[GROUPS][G], acc[GROUPS][G][HD];
     };
     constexpr int SLOT_BYTES = ATT_STAGES * sizeof(KVSlots<KVT>);
-    constexpr int STAGE_BYTES = G == 1 && HD == 128 && C == 1 ? MERGE_AT_ONCE_SPLITS * HD * 4 : 0;  // (the merge's)
+    // (merge_splits_at_once stages its partial states here too)
+    constexpr int STAGE_BYTES = G == 1 && HD == 128 && C == 1 ? MERGE_AT_ONCE_SPLITS * HD * 4 : 0;
     constexpr int SMEM_BYTES = SLOT_BYTES > sizeof(Merge) ? SLOT_BYTES : sizeof(Merge);
     __shared__ __align__(16) unsigned char smem[SMEM_BYTES > STAGE_BYTES ? SMEM_BYTES : STAGE_BYTES];
     KVSlots<KVT>* slots = reinterpret_cast<KVSlots<KVT>*>(smem);
@@ -522,9 +523,8 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         for (int e = 0; e < 8; ++e) acc[h][e] = 0.f;
     }
 
-    // a wrapped ring's entry of its newest token (ring_position's, found once for the loop)
     const bool wrapped = c > max_positions;
-    const int newest = wrapped ? sinks + (c - 1 - sinks) % window : 0;
+    const int newest = wrapped ? ring_newest(c, sinks, window) : 0;
     // The iteration count is the block's, so every lane runs the same iterations and the group shuffles converge.
     // A lane past the split's keys (k1) unpacks whatever its slot holds: its key is not visible, and its group's
     // shuffles stay among its own lanes.
@@ -532,12 +532,10 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
         cp_async_wait<ATT_STAGES - 1>();  // this iteration's copies have landed (one group committed per iteration)
         const int kk = k0 + it * GROUPS + grp;
         const bool in_range = kk < k1;
+        const KVSlots<KVT>& now = slots[it % ATT_STAGES];
         float kf[8], vf[8];
-        {
-            const KVSlots<KVT>& st = slots[it % ATT_STAGES];
-            unpack8<KVT>(st.k[tid], KVT ? st.ks[tid * KVT] : 0u, col, kf);
-            unpack8<KVT>(st.v[tid], KVT ? st.vs[tid * KVT] : 0u, col, vf);
-        }
+        unpack8<KVT>(now.k[tid], KVT ? now.ks[tid * KVT] : 0u, col, kf);
+        unpack8<KVT>(now.v[tid], KVT ? now.vs[tid * KVT] : 0u, col, vf);
         const int ahead = it + ATT_STAGES;  // into the slots just read
         if (ahead < n_iter) {
             copy_ring(ahead);
@@ -549,7 +547,7 @@ __device__ void attention_split(const float* __restrict__ q, const float* __rest
             }
         }
         cp_async_commit();
-        const int pos = kk >= valid ? c + (kk - valid)
+        const int pos = kk >= valid ? c + (kk - valid)  // (ring entries: ring_position's, newest found once)
                         : !wrapped || kk < sinks ? kk
                         : c - 1 - (newest - kk + (kk > newest ? window : 0));
         const bool is_sink = pos < sinks;

@@ -38,11 +38,13 @@ __device__ __forceinline__ bool append_ring_row(const StepMeta& meta, int t, int
     return true;
 }
 
+// A wrapped ring's (c > max_positions) newest entry: the ring index of token c - 1.
+__device__ __forceinline__ int ring_newest(int c, int sinks, int window) { return sinks + (c - 1 - sinks) % window; }
+
 // Absolute position of the entry in ring slot j after c tokens were appended (j < min(c, max_positions)).
 __device__ __forceinline__ int ring_position(int j, int c, int sinks, int window, int max_positions) {
     if (c <= max_positions || j < sinks) return j;
-    const int last = sinks + (c - 1 - sinks) % window;  // ring index of token c - 1
-    int back = last - j;
+    int back = ring_newest(c, sinks, window) - j;
     if (back < 0) back += window;
     return c - 1 - back;
 }

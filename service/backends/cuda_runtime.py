@@ -521,6 +521,17 @@ class CudaGraph:
         assert self._exec.value, "capture first"
         _check(_Driver.lib().cuGraphLaunch(self._exec, ctypes.c_void_p(self.rt.stream.handle)), "cuGraphLaunch")
 
+    def replay_ms(self, n: int = 1) -> float:
+        """GPU time of one replay in ms: n replays back to back, between two CUDA events on the runtime's stream
+        (the benchmarks' timer; waits for them)."""
+        start, end = self.rt._cuda.Event(), self.rt._cuda.Event()
+        start.record(self.rt.stream)
+        for _ in range(n):
+            self.replay()
+        end.record(self.rt.stream)
+        end.synchronize()
+        return end.time_since(start) / n
+
     def destroy(self) -> None:
         lib = _Driver.lib() if (self._exec.value or self._graph.value) else None
         if self._exec.value:
