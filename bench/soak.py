@@ -36,7 +36,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import grpc
 

@@ -31,7 +31,7 @@ import numpy as np
 from gguf import GGMLQuantizationType as GGMLType
 
 from service.errors import ModelFileError, UnsupportedModelError
-from service.model.dequant import QK_K, block_shape
+from service.model.dequant import block_shape
 
 GROUP_MAX_EPS = np.float32(1e-15)
 _F32 = np.float32
