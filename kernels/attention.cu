@@ -262,6 +262,29 @@ __device__ __forceinline__ void finish_value(const SplitOut& o, int t, int i, in
     if (o.quant.xq != nullptr) quantize_lane_x2(v, i, o.quant);
 }
 
+// The weights w_s = 2^(m_s - M) / L of a (row, query head)'s n_active splits, whose (m, l) are part_ml's pairs from
+// `base` on, into w[0 .. 64): one whole warp calls it, lane i loading splits i and i + 32.
+__device__ __forceinline__ void split_weights(const float* part_ml, size_t base, int n_active, float* w) {
+    const int lane = threadIdx.x & 31;
+    float m[2], l[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        const int sp = lane + 32 * u;
+        const float2 ml = sp < n_active ? __ldcg(reinterpret_cast<const float2*>(part_ml) + base + sp)
+                                        : make_float2(-INFINITY, 0.f);
+        m[u] = ml.x, l[u] = ml.y;
+    }
+    float M = fmaxf(m[0], m[1]);
+#pragma unroll
+    for (int s = 16; s > 0; s >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, s));
+    float e[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) e[u] = m[u] == -INFINITY ? 0.f : exp2_approx(m[u] - M);
+    const float inv_L = 1.f / warp_sum(l[0] * e[0] + l[1] * e[1]);  // > 0: a row sees at least its own key
+    w[lane] = e[0] * inv_L;
+    w[lane + 32] = e[1] * inv_L;
+}
+
 // out[t, h*HD + e] = sum_s acc_s[e] 2^(m_s - M) / sum_s l_s 2^(m_s - M) over row t's n_active splits, for the G
 // query heads of kv head kh. The partial states were written by other blocks of this launch: read from L2 (__ldcg).
 // The merge is a chain of L2 round trips at the end of the launch, so its loads go out together where registers
@@ -273,7 +296,7 @@ __device__ __forceinline__ void finish_value(const SplitOut& o, int t, int i, in
 template <int HD, int G>
 __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int n_splits, int n_active) {
     __shared__ float sw[G][COMBINE_MAX_SPLITS];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
     auto acc_of = [&](int j) {  // value j's partial accumulators, HD apart from split to split
         const int h = j / HD, e = j - h * HD;
         return o.part_acc + ((size_t)t * n_heads + kh * G + h) * n_splits * HD + e;
@@ -284,28 +307,8 @@ __device__ void merge_splits(const SplitOut& o, int t, int kh, int n_heads, int 
 #pragma unroll
         for (int sp = 0; sp < MERGE_AHEAD; ++sp) ahead[sp] = sp < n_active ? __ldcg(acc + (size_t)sp * HD) : 0.f;
     }
-    for (int h = warp; h < G; h += ATT_THREADS / 32) {  // splits lane and lane + 32
-        const size_t base = ((size_t)t * n_heads + kh * G + h) * n_splits;
-        float m[2], l[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            const int sp = lane + 32 * u;
-            m[u] = sp < n_active ? __ldcg(o.part_ml + 2 * (base + sp)) : -INFINITY;
-            l[u] = sp < n_active ? __ldcg(o.part_ml + 2 * (base + sp) + 1) : 0.f;
-        }
-        float M = fmaxf(m[0], m[1]);
-#pragma unroll
-        for (int s = 16; s > 0; s >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, s));
-        float w[2], L = 0.f;
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            w[u] = m[u] == -INFINITY ? 0.f : exp2_approx(m[u] - M);
-            L += l[u] * w[u];
-        }
-        L = warp_sum(L);  // > 0: a row sees at least its own key
-        sw[h][lane] = w[0] / L;
-        sw[h][lane + 32] = w[1] / L;
-    }
+    for (int h = warp; h < G; h += ATT_THREADS / 32)
+        split_weights(o.part_ml, ((size_t)t * n_heads + kh * G + h) * n_splits, n_active, sw[h]);
     __syncthreads();
     ATT_STAMP(5);
     for (int j = threadIdx.x; j < G * HD; j += ATT_THREADS) {  // whole warps
@@ -340,26 +343,7 @@ __device__ void merge_splits_at_once(const SplitOut& o, int t, int kh, int n_hea
     const float* acc = o.part_acc + base * HD;
     for (int c = threadIdx.x; c < n_active * (HD / 4); c += ATT_THREADS) cp_async<16>(stage + 4 * c, acc + 4 * c);
     cp_async_commit();
-    if (threadIdx.x < 32) {
-        const int lane = threadIdx.x;
-        float m[2], l[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            const int sp = lane + 32 * u;
-            const float2 ml = sp < n_active ? __ldcg(reinterpret_cast<const float2*>(o.part_ml) + base + sp)
-                                            : make_float2(-INFINITY, 0.f);
-            m[u] = ml.x, l[u] = ml.y;
-        }
-        float M = fmaxf(m[0], m[1]);
-#pragma unroll
-        for (int s = 16; s > 0; s >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, s));
-        float w[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) w[u] = m[u] == -INFINITY ? 0.f : exp2_approx(m[u] - M);
-        const float inv_L = 1.f / warp_sum(l[0] * w[0] + l[1] * w[1]);  // > 0: a row sees at least its own key
-        sw[lane] = w[0] * inv_L;
-        sw[lane + 32] = w[1] * inv_L;
-    }
+    if (threadIdx.x < 32) split_weights(o.part_ml, base, n_active, sw);
     cp_async_wait<0>();
     __syncthreads();
     const int j = threadIdx.x;  // value j of the head: a warp finishes 32 consecutive values
